@@ -1,0 +1,291 @@
+//! One cgroup per container under a parent cgroup of ours, on cgroup v1 or v2.
+//!
+//! cgroups-rs creates the directories and writes the limits; we verify the limits took
+//! (it ignores subtree_control write errors on v2) and do what it leaves to callers:
+//! killing every member and waiting until the cgroup is empty before removing it.
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cgroups_rs::fs::cpu::CpuController;
+use cgroups_rs::fs::memory::MemController;
+use cgroups_rs::fs::pid::PidController;
+use cgroups_rs::fs::{hierarchies, Cgroup, Controller, MaxValue};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::error::{Result, RuntimeError};
+use super::Resources;
+
+/// The controllers we limit; others (cpuset above all, which needs cpus/mems filled in on
+/// v1 before a task may join) are left alone.
+const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+const CFS_PERIOD_US: u64 = 100_000;
+/// How long removal waits for the kernel to finish killing the members.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct ContainerCgroup {
+    cgroup: Cgroup,
+}
+
+impl ContainerCgroup {
+    /// Creates `<parent>/<id>` in every hierarchy of our controllers and applies `res`.
+    pub fn create(parent: &str, id: &str, res: &Resources) -> Result<Self> {
+        let path = format!("{parent}/{id}");
+        let controllers = CONTROLLERS.iter().map(|c| c.to_string()).collect();
+        let cgroup =
+            Cgroup::new_with_specified_controllers(hierarchies::auto(), &path, Some(controllers))
+                .map_err(|e| setup_error(&path, "create", e))?;
+        let this = ContainerCgroup { cgroup };
+        if let Err(e) = this.apply(res) {
+            let _ = this.cgroup.delete();
+            return Err(e);
+        }
+        Ok(this)
+    }
+
+    fn apply(&self, res: &Resources) -> Result<()> {
+        let path = self.cgroup.path();
+        let mem: &MemController = self.controller(path, "memory")?;
+        mem.set_limit(res.memory_bytes as i64)
+            .map_err(|e| setup_error(path, "set memory limit", e))?;
+        // Without a swap limit a memory hog pages out instead of being killed (v1 only;
+        // absent when the kernel runs without swap accounting).
+        if !self.cgroup.v2() {
+            let _ = mem.set_memswap_limit(res.memory_bytes as i64);
+        }
+        let cpu: &CpuController = self.controller(path, "cpu")?;
+        let quota = (res.cpu_millis * CFS_PERIOD_US / 1000) as i64;
+        cpu.set_cfs_quota_and_period(Some(quota), Some(CFS_PERIOD_US))
+            .map_err(|e| setup_error(path, "set cpu quota", e))?;
+        let pids: &PidController = self.controller(path, "pids")?;
+        pids.set_pid_max(MaxValue::Value(res.pids_max as i64))
+            .map_err(|e| setup_error(path, "set pids limit", e))?;
+        self.verify_limits(res)
+    }
+
+    fn controller<'a, T>(&'a self, path: &str, name: &'static str) -> Result<&'a T>
+    where
+        &'a T: From<&'a cgroups_rs::fs::Subsystem>,
+        T: Controller + cgroups_rs::fs::ControllIdentifier,
+    {
+        self.cgroup
+            .controller_of::<T>()
+            .ok_or_else(|| RuntimeError::CgroupSetup {
+                path: path.to_string(),
+                op: "find controller",
+                message: format!("the {name} controller is not available"),
+            })
+    }
+
+    /// Reads the limits back from the kernel: a controller that is not enabled in the
+    /// parent's subtree_control silently has no files, and we refuse to run unlimited.
+    fn verify_limits(&self, res: &Resources) -> Result<()> {
+        let (mem_file, pids_file) = if self.cgroup.v2() {
+            ("memory.max", "pids.max")
+        } else {
+            ("memory.limit_in_bytes", "pids.max")
+        };
+        for (file, want) in [
+            (mem_file, res.memory_bytes),
+            (pids_file, res.pids_max as u64),
+        ] {
+            let got = self.read_file(file)?;
+            if got.trim().parse::<u64>().ok() != Some(want) {
+                return Err(RuntimeError::CgroupSetup {
+                    path: self.cgroup.path().to_string(),
+                    op: "verify limits",
+                    message: format!("{file} is {:?}, wanted {want}", got.trim()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn read_file(&self, name: &str) -> Result<String> {
+        let path = self.member_dirs().find_map(|d| {
+            let p = d.join(name);
+            p.exists().then_some(p)
+        });
+        let path = path.ok_or_else(|| RuntimeError::CgroupSetup {
+            path: self.cgroup.path().to_string(),
+            op: "read",
+            message: format!("{name} does not exist"),
+        })?;
+        fs::read_to_string(&path).map_err(|source| RuntimeError::Cgroup {
+            path: path.display().to_string(),
+            op: "read",
+            source,
+        })
+    }
+
+    /// The cgroup's directory in each hierarchy (one on v2, one per controller on v1).
+    fn member_dirs(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        self.cgroup
+            .subsystems()
+            .iter()
+            .map(|s| s.to_controller().path().to_path_buf())
+    }
+
+    /// Opens `cgroup.procs` of every hierarchy for the child to write "0" into, which moves
+    /// the writer itself: the child joins before it execs, with no round trip to us.
+    pub fn procs_files(&self) -> Result<Vec<OwnedFd>> {
+        let mut dirs: Vec<PathBuf> = self.member_dirs().collect();
+        dirs.dedup();
+        dirs.iter()
+            .map(|d| {
+                let p = d.join("cgroup.procs");
+                OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(&p)
+                    .map(OwnedFd::from)
+                    .map_err(|source| RuntimeError::Cgroup {
+                        path: p.display().to_string(),
+                        op: "open cgroup.procs",
+                        source,
+                    })
+            })
+            .collect()
+    }
+
+    /// Whether the kernel's OOM killer fired in this cgroup.
+    pub fn oom_killed(&self) -> bool {
+        let file = if self.cgroup.v2() {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        self.read_file(file)
+            .map(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("oom_kill ") && !l.ends_with(" 0"))
+            })
+            .unwrap_or(false)
+    }
+
+    /// SIGKILLs every process in the cgroup (all hierarchies on v1), then waits until the
+    /// kernel has emptied it and removes it.
+    pub fn destroy(self) -> Result<()> {
+        destroy_dirs(&self.member_dirs().collect::<Vec<_>>())
+    }
+}
+
+fn setup_error(path: &str, op: &'static str, e: cgroups_rs::fs::error::Error) -> RuntimeError {
+    RuntimeError::CgroupSetup {
+        path: path.to_string(),
+        op,
+        message: e.to_string(),
+    }
+}
+
+fn procs_of(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Kills the members of `dirs` and removes them, children first.
+fn destroy_dirs(dirs: &[PathBuf]) -> Result<()> {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    for dir in dirs {
+        if !dir.exists() {
+            continue;
+        }
+        // v2 (5.14+) kills atomically, forks in flight included; elsewhere repeat until empty.
+        let _ = fs::write(dir.join("cgroup.kill"), "1");
+        loop {
+            let procs = procs_of(dir);
+            if procs.is_empty() {
+                break;
+            }
+            for pid in procs {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            if Instant::now() > deadline {
+                return Err(RuntimeError::CgroupSetup {
+                    path: dir.display().to_string(),
+                    op: "drain",
+                    message: "processes remain after SIGKILL".into(),
+                });
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        remove_dir_retrying(dir, deadline)?;
+    }
+    Ok(())
+}
+
+/// rmdir fails with EBUSY while an exited member is still being torn down by the kernel.
+fn remove_dir_retrying(dir: &Path, deadline: Instant) -> Result<()> {
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_micros(200))
+            }
+            Err(source) => {
+                return Err(RuntimeError::Cgroup {
+                    path: dir.display().to_string(),
+                    op: "remove",
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Directories of the parent cgroup in every hierarchy of our controllers.
+fn parent_dirs(parent: &str) -> Vec<PathBuf> {
+    let probe = Cgroup::load_with_specified_controllers(
+        hierarchies::auto(),
+        parent,
+        CONTROLLERS.iter().map(|c| c.to_string()).collect(),
+    );
+    let mut dirs: Vec<PathBuf> = probe
+        .subsystems()
+        .iter()
+        .map(|s| s.to_controller().path().to_path_buf())
+        .collect();
+    dirs.dedup();
+    dirs
+}
+
+/// Kills and removes every container cgroup left under `parent` (after a crash), returning
+/// how many were removed. The parent itself stays.
+pub fn sweep(parent: &str) -> Result<usize> {
+    let mut removed = 0;
+    for dir in parent_dirs(parent) {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        let children: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .map(|e| e.path())
+            .collect();
+        removed += children.len();
+        destroy_dirs(&children)?;
+    }
+    Ok(removed)
+}
+
+/// Names of the container cgroups currently under `parent` (any hierarchy).
+pub fn children(parent: &str) -> Vec<String> {
+    let mut names: Vec<String> = parent_dirs(parent)
+        .iter()
+        .filter_map(|d| fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}

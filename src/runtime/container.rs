@@ -1,0 +1,192 @@
+//! A running container: wait with a timeout (blocking or from tokio), kill, tear down.
+//!
+//! Killing the first process kills the whole container: it is pid 1 of its pid namespace,
+//! and the kernel SIGKILLs every other member when it dies and reaps them itself, so
+//! orphaned grandchildren never linger as zombies. The cgroup kill then catches anything
+//! still exiting, and the cgroup is removed only once it is empty.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use tokio::io::unix::AsyncFd;
+
+use super::cgroup::ContainerCgroup;
+use super::error::{Result, RuntimeError};
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Exited with this status code.
+    Code(i32),
+    /// Killed by this signal (OOM kills show as SIGKILL with `oom_killed`).
+    Signal(i32),
+    /// Did not end within the timeout; it was killed.
+    TimedOut,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    pub exit: Exit,
+    pub oom_killed: bool,
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        self.exit == Exit::Code(0)
+    }
+}
+
+pub struct Container {
+    pid: i32,
+    pidfd: OwnedFd,
+    cgroup: Option<ContainerCgroup>,
+    reaped: bool,
+}
+
+impl Container {
+    pub(super) fn new(pid: i32, pidfd: OwnedFd, cgroup: ContainerCgroup) -> Self {
+        Container {
+            pid,
+            pidfd,
+            cgroup: Some(cgroup),
+            reaped: false,
+        }
+    }
+
+    /// The host pid of the container's first process.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// SIGKILLs the container (and so everything in its pid namespace).
+    pub fn kill(&self) {
+        // SAFETY: pidfd_send_signal on our own pidfd; a pidfd cannot name a recycled pid.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+
+    /// Blocks until the container exits or `timeout` passes (then kills it), reaps it and
+    /// removes its cgroup.
+    pub fn wait_blocking(mut self, timeout: Duration) -> Result<ExitStatus> {
+        let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+        let ms = PollTimeout::try_from(timeout.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::MAX);
+        let ready = loop {
+            match poll(&mut fds, ms) {
+                Ok(n) => break n > 0,
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(RuntimeError::sys("poll pidfd")(e)),
+            }
+        };
+        self.finish(ready)
+    }
+
+    /// Waits from tokio until the container exits or `timeout` passes (then kills it),
+    /// reaps it and removes its cgroup.
+    pub async fn wait(mut self, timeout: Duration) -> Result<ExitStatus> {
+        let fd = self.pidfd.try_clone().map_err(|source| RuntimeError::Sys {
+            op: "dup pidfd",
+            source,
+        })?;
+        // SAFETY: the OwnedFd is moved into the AsyncFd and stays open, naming the same
+        // pidfd, until the AsyncFd is dropped.
+        let afd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| RuntimeError::Sys {
+                op: "register pidfd",
+                source: e.into(),
+            })?;
+        let exited = tokio::time::timeout(timeout, afd.readable()).await;
+        let ready = match exited {
+            Ok(Ok(_guard)) => true,
+            Ok(Err(source)) => {
+                return Err(RuntimeError::Sys {
+                    op: "poll pidfd",
+                    source,
+                })
+            }
+            Err(_elapsed) => false,
+        };
+        drop(afd);
+        // Reaping an exited child and removing its cgroup take microseconds.
+        self.finish(ready)
+    }
+
+    fn finish(&mut self, exited: bool) -> Result<ExitStatus> {
+        if !exited {
+            self.kill();
+        }
+        let status = self.reap()?;
+        let oom_killed = self.cgroup.as_ref().is_some_and(|c| c.oom_killed());
+        self.destroy_cgroup()?;
+        Ok(ExitStatus {
+            exit: if exited { status } else { Exit::TimedOut },
+            oom_killed,
+        })
+    }
+
+    /// waitid(P_PIDFD): blocks until the first process has exited and reaps it.
+    fn reap(&mut self) -> Result<Exit> {
+        loop {
+            // SAFETY: zeroed siginfo is a valid out-parameter for waitid.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid on our pidfd with a valid siginfo pointer.
+            let rc = unsafe {
+                libc::waitid(
+                    libc::P_PIDFD,
+                    self.pidfd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED,
+                )
+            };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(RuntimeError::Sys {
+                    op: "waitid",
+                    source: e,
+                });
+            }
+            self.reaped = true;
+            // SAFETY: waitid filled in a SIGCHLD siginfo; si_status is valid for it.
+            let status = unsafe { info.si_status() };
+            return Ok(match info.si_code {
+                libc::CLD_EXITED => Exit::Code(status),
+                _ => Exit::Signal(status),
+            });
+        }
+    }
+
+    fn destroy_cgroup(&mut self) -> Result<()> {
+        match self.cgroup.take() {
+            Some(cg) => cg.destroy(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Container {
+    /// Whatever path dropped the handle, nothing is left behind: no process, no zombie,
+    /// no cgroup.
+    fn drop(&mut self) {
+        if !self.reaped {
+            self.kill();
+            if let Err(e) = self.reap() {
+                tracing::error!(pid = self.pid, "reaping a dropped container: {e}");
+            }
+        }
+        if let Err(e) = self.destroy_cgroup() {
+            tracing::error!(pid = self.pid, "removing a dropped container's cgroup: {e}");
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Errors of the container runtime: one variant per failing operation.
+
+use std::io;
+use std::path::PathBuf;
+
+use super::child::Step;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("rootfs {0} does not exist or is not a directory")]
+    RootfsMissing(PathBuf),
+    #[error("unsafe rootfs {rootfs}: {path} {problem}; refusing to mount over it")]
+    UnsafeMountPoint {
+        rootfs: PathBuf,
+        path: String,
+        problem: &'static str,
+    },
+    #[error("command {0:?} not found in the image")]
+    CommandNotFound(String),
+    #[error("empty command: the image has neither Entrypoint nor Cmd")]
+    EmptyCommand,
+    #[error("invalid {what}: {value:?} contains a NUL byte")]
+    NulByte { what: &'static str, value: String },
+    #[error("working directory {0:?} must be absolute")]
+    RelativeWorkdir(String),
+    #[error("control socket {0} is missing")]
+    ControlSocketMissing(PathBuf),
+    #[error("cgroup {path}: {op} failed: {source}")]
+    Cgroup {
+        path: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cgroup {path}: {op} failed: {message}")]
+    CgroupSetup {
+        path: String,
+        op: &'static str,
+        message: String,
+    },
+    #[error("building the seccomp filter failed: {0}")]
+    Seccomp(String),
+    #[error("{op} failed: {source}")]
+    Sys {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("container setup failed at step '{step}' {detail}: {source}")]
+    Child {
+        step: Step,
+        detail: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("container setup did not finish within {0:?}")]
+    SetupTimeout(std::time::Duration),
+}
+
+impl RuntimeError {
+    pub(crate) fn sys(op: &'static str) -> impl FnOnce(nix::Error) -> RuntimeError {
+        move |e| RuntimeError::Sys {
+            op,
+            source: io::Error::from(e),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, RuntimeError>;

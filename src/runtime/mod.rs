@@ -1,0 +1,214 @@
+//! The container runtime: one fresh container per request, made in-process on raw
+//! syscalls (clone3, mount, pivot_root, cgroups, capabilities, seccomp). No runc.
+//!
+//! [`Runtime::spawn`] prepares everything in the parent (cgroup, mount plan, argv, the
+//! capability sets and seccomp programs), clones the child into new namespaces, and waits
+//! on a close-on-exec pipe until the child has exec'd or reported the step that failed.
+//! See `child.rs` for the order of the setup steps and why.
+
+mod cgroup;
+mod child;
+mod container;
+mod error;
+mod privileges;
+mod process;
+mod rootfs;
+mod seccomp;
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use seccompiler::BpfProgram;
+use serde::{Deserialize, Serialize};
+
+pub use cgroup::{children as cgroup_children, sweep as sweep_cgroups};
+pub use child::Step;
+pub use container::{Container, Exit, ExitStatus};
+pub use error::{Result, RuntimeError};
+pub use rootfs::{check_mount_points, Kind as MountPointKind, MOUNT_POINTS};
+
+use child::{CapPlan, ChildPlan};
+
+/// How long the child may take from clone to exec before we give up on it.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Per-container resource limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub memory_bytes: u64,
+    /// CPU quota in thousandths of a CPU (1000 = one full CPU).
+    pub cpu_millis: u64,
+    pub pids_max: u32,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            memory_bytes: 512 << 20,
+            cpu_millis: 1000,
+            pids_max: 128,
+        }
+    }
+}
+
+/// What to run, and how.
+pub struct ContainerSpec<'a> {
+    /// Unique among live containers: names the cgroup.
+    pub id: &'a str,
+    pub rootfs: &'a Path,
+    pub argv: &'a [String],
+    pub env: &'a [String],
+    pub workdir: &'a str,
+    pub uid: u32,
+    pub gid: u32,
+    pub hostname: &'a str,
+    pub resources: Resources,
+    /// Host path of a Unix socket to bind at /control.sock.
+    pub control_socket: Option<&'a Path>,
+    /// Where the container's stdout and stderr go (None: /dev/null).
+    pub stdout: Option<BorrowedFd<'a>>,
+    pub stderr: Option<BorrowedFd<'a>>,
+}
+
+/// Prepared once, shared by every spawn.
+pub struct Runtime {
+    cgroup_parent: String,
+}
+
+static CAPS: OnceLock<CapPlan> = OnceLock::new();
+static SECCOMP: OnceLock<Vec<BpfProgram>> = OnceLock::new();
+
+impl Runtime {
+    /// `cgroup_parent` is the cgroup (relative to each hierarchy's root) that holds every
+    /// container, e.g. "faasd".
+    pub fn new(cgroup_parent: &str) -> Result<Self> {
+        if SECCOMP.get().is_none() {
+            let _ = SECCOMP.set(seccomp::filters()?);
+        }
+        CAPS.get_or_init(privileges::cap_plan);
+        Ok(Runtime {
+            cgroup_parent: cgroup_parent.trim_matches('/').to_string(),
+        })
+    }
+
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
+    }
+
+    /// Creates and starts a container. Returns once its command has been exec'd, or with
+    /// the error of the step that failed; on error nothing is left behind.
+    pub fn spawn(&self, spec: &ContainerSpec<'_>) -> Result<Container> {
+        let argv0 = spec.argv.first().ok_or(RuntimeError::EmptyCommand)?;
+        if !spec.workdir.starts_with('/') {
+            return Err(RuntimeError::RelativeWorkdir(spec.workdir.to_string()));
+        }
+        if let Some(sock) = spec.control_socket {
+            if !sock.exists() {
+                return Err(RuntimeError::ControlSocketMissing(sock.into()));
+            }
+        }
+        rootfs::check_mount_points(spec.rootfs)?;
+        let exe = rootfs::resolve_command(spec.rootfs, argv0, spec.env)?;
+        let argv = to_cstrings("argument", spec.argv)?;
+        let env = to_cstrings("environment variable", spec.env)?;
+
+        let cgroup =
+            cgroup::ContainerCgroup::create(&self.cgroup_parent, spec.id, &spec.resources)?;
+        let procs = cgroup.procs_files()?;
+        let (pipe_r, pipe_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RuntimeError::sys("pipe2"))?;
+        let dev_null = std::fs::File::open("/dev/null").map_err(|source| RuntimeError::Sys {
+            op: "open /dev/null",
+            source,
+        })?;
+        let mounts = rootfs::mount_plan(spec.rootfs, spec.control_socket)?;
+        let plan = ChildPlan {
+            error_pipe: pipe_w.as_raw_fd(),
+            cgroup_procs: procs.iter().map(|f| f.as_raw_fd()).collect(),
+            new_root: rootfs::cstring("rootfs", spec.rootfs)?,
+            mounts,
+            hostname: rootfs::cstring("hostname", spec.hostname)?,
+            workdir: rootfs::cstring("working directory", spec.workdir)?,
+            dev_null: CString::from(c"/dev/null"),
+            stdout: spec.stdout.map_or(dev_null.as_raw_fd(), |f| f.as_raw_fd()),
+            stderr: spec.stderr.map_or(dev_null.as_raw_fd(), |f| f.as_raw_fd()),
+            uid: spec.uid,
+            gid: spec.gid,
+            caps: CAPS.get().expect("initialised in Runtime::new"),
+            seccomp: SECCOMP.get().expect("initialised in Runtime::new"),
+            exe: rootfs::cstring("command", &exe)?,
+            argv: null_terminated(&argv),
+            envp: null_terminated(&env),
+        };
+
+        let spawned = process::clone_child(&plan).map_err(|source| RuntimeError::Sys {
+            op: "clone3",
+            source,
+        });
+        // The child holds its own copies now; ours must close so the pipe reports EOF at exec.
+        drop(pipe_w);
+        drop(procs);
+        let spawned = match spawned {
+            Ok(s) => s,
+            Err(e) => {
+                cgroup.destroy()?;
+                return Err(e);
+            }
+        };
+        let container = Container::new(spawned.pid, spawned.pidfd, cgroup);
+        // On any error below, dropping `container` kills, reaps and removes its cgroup.
+        match process::await_setup(&pipe_r, SETUP_TIMEOUT) {
+            Ok(Some(process::SetupResult::Exec)) => Ok(container),
+            Ok(Some(process::SetupResult::Failed {
+                step,
+                detail,
+                errno,
+            })) => Err(child_error(&plan, &exe, step, detail, errno)),
+            Ok(None) => Err(RuntimeError::SetupTimeout(SETUP_TIMEOUT)),
+            Err(source) => Err(RuntimeError::Sys {
+                op: "read the error pipe",
+                source,
+            }),
+        }
+    }
+}
+
+fn child_error(plan: &ChildPlan, exe: &str, step: Step, detail: u32, errno: i32) -> RuntimeError {
+    let source = io::Error::from_raw_os_error(errno);
+    let detail = match step {
+        Step::Mount => plan
+            .mounts
+            .get(detail as usize)
+            .map(rootfs::describe)
+            .unwrap_or_default(),
+        Step::Exec if errno == libc::ENOENT => {
+            return RuntimeError::CommandNotFound(format!(
+                "{exe} (or its interpreter or libraries)"
+            ))
+        }
+        Step::Exec => exe.to_string(),
+        _ => String::new(),
+    };
+    RuntimeError::Child {
+        step,
+        detail,
+        source,
+    }
+}
+
+fn to_cstrings(what: &'static str, items: &[String]) -> Result<Vec<CString>> {
+    items.iter().map(|s| rootfs::cstring(what, s)).collect()
+}
+
+/// argv/envp arrays pointing into `items`, which must outlive them.
+fn null_terminated(items: &[CString]) -> Vec<*const libc::c_char> {
+    items
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}

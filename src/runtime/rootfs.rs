@@ -1,0 +1,320 @@
+//! The container's filesystem: checks on the untrusted image root, command lookup inside
+//! it, and the mount plan the child carries out.
+//!
+//! Images are untrusted: a mount target that is a symlink would be followed in the host's
+//! tree before pivot_root (runc CVE-2021-30465 / CVE-2019-16884 class). Every path we mount
+//! on is therefore opened with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) and its type
+//! checked. The image directory is ours and is mounted read-only into every container, so
+//! nothing can swap a checked path for a symlink between the check and the mount.
+
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use super::child::MountOp;
+use super::error::{Result, RuntimeError};
+
+/// Paths the runtime mounts over; they are made at image install time, because the root is
+/// read-only at run time.
+pub const MOUNT_POINTS: &[(&str, Kind)] = &[
+    ("proc", Kind::Dir),
+    ("dev", Kind::Dir),
+    ("sys", Kind::Dir),
+    ("tmp", Kind::Dir),
+    ("control.sock", Kind::File),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+}
+
+const MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/devices/virtual/powercap",
+    "/sys/firmware",
+];
+
+const READ_ONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// (name, mode, major, minor) of the device nodes every container gets.
+const DEVICES: &[(&str, u32, u32)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+const DEV_LINKS: &[(&str, &str)] = &[
+    ("/proc/self/fd", "fd"),
+    ("/proc/self/fd/0", "stdin"),
+    ("/proc/self/fd/1", "stdout"),
+    ("/proc/self/fd/2", "stderr"),
+    ("pts/ptmx", "ptmx"),
+];
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Opens `rel` beneath `root` without following any symlink, and returns its metadata.
+fn open_beneath(root: &File, rel: &str, resolve: u64) -> std::io::Result<std::fs::Metadata> {
+    let path = CString::new(rel).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: open_how is plain data; all-zero is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = resolve;
+    // SAFETY: valid dirfd, NUL-terminated path and an open_how of the size we pass.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openat2 returned a new fd that nothing else owns.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    file.metadata()
+}
+
+fn open_root(rootfs: &Path) -> Result<File> {
+    let root = File::open(rootfs).map_err(|_| RuntimeError::RootfsMissing(rootfs.into()))?;
+    match root.metadata() {
+        Ok(m) if m.is_dir() => Ok(root),
+        _ => Err(RuntimeError::RootfsMissing(rootfs.into())),
+    }
+}
+
+/// Refuses a rootfs whose mount points are missing, symlinks, or of the wrong type.
+pub fn check_mount_points(rootfs: &Path) -> Result<()> {
+    let root = open_root(rootfs)?;
+    for &(name, kind) in MOUNT_POINTS {
+        let unsafe_point = |problem| RuntimeError::UnsafeMountPoint {
+            rootfs: rootfs.into(),
+            path: format!("/{name}"),
+            problem,
+        };
+        let resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
+        let meta = match open_beneath(&root, name, resolve) {
+            Ok(m) => m,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(unsafe_point("is a symlink"))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Err(unsafe_point("is missing (install the image with faasd)"))
+            }
+            Err(_) => return Err(unsafe_point("cannot be opened")),
+        };
+        match kind {
+            Kind::Dir if !meta.is_dir() => return Err(unsafe_point("is not a directory")),
+            Kind::File if !meta.is_file() => return Err(unsafe_point("is not a regular file")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Finds `cmd` in the image the way execvp would inside the container (PATH from `env`),
+/// resolving every lookup inside the root. Returns the path to exec in the container.
+pub fn resolve_command(rootfs: &Path, cmd: &str, env: &[String]) -> Result<String> {
+    let root = open_root(rootfs)?;
+    let is_executable = |p: &str| {
+        let rel = p.trim_start_matches('/');
+        match open_beneath(&root, rel, libc::RESOLVE_IN_ROOT) {
+            Ok(m) => m.is_file() && m.permissions().mode() & 0o111 != 0 && m.size() > 0,
+            Err(_) => false,
+        }
+    };
+    if cmd.is_empty() {
+        return Err(RuntimeError::EmptyCommand);
+    }
+    if cmd.contains('/') {
+        return if is_executable(cmd) {
+            Ok(cmd.to_string())
+        } else {
+            Err(RuntimeError::CommandNotFound(cmd.to_string()))
+        };
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    path.split(':')
+        .filter(|d| d.starts_with('/'))
+        .map(|d| format!("{}/{cmd}", d.trim_end_matches('/')))
+        .find(|p| is_executable(p))
+        .ok_or_else(|| RuntimeError::CommandNotFound(cmd.to_string()))
+}
+
+pub fn cstring(what: &'static str, s: impl AsRef<OsStr>) -> Result<CString> {
+    let bytes = s.as_ref().as_bytes();
+    CString::new(bytes).map_err(|_| RuntimeError::NulByte {
+        what,
+        value: String::from_utf8_lossy(bytes).into_owned(),
+    })
+}
+
+/// Builds the mount operations that turn `rootfs` into the container's root, with the
+/// control socket bound at /control.sock when given. All paths are host paths: the
+/// operations run before pivot_root.
+pub fn mount_plan(rootfs: &Path, control_socket: Option<&Path>) -> Result<Vec<MountOp>> {
+    let at = |rel: &str| cstring("path", rootfs.join(rel.trim_start_matches('/')));
+    let c = |s: &str| CString::new(s).expect("literal without NUL");
+    let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let fs = |fstype: &str, target: &str, flags, data: Option<&str>| -> Result<MountOp> {
+        Ok(MountOp::Mount {
+            source: c(fstype),
+            target: at(target)?,
+            fstype: Some(c(fstype)),
+            flags,
+            data: data.map(c),
+        })
+    };
+
+    let root = cstring("rootfs", rootfs)?;
+    let mut ops = vec![MountOp::Mount {
+        source: root.clone(),
+        target: root.clone(),
+        fstype: None,
+        flags: libc::MS_BIND | libc::MS_REC,
+        data: None,
+    }];
+    ops.push(fs("proc", "proc", nosuid_nodev_noexec, None)?);
+    ops.push(fs(
+        "tmpfs",
+        "dev",
+        libc::MS_NOSUID | libc::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?);
+    for &(name, major, minor) in DEVICES {
+        ops.push(MountOp::MakeNode {
+            path: at(&format!("dev/{name}"))?,
+            mode: libc::S_IFCHR | 0o666,
+            dev: libc::makedev(major, minor),
+        });
+    }
+    for &(target, link) in DEV_LINKS {
+        ops.push(MountOp::Symlink {
+            target: c(target),
+            link: at(&format!("dev/{link}"))?,
+        });
+    }
+    for (dir, mode) in [
+        ("dev/pts", 0o755),
+        ("dev/shm", 0o1777),
+        ("dev/mqueue", 0o755),
+    ] {
+        ops.push(MountOp::Mkdir {
+            path: at(dir)?,
+            mode,
+        });
+    }
+    ops.push(fs(
+        "devpts",
+        "dev/pts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?);
+    ops.push(fs(
+        "tmpfs",
+        "dev/shm",
+        nosuid_nodev_noexec,
+        Some("mode=1777,size=65536k"),
+    )?);
+    ops.push(fs("mqueue", "dev/mqueue", nosuid_nodev_noexec, None)?);
+    ops.push(fs(
+        "sysfs",
+        "sys",
+        nosuid_nodev_noexec | libc::MS_RDONLY,
+        None,
+    )?);
+    ops.push(fs(
+        "tmpfs",
+        "tmp",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("mode=1777,size=65536k"),
+    )?);
+    if let Some(sock) = control_socket {
+        ops.push(MountOp::Mount {
+            source: cstring("control socket", sock)?,
+            target: at("control.sock")?,
+            fstype: None,
+            flags: libc::MS_BIND,
+            data: None,
+        });
+    }
+    let null = at("dev/null")?;
+    for path in MASKED {
+        ops.push(MountOp::Mask {
+            target: at(path)?,
+            null: null.clone(),
+        });
+    }
+    for path in READ_ONLY {
+        let target = at(path)?;
+        ops.push(MountOp::BindReadOnly {
+            source: target.clone(),
+            target,
+            flags: nosuid_nodev_noexec,
+        });
+    }
+    // Last, so the mounts above could still create nodes and links: the image itself
+    // becomes read-only, and setuid bits in it mean nothing.
+    ops.push(MountOp::Mount {
+        source: root.clone(),
+        target: root,
+        fstype: None,
+        flags: libc::MS_BIND
+            | libc::MS_REMOUNT
+            | libc::MS_RDONLY
+            | libc::MS_NOSUID
+            | libc::MS_NODEV,
+        data: None,
+    });
+    Ok(ops)
+}
+
+/// A person-readable name of a mount operation, for error messages.
+pub fn describe(op: &MountOp) -> String {
+    let s = |c: &CString| c.to_string_lossy().into_owned();
+    match op {
+        MountOp::Mount {
+            source,
+            target,
+            fstype,
+            ..
+        } => match fstype {
+            Some(t) => format!("mount {} on {}", s(t), s(target)),
+            None => format!("bind {} on {}", s(source), s(target)),
+        },
+        MountOp::BindReadOnly { target, .. } => format!("make {} read-only", s(target)),
+        MountOp::Mask { target, .. } => format!("mask {}", s(target)),
+        MountOp::MakeNode { path, .. } => format!("mknod {}", s(path)),
+        MountOp::Mkdir { path, .. } => format!("mkdir {}", s(path)),
+        MountOp::Symlink { link, .. } => format!("symlink {}", s(link)),
+    }
+}

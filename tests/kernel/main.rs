@@ -1,0 +1,26 @@
+//! Kernel tests: namespaces, mounts, cgroups, netlink and fd passing on a real kernel, as
+//! root, never mocked. The same binary runs on the machine and inside the vmtest VM.
+//!
+//! Before any thread exists, the harness moves the whole test process into a network and a
+//! mount namespace of its own, so that addresses such as 10.0.0.x and every mount the tests
+//! make stay inside it and vanish with it.
+
+mod runtime;
+mod support;
+
+use libtest_mimic::{Arguments, Trial};
+
+fn main() {
+    let args = Arguments::from_args();
+    let root = nix::unistd::Uid::effective().is_root();
+    if root {
+        support::enter_private_namespaces();
+    } else {
+        eprintln!("kernel tests need root: every test is marked ignored");
+    }
+    let trials: Vec<Trial> = runtime::tests()
+        .into_iter()
+        .map(|t| t.with_ignored_flag(!root))
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}

@@ -1,0 +1,441 @@
+//! The container runtime, checked the way a user would check a container.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use faasd::runtime::{Exit, Resources, RuntimeError, Step};
+use libtest_mimic::Trial;
+
+use crate::support::{self, cgroup_exists, ensure, sh, sh_with, unique, Opts, TestResult};
+
+pub fn tests() -> Vec<Trial> {
+    vec![
+        Trial::test(
+            "runtime::pid_1_in_fresh_namespaces",
+            pid_1_in_fresh_namespaces,
+        ),
+        Trial::test(
+            "runtime::root_read_only_tmp_writable",
+            root_read_only_tmp_writable,
+        ),
+        Trial::test(
+            "runtime::proc_masked_and_read_only",
+            proc_masked_and_read_only,
+        ),
+        Trial::test("runtime::privileges_reduced", privileges_reduced),
+        Trial::test(
+            "runtime::dangerous_syscalls_denied",
+            dangerous_syscalls_denied,
+        ),
+        Trial::test("runtime::only_stdio_fds", only_stdio_fds),
+        Trial::test("runtime::dev_and_hostname", dev_and_hostname),
+        Trial::test(
+            "runtime::non_root_user_has_no_caps",
+            non_root_user_has_no_caps,
+        ),
+        Trial::test(
+            "runtime::pids_limit_stops_fork_bomb",
+            pids_limit_stops_fork_bomb,
+        ),
+        Trial::test("runtime::memory_hog_is_killed", memory_hog_is_killed),
+        Trial::test(
+            "runtime::missing_command_is_an_error",
+            missing_command_is_an_error,
+        ),
+        Trial::test(
+            "runtime::missing_workdir_is_an_error",
+            missing_workdir_is_an_error,
+        ),
+        Trial::test(
+            "runtime::timeout_kills_every_process",
+            timeout_kills_every_process,
+        ),
+        Trial::test(
+            "runtime::symlinked_mount_point_refused",
+            symlinked_mount_point_refused,
+        ),
+        Trial::test("runtime::exit_code_reported", exit_code_reported),
+    ]
+}
+
+fn pid_1_in_fresh_namespaces() -> TestResult {
+    let run =
+        sh("echo pid=$$; for n in pid mnt net ipc uts cgroup; do readlink /proc/self/ns/$n; done")?;
+    ensure(
+        run.status.success(),
+        format!("status {:?}: {}", run.status, run.output),
+    )?;
+    ensure(
+        run.output.contains("pid=1\n"),
+        format!("not pid 1: {}", run.output),
+    )?;
+    for ns in ["pid", "mnt", "net", "ipc", "uts", "cgroup"] {
+        let host = fs::read_link(format!("/proc/self/ns/{ns}"))?;
+        let host = host.to_string_lossy();
+        ensure(
+            !run.output.contains(host.as_ref()),
+            format!("container shares the host's {ns} namespace {host}"),
+        )?;
+        ensure(
+            run.output.contains(&format!("{ns}:[")),
+            format!("no {ns} namespace: {}", run.output),
+        )?;
+    }
+    // The cgroup namespace is rooted at the container's own cgroup.
+    let run = sh("cat /proc/self/cgroup")?;
+    ensure(
+        run.output.lines().all(|l| l.ends_with(":/")),
+        format!("cgroup paths visible beyond the container: {}", run.output),
+    )
+}
+
+fn root_read_only_tmp_writable() -> TestResult {
+    let run =
+        sh("touch /newfile; echo root=$?; touch /tmp/x && echo tmp=ok; mkdir /bin/x; echo bin=$?")?;
+    ensure(
+        run.output.contains("root=1"),
+        format!("writing / did not fail: {}", run.output),
+    )?;
+    ensure(
+        run.output.contains("Read-only file system"),
+        run.output.clone(),
+    )?;
+    ensure(
+        run.output.contains("tmp=ok"),
+        format!("/tmp not writable: {}", run.output),
+    )?;
+    ensure(run.output.contains("bin=1"), run.output.clone())?;
+    ensure(
+        !support::rootfs().join("newfile").exists(),
+        "the image was written to",
+    )
+}
+
+fn proc_masked_and_read_only() -> TestResult {
+    // Every masked file the host kernel has reads empty in the container.
+    for path in [
+        "/proc/kcore",
+        "/proc/timer_list",
+        "/proc/keys",
+        "/proc/sched_debug",
+    ] {
+        if fs::metadata(path).is_ok_and(|m| m.is_file()) {
+            let run = sh(&format!("echo bytes=$(cat {path} | wc -c)"))?;
+            ensure(
+                run.output.contains("bytes=0\n"),
+                format!("{path} not masked: {}", run.output),
+            )?;
+        }
+    }
+    let run = sh(
+        "echo 1 > /proc/sys/vm/drop_caches; echo sys=$?; echo x > /sys/kernel/uevent_helper; echo sysfs=$?",
+    )?;
+    ensure(
+        run.output.contains("sys=1"),
+        format!("/proc/sys writable: {}", run.output),
+    )?;
+    ensure(
+        run.output.contains("sysfs=1"),
+        format!("/sys writable: {}", run.output),
+    )?;
+    ensure(
+        run.output.contains("Read-only file system"),
+        run.output.clone(),
+    )
+}
+
+fn status_field<'a>(status: &'a str, field: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .map(|v| v.trim_start_matches(':').trim())
+}
+
+fn privileges_reduced() -> TestResult {
+    let run = sh("cat /proc/self/status")?;
+    let eff = status_field(&run.output, "CapEff").ok_or("no CapEff")?;
+    let eff = u64::from_str_radix(eff, 16)?;
+    // Docker's default set minus MKNOD, NET_RAW and AUDIT_WRITE.
+    let docker_default: u64 = 0x00000000a80425fb;
+    ensure(
+        eff & !docker_default == 0,
+        format!("CapEff {eff:#x} exceeds Docker's default set"),
+    )?;
+    ensure(eff & (1 << 21) == 0, "CAP_SYS_ADMIN kept")?;
+    ensure(eff & (1 << 27) == 0, "CAP_MKNOD kept")?;
+    for set in ["CapBnd", "CapPrm"] {
+        let v = u64::from_str_radix(status_field(&run.output, set).ok_or(set)?, 16)?;
+        ensure(v == eff, format!("{set} {v:#x} != CapEff {eff:#x}"))?;
+    }
+    for set in ["CapInh", "CapAmb"] {
+        let v = u64::from_str_radix(status_field(&run.output, set).ok_or(set)?, 16)?;
+        ensure(v == 0, format!("{set} is {v:#x}"))?;
+    }
+    ensure(
+        status_field(&run.output, "NoNewPrivs") == Some("1"),
+        "NoNewPrivs is not 1",
+    )?;
+    ensure(
+        status_field(&run.output, "Seccomp") == Some("2"),
+        "Seccomp is not 2 (filter)",
+    )
+}
+
+fn dangerous_syscalls_denied() -> TestResult {
+    let run = sh(
+        "mount -t tmpfs none /tmp; echo mount=$?; umount /proc; echo umount=$?; \
+         unshare -n true; echo unshare=$?; chroot / true; echo chroot=$?",
+    )?;
+    for op in ["mount=", "umount=", "unshare=", "chroot="] {
+        ensure(
+            !run.output.contains(&format!("{op}0")),
+            format!("{op} succeeded: {}", run.output),
+        )?;
+    }
+    ensure(
+        run.output.contains("Operation not permitted") || run.output.contains("permission denied"),
+        format!("no EPERM: {}", run.output),
+    )
+}
+
+fn only_stdio_fds() -> TestResult {
+    // `ls` opens the directory it lists as fd 3; anything else is leaked from the host.
+    let run = sh("exec ls /proc/self/fd")?;
+    let mut fds: Vec<&str> = run.output.split_whitespace().collect();
+    fds.sort();
+    ensure(fds == ["0", "1", "2", "3"], format!("open fds: {fds:?}"))
+}
+
+fn dev_and_hostname() -> TestResult {
+    let run = sh("hostname; ls /dev; head -c 4 /dev/urandom | wc -c; echo x > /dev/null && echo null=ok; ls /dev/pts /dev/shm /dev/mqueue >/dev/null && echo subdirs=ok")?;
+    ensure(
+        run.output.starts_with("faasd-test\n"),
+        format!("hostname: {}", run.output),
+    )?;
+    for dev in [
+        "null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "mqueue",
+    ] {
+        ensure(
+            run.output.contains(dev),
+            format!("/dev/{dev} missing: {}", run.output),
+        )?;
+    }
+    ensure(
+        run.output.contains("null=ok") && run.output.contains("subdirs=ok"),
+        run.output.clone(),
+    )
+}
+
+fn non_root_user_has_no_caps() -> TestResult {
+    let run = sh_with(
+        "id -u; grep -E 'CapEff|CapPrm' /proc/self/status; touch /tmp/y && echo tmp=ok",
+        Opts {
+            uid: 1000,
+            ..Opts::default()
+        },
+    )?;
+    ensure(
+        run.output.starts_with("1000\n"),
+        format!("uid: {}", run.output),
+    )?;
+    ensure(
+        run.output.contains("CapEff:\t0000000000000000"),
+        run.output.clone(),
+    )?;
+    ensure(
+        run.output.contains("CapPrm:\t0000000000000000"),
+        run.output.clone(),
+    )?;
+    ensure(run.output.contains("tmp=ok"), run.output.clone())
+}
+
+fn pids_limit_stops_fork_bomb() -> TestResult {
+    let id = unique("forkbomb");
+    let res = Resources {
+        pids_max: 16,
+        ..Resources::default()
+    };
+    // Start 40 sleepers; with 16 pids the shell's forks start failing.
+    // The subshell forks sleepers until fork fails; the shell then counts the live
+    // processes with a glob, which needs no fork.
+    let run = sh_with(
+        "(i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done); set -- /proc/[0-9]*; echo started=$#",
+        Opts { resources: res, id: Some(&id), ..Opts::default() },
+    )?;
+    ensure(
+        run.output.contains("can't fork")
+            || run.output.contains("Resource temporarily unavailable"),
+        format!("forks never failed: {}", run.output),
+    )?;
+    let started: u32 = run
+        .output
+        .lines()
+        .find_map(|l| l.strip_prefix("started="))
+        .ok_or(format!("no count: {}", run.output))?
+        .parse()?;
+    ensure(
+        started <= 16,
+        format!("{started} processes alive with pids.max 16"),
+    )?;
+    ensure(!cgroup_exists(&id), "cgroup left behind")
+}
+
+fn memory_hog_is_killed() -> TestResult {
+    let id = unique("memhog");
+    let res = Resources {
+        memory_bytes: 32 << 20,
+        ..Resources::default()
+    };
+    // Hold 200 MB in the shell: more than the limit.
+    let run = sh_with(
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived ${#x}",
+        Opts {
+            resources: res,
+            id: Some(&id),
+            ..Opts::default()
+        },
+    )?;
+    ensure(
+        !run.output.contains("survived"),
+        format!("memory hog survived: {}", run.output),
+    )?;
+    ensure(
+        run.status.oom_killed,
+        format!("no OOM kill recorded: {:?} {}", run.status, run.output),
+    )?;
+    ensure(!cgroup_exists(&id), "cgroup left behind")
+}
+
+fn missing_command_is_an_error() -> TestResult {
+    let id = unique("nocmd");
+    let argv = ["/no/such/binary".to_string()];
+    let err = support::run(
+        &argv,
+        Opts {
+            id: Some(&id),
+            ..Opts::default()
+        },
+    )
+    .err();
+    ensure(
+        matches!(err, Some(RuntimeError::CommandNotFound(_))),
+        format!("got {err:?}"),
+    )?;
+    let msg = err.unwrap().to_string();
+    ensure(
+        msg.contains("/no/such/binary") && msg.contains("not found"),
+        msg,
+    )?;
+    ensure(!cgroup_exists(&id), "cgroup left behind")?;
+    // A bare name is looked up in the image's PATH, not the host's.
+    let argv = ["cargo".to_string()];
+    let err = support::run(&argv, Opts::default()).err();
+    ensure(
+        matches!(err, Some(RuntimeError::CommandNotFound(_))),
+        format!("got {err:?}"),
+    )
+}
+
+fn missing_workdir_is_an_error() -> TestResult {
+    let id = unique("nowd");
+    let err = sh_with(
+        "true",
+        Opts {
+            workdir: "/nowhere",
+            id: Some(&id),
+            ..Opts::default()
+        },
+    )
+    .err();
+    let Some(RuntimeError::Child { step, source, .. }) = &err else {
+        return Err(format!("got {err:?}").into());
+    };
+    ensure(*step == Step::Chdir, format!("step {step}"))?;
+    ensure(
+        source.raw_os_error() == Some(libc::ENOENT),
+        format!("{source}"),
+    )?;
+    ensure(!cgroup_exists(&id), "cgroup left behind")
+}
+
+fn timeout_kills_every_process() -> TestResult {
+    let id = unique("hang");
+    let start = Instant::now();
+    let run = sh_with(
+        "sleep 300 & (sleep 300 &) ; sleep 300",
+        Opts {
+            timeout: Duration::from_millis(300),
+            id: Some(&id),
+            ..Opts::default()
+        },
+    )?;
+    ensure(
+        run.status.exit == Exit::TimedOut,
+        format!("{:?}", run.status),
+    )?;
+    ensure(
+        start.elapsed() < Duration::from_secs(10),
+        "teardown took too long",
+    )?;
+    ensure(
+        !cgroup_exists(&id),
+        "cgroup (and so some process) left behind",
+    )?;
+    // No sleeper survives anywhere on the host.
+    let survivors: Vec<_> = fs::read_dir("/proc")?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| fs::read_to_string(e.path().join("cmdline")).ok())
+        .filter(|c| c == "sleep\0300\0")
+        .collect();
+    ensure(
+        survivors.is_empty(),
+        format!("{} sleepers survived", survivors.len()),
+    )
+}
+
+fn symlinked_mount_point_refused() -> TestResult {
+    for (name, target) in [
+        ("proc", "/etc"),
+        ("control.sock", "/etc/passwd"),
+        ("tmp", "../../../tmp"),
+    ] {
+        let dir = support::state_dir().join(unique("evil"));
+        support::make_rootfs(&dir);
+        let p = dir.join(name);
+        if p.is_dir() {
+            fs::remove_dir(&p)?;
+        } else {
+            fs::remove_file(&p)?;
+        }
+        std::os::unix::fs::symlink(target, &p)?;
+        let err = sh_with(
+            "true",
+            Opts {
+                rootfs: &dir,
+                ..Opts::default()
+            },
+        )
+        .err();
+        ensure(
+            matches!(err, Some(RuntimeError::UnsafeMountPoint { .. })),
+            format!("/{name} -> {target}: got {err:?}"),
+        )?;
+        ensure(
+            err.unwrap().to_string().contains("symlink"),
+            "message does not say why",
+        )?;
+        fs::remove_dir_all(&dir)?;
+    }
+    Ok(())
+}
+
+fn exit_code_reported() -> TestResult {
+    let run = sh("exit 7")?;
+    ensure(
+        run.status.exit == Exit::Code(7),
+        format!("{:?}", run.status),
+    )?;
+    // A signal from inside reaches a child of pid 1 (pid 1 itself ignores it).
+    let run = sh("sh -c 'kill -SEGV $$'; echo child=$?")?;
+    ensure(run.output.contains("child=139"), run.output)
+}

@@ -1,0 +1,175 @@
+//! Fixtures shared by the kernel tests.
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use faasd::runtime::{ContainerSpec, ExitStatus, Resources, Runtime, RuntimeError};
+
+pub type TestResult = Result<(), libtest_mimic::Failed>;
+
+/// Where the tests keep their files: FAASD_TEST_STATE (a tmpfs in the VM), else /tmp.
+pub fn state_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let base = std::env::var_os("FAASD_TEST_STATE")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!("faasd-kernel-tests-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    })
+}
+
+pub fn enter_private_namespaces() {
+    use nix::mount::{mount, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
+        .expect("unshare a network and a mount namespace for the tests");
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .expect("make the test mount namespace private");
+}
+
+/// A unique name for a container or cgroup.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub const CGROUP_PARENT: &str = "faasd-test";
+
+pub fn runtime() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| Runtime::new(CGROUP_PARENT).expect("runtime"))
+}
+
+/// Lays out a minimal image root: static busybox as /bin/busybox and /bin/sh, plus the
+/// mount points an installed image has.
+pub fn make_rootfs(dir: &Path) {
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+        fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    fs::write(dir.join("control.sock"), b"").unwrap();
+    fs::copy(busybox(), dir.join("bin/busybox")).unwrap();
+    fs::set_permissions(dir.join("bin/busybox"), fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("busybox", dir.join("bin/sh")).unwrap();
+}
+
+fn busybox() -> &'static str {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("static busybox (Debian package busybox-static) is required")
+}
+
+/// The shared busybox rootfs.
+pub fn rootfs() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let dir = state_dir().join("busybox-rootfs");
+        make_rootfs(&dir);
+        dir
+    })
+}
+
+pub struct Run {
+    pub status: ExitStatus,
+    pub output: String,
+}
+
+/// Options of a test container, with defaults for everything.
+pub struct Opts<'a> {
+    pub rootfs: &'a Path,
+    pub uid: u32,
+    pub resources: Resources,
+    pub workdir: &'a str,
+    pub timeout: Duration,
+    pub control_socket: Option<&'a Path>,
+    pub id: Option<&'a str>,
+}
+
+impl Default for Opts<'_> {
+    fn default() -> Self {
+        Opts {
+            rootfs: rootfs(),
+            uid: 0,
+            resources: Resources::default(),
+            workdir: "/",
+            timeout: Duration::from_secs(20),
+            control_socket: None,
+            id: None,
+        }
+    }
+}
+
+/// Runs `script` under busybox sh in a container, capturing stdout and stderr together.
+pub fn sh(script: &str) -> Result<Run, RuntimeError> {
+    sh_with(script, Opts::default())
+}
+
+pub fn sh_with(script: &str, opts: Opts<'_>) -> Result<Run, RuntimeError> {
+    let argv = ["/bin/sh".to_string(), "-c".to_string(), script.to_string()];
+    run(&argv, opts)
+}
+
+pub fn run(argv: &[String], opts: Opts<'_>) -> Result<Run, RuntimeError> {
+    let (rd, wr): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let id = opts.id.map(str::to_string).unwrap_or_else(|| unique("c"));
+    let env = ["PATH=/bin".to_string()];
+    let spec = ContainerSpec {
+        id: &id,
+        rootfs: opts.rootfs,
+        argv,
+        env: &env,
+        workdir: opts.workdir,
+        uid: opts.uid,
+        gid: opts.uid,
+        hostname: "faasd-test",
+        resources: opts.resources,
+        control_socket: opts.control_socket,
+        stdout: Some(wr.as_fd()),
+        stderr: Some(wr.as_fd()),
+    };
+    let container = runtime().spawn(&spec)?;
+    drop(wr);
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = fs::File::from(rd).read_to_string(&mut s);
+        s
+    });
+    let status = container.wait_blocking(opts.timeout)?;
+    Ok(Run {
+        status,
+        output: reader.join().unwrap(),
+    })
+}
+
+/// Whether the cgroup of container `id` still exists in any hierarchy.
+pub fn cgroup_exists(id: &str) -> bool {
+    faasd::runtime::cgroup_children(CGROUP_PARENT)
+        .iter()
+        .any(|c| c == id)
+}
+
+pub fn ensure(cond: bool, msg: impl std::fmt::Display) -> TestResult {
+    if cond {
+        Ok(())
+    } else {
+        Err(msg.to_string().into())
+    }
+}
