@@ -60,6 +60,11 @@ impl Container {
         self.pid
     }
 
+    /// A second pidfd for the first process, e.g. to learn of its exit elsewhere.
+    pub fn pidfd_clone(&self) -> io::Result<OwnedFd> {
+        self.pidfd.try_clone()
+    }
+
     /// SIGKILLs the container (and so everything in its pid namespace).
     pub fn kill(&self) {
         // SAFETY: pidfd_send_signal on our own pidfd; a pidfd cannot name a recycled pid.

@@ -1,0 +1,144 @@
+/*
+ * test-handler: a static handler speaking the faasd handler protocol.
+ *
+ *   1. connect to the Unix stream socket /control.sock;
+ *   2. recvmsg one message carrying one fd (SCM_RIGHTS);
+ *   3. read the HTTP request from that fd up to the end of the headers (or EOF), answer
+ *      "Hello from FaaS handler!" followed by the request line, close, exit 0.
+ *
+ * argv[1] selects a mode for tests:
+ *   (none) | serve  the above
+ *   crash           connect, then abort()
+ *   noconnect       sleep forever without connecting
+ *   hang            connect, receive the fd, then sleep forever
+ *   true            exit 0 at once
+ *
+ * Build: gcc -static -O2 -o test-handler test-handler.c
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define CONTROL_SOCK "/control.sock"
+
+static void die(const char *what) {
+    fprintf(stderr, "test-handler: %s: %s\n", what, strerror(errno));
+    exit(1);
+}
+
+static void sleep_forever(void) {
+    for (;;)
+        pause();
+}
+
+static int connect_control(void) {
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        die("socket");
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    strncpy(addr.sun_path, CONTROL_SOCK, sizeof addr.sun_path - 1);
+    if (connect(s, (struct sockaddr *)&addr, sizeof addr) < 0)
+        die("connect " CONTROL_SOCK);
+    return s;
+}
+
+static int receive_fd(int s) {
+    char data[64];
+    struct iovec iov = {.iov_base = data, .iov_len = sizeof data};
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int) * 4)];
+    } ctl;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctl.buf;
+    msg.msg_controllen = sizeof ctl.buf;
+    ssize_t n;
+    do {
+        n = recvmsg(s, &msg, MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        die("recvmsg");
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+            c->cmsg_len >= CMSG_LEN(sizeof(int))) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c), sizeof fd);
+            return fd;
+        }
+    }
+    errno = EPROTO;
+    die("recvmsg: no file descriptor in the message");
+    return -1;
+}
+
+static void write_all(int fd, const char *p, size_t len) {
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            die("write");
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+static void serve(int conn) {
+    char req[8192];
+    size_t len = 0;
+    while (len < sizeof req - 1) {
+        ssize_t n = read(conn, req + len, sizeof req - 1 - len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            die("read request");
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+        req[len] = '\0';
+        if (strstr(req, "\r\n\r\n"))
+            break;
+    }
+    req[len] = '\0';
+    size_t line = strcspn(req, "\r\n");
+    static const char head[] = "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n"
+                               "Connection: close\r\n\r\nHello from FaaS handler!\n";
+    write_all(conn, head, sizeof head - 1);
+    write_all(conn, req, line);
+    write_all(conn, "\n", 1);
+    if (close(conn) < 0)
+        die("close");
+}
+
+int main(int argc, char **argv) {
+    const char *mode = argc > 1 ? argv[1] : "serve";
+    if (strcmp(mode, "true") == 0)
+        return 0;
+    if (strcmp(mode, "noconnect") == 0)
+        sleep_forever();
+    if (strcmp(mode, "serve") != 0 && strcmp(mode, "crash") != 0 && strcmp(mode, "hang") != 0) {
+        fprintf(stderr, "test-handler: unknown mode %s (serve, crash, noconnect, hang, true)\n", mode);
+        return 2;
+    }
+    int s = connect_control();
+    if (strcmp(mode, "crash") == 0)
+        abort();
+    int conn = receive_fd(s);
+    if (strcmp(mode, "hang") == 0)
+        sleep_forever();
+    close(s);
+    serve(conn);
+    return 0;
+}

@@ -1,0 +1,230 @@
+//! The control API (axum): the prototype's endpoints, unchanged, plus undeploy, health
+//! and metrics.
+
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use futures::TryStreamExt;
+use serde_json::{json, Value};
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use super::{Daemon, DaemonError};
+use crate::image::{ImageError, Limits};
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<DaemonError> for ApiError {
+    fn from(e: DaemonError) -> Self {
+        let status = match &e {
+            DaemonError::InvalidName(_) => StatusCode::BAD_REQUEST,
+            DaemonError::NotFound(_) => StatusCode::NOT_FOUND,
+            DaemonError::PoolExhausted(_) => StatusCode::SERVICE_UNAVAILABLE,
+            DaemonError::Image(ie) => image_status(ie),
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+/// Bad uploads are the client's fault (4xx); failing to write our own disk is ours (5xx).
+fn image_status(e: &ImageError) -> StatusCode {
+    match e {
+        ImageError::UploadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        ImageError::Staging { .. }
+        | ImageError::WriteConfig { .. }
+        | ImageError::Commit { .. }
+        | ImageError::LoadConfig { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+pub fn router(d: Arc<Daemon>) -> Router {
+    let router = Router::new()
+        .route("/api/new", post(new_function))
+        .route("/api/ip/{name}", get(function_ip))
+        .route("/api/list", get(list))
+        .route("/api/functions/{name}", delete(remove_function))
+        .route("/metrics", get(metrics))
+        // The upload size is enforced while streaming (see new_function).
+        .layer(DefaultBodyLimit::disable());
+    let router = if d.token.is_some() {
+        router.layer(middleware::from_fn_with_state(d.clone(), require_token))
+    } else {
+        router
+    };
+    // Health checks need no token.
+    router
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(d)
+}
+
+async fn require_token(State(d): State<Arc<Daemon>>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match (&d.token, presented) {
+        (Some(want), Some(got)) if constant_time_eq(want.as_bytes(), got.trim().as_bytes()) => {
+            next.run(req).await
+        }
+        _ => ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token".into(),
+        )
+        .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn new_function(
+    State(d): State<Arc<Daemon>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let name = headers
+        .get("x-image-name")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "missing header X-Image-Name".into(),
+            )
+        })?
+        .to_string();
+    let max = d.cfg.max_upload_mb << 20;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the upload is larger than {max} bytes, the limit for one image"),
+        ));
+    }
+    let stream = body.into_data_stream().map_err(io::Error::other);
+    let upload = CappedReader::new(SyncIoBridge::new(StreamReader::new(stream)), max);
+    let too_large = upload.exceeded.clone();
+    let limits = Limits::default();
+    match d.deploy(&name, upload, limits).await {
+        Ok(done) => Ok(Json(json!(done))),
+        Err(_) if too_large.load(Ordering::Relaxed) => Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the upload is larger than {max} bytes, the limit for one image"),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Fails the read once more than `max` bytes have come through, and says so.
+struct CappedReader<R> {
+    inner: R,
+    left: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl<R> CappedReader<R> {
+    fn new(inner: R, max: u64) -> Self {
+        CappedReader {
+            inner,
+            left: max,
+            exceeded: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl<R: Read> Read for CappedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        match self.left.checked_sub(n as u64) {
+            Some(left) => {
+                self.left = left;
+                Ok(n)
+            }
+            None => {
+                self.exceeded.store(true, Ordering::Relaxed);
+                Err(io::Error::other("upload size limit exceeded"))
+            }
+        }
+    }
+}
+
+async fn function_ip(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let f = d
+        .function(&name)
+        .ok_or_else(|| ApiError::from(DaemonError::NotFound(name.clone())))?;
+    Ok(Json(json!({ "name": name, "ip": f.ip })))
+}
+
+async fn list(State(d): State<Arc<Daemon>>) -> Json<Value> {
+    let images = d.cfg.images_dir();
+    let out: serde_json::Map<String, Value> = d
+        .records()
+        .await
+        .into_iter()
+        .map(|(name, r)| {
+            let rootfs = images.join(&name).join("rootfs");
+            let entry = json!({
+                "ip": r.ip,
+                "rootfs": rootfs,
+                "cmd": r.config.cmd,
+                "env": r.config.env,
+                "workdir": r.config.working_dir,
+                "user": format!("{}:{}", r.config.uid, r.config.gid),
+                "resources": r.resources,
+            });
+            (name, entry)
+        })
+        .collect();
+    Json(Value::Object(out))
+}
+
+async fn remove_function(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    d.undeploy(&name).await?;
+    Ok(Json(json!({ "name": name })))
+}
+
+async fn metrics(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        d.metrics.render(),
+    )
+}
+
+/// Serves the control API on the configured address until the daemon stops accepting.
+pub async fn serve_api(d: Arc<Daemon>) -> Result<(), DaemonError> {
+    let addr = d.cfg.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Listen { addr, source })?;
+    tracing::info!(%addr, "control API listening");
+    let stop = d.stop_accepting.clone();
+    axum::serve(listener, router(d))
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .map_err(|source| DaemonError::Listen { addr, source })
+}

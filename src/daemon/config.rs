@@ -1,0 +1,105 @@
+//! faasd's settings: every flag can also be set as an environment variable FAASD_*.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use ipnet::Ipv4Net;
+
+use crate::runtime::Resources;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "faasd",
+    version,
+    about = "Functions as a service: a fresh container per request"
+)]
+pub struct Config {
+    /// Where images, bundles and registry.json live.
+    #[arg(long, env = "FAASD_STATE_DIR", default_value = "/var/lib/faasd")]
+    pub state_dir: PathBuf,
+    /// Address of the control API.
+    #[arg(long, env = "FAASD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Pool of function addresses, added to `lo`; the first handed out is host .10.
+    #[arg(long, env = "FAASD_SUBNET", default_value = "10.0.0.0/24")]
+    pub subnet: Ipv4Net,
+    /// Port each function listens on, on its own address.
+    #[arg(long, env = "FAASD_FUNCTION_PORT", default_value_t = 80)]
+    pub function_port: u16,
+    /// Seconds a handler has to connect to /control.sock.
+    #[arg(long, env = "FAASD_CONNECT_TIMEOUT", default_value_t = 5.0)]
+    pub connect_timeout: f64,
+    /// Seconds a whole request may take before its container is killed.
+    #[arg(long, env = "FAASD_EXEC_TIMEOUT", default_value_t = 30.0)]
+    pub exec_timeout: f64,
+    /// Default memory limit per container, in MiB.
+    #[arg(long, env = "FAASD_MEMORY_MB", default_value_t = 512)]
+    pub memory_mb: u64,
+    /// Default CPU quota per container, in CPUs.
+    #[arg(long, env = "FAASD_CPUS", default_value_t = 1.0)]
+    pub cpus: f64,
+    /// Default limit of processes per container.
+    #[arg(long, env = "FAASD_PIDS_MAX", default_value_t = 128)]
+    pub pids_max: u32,
+    /// Containers running at once, all functions together; more requests wait.
+    #[arg(long, env = "FAASD_MAX_CONTAINERS", default_value_t = 64)]
+    pub max_containers: usize,
+    /// Containers running at once for one function.
+    #[arg(long, env = "FAASD_MAX_PER_FUNCTION", default_value_t = 32)]
+    pub max_per_function: usize,
+    /// Seconds a request may wait for a free slot before it gets 503.
+    #[arg(long, env = "FAASD_QUEUE_TIMEOUT", default_value_t = 5.0)]
+    pub queue_timeout: f64,
+    /// Largest accepted image upload, in MiB (larger: 413).
+    #[arg(long, env = "FAASD_MAX_UPLOAD_MB", default_value_t = 2048)]
+    pub max_upload_mb: u64,
+    /// File holding a bearer token that every control API request must present.
+    #[arg(long, env = "FAASD_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The cgroup (in every hierarchy) that holds all containers.
+    #[arg(long, env = "FAASD_CGROUP_PARENT", default_value = "faasd")]
+    pub cgroup_parent: String,
+    /// Seconds in-flight requests get to finish at shutdown before they are killed.
+    #[arg(long, env = "FAASD_SHUTDOWN_GRACE", default_value_t = 10.0)]
+    pub shutdown_grace: f64,
+}
+
+impl Config {
+    pub fn resources(&self) -> Resources {
+        Resources {
+            memory_bytes: self.memory_mb << 20,
+            cpu_millis: (self.cpus * 1000.0).round() as u64,
+            pids_max: self.pids_max,
+        }
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.connect_timeout)
+    }
+
+    pub fn exec_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.exec_timeout)
+    }
+
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.queue_timeout)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown_grace)
+    }
+
+    pub fn images_dir(&self) -> PathBuf {
+        self.state_dir.join("images")
+    }
+
+    pub fn bundles_dir(&self) -> PathBuf {
+        self.state_dir.join("bundles")
+    }
+
+    pub fn registry_path(&self) -> PathBuf {
+        self.state_dir.join("registry.json")
+    }
+}

@@ -1,0 +1,100 @@
+//! A deployed function: its address, its current image, its concurrency slots.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedRwLockReadGuard, RwLock, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::image::ImageConfig;
+use crate::runtime::Resources;
+
+/// An installed image directory (`rootfs/` and `config.json`).
+///
+/// Requests hold an `Arc` to the image they run on. When a redeploy or an undeploy
+/// replaces it, the directory is renamed aside at once and deleted only when the last
+/// request using it has finished, so requests in flight finish on the old image.
+pub struct Image {
+    dir: PathBuf,
+    pub config: ImageConfig,
+    retired_to: Mutex<Option<PathBuf>>,
+}
+
+impl Image {
+    pub fn new(dir: PathBuf, config: ImageConfig) -> Self {
+        Image {
+            dir,
+            config,
+            retired_to: Mutex::new(None),
+        }
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    /// Records that the directory now lives at `moved_to`, to be removed on drop.
+    pub fn retire(&self, moved_to: PathBuf) {
+        *self.retired_to.lock().unwrap() = Some(moved_to);
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        if let Some(dir) = self.retired_to.lock().unwrap().take() {
+            // A rootfs can be large: never make the dropping task wait for it.
+            std::thread::spawn(move || remove_tree(&dir));
+        }
+    }
+}
+
+pub fn remove_tree(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %dir.display(), "removing a retired image failed: {e}");
+        }
+    }
+}
+
+pub struct Function {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub resources: Resources,
+    image: Arc<RwLock<Arc<Image>>>,
+    pub slots: Arc<Semaphore>,
+    /// Cancelled to stop this function's listener.
+    pub stop: CancellationToken,
+}
+
+impl Function {
+    pub fn new(
+        name: &str,
+        ip: Ipv4Addr,
+        resources: Resources,
+        image: Image,
+        slots: usize,
+        stop: CancellationToken,
+    ) -> Self {
+        Function {
+            name: name.to_string(),
+            ip,
+            resources,
+            image: Arc::new(RwLock::new(Arc::new(image))),
+            slots: Arc::new(Semaphore::new(slots)),
+            stop,
+        }
+    }
+
+    /// The current image, locked against a swap until the guard is dropped: a spawn holds
+    /// it so the rootfs path cannot change between its checks and its mounts.
+    pub async fn image(&self) -> OwnedRwLockReadGuard<Arc<Image>> {
+        self.image.clone().read_owned().await
+    }
+
+    /// Runs `swap` with exclusive access to the current image (for a redeploy).
+    pub async fn with_image_mut<T>(&self, swap: impl FnOnce(&mut Arc<Image>) -> T) -> T {
+        let mut guard = self.image.write().await;
+        swap(&mut guard)
+    }
+}

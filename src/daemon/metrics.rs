@@ -1,0 +1,106 @@
+//! Prometheus metrics of the request path (prometheus-client does the text format).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabel {
+    pub function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub function: String,
+    pub reason: String,
+}
+
+type Histograms = Family<FunctionLabel, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 250 µs to ~8 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<FunctionLabel, Counter>,
+    pub failures: Family<FailureLabels, Counter>,
+    pub in_flight: Family<FunctionLabel, Gauge>,
+    pub cold_start: Histograms,
+    pub duration: Histograms,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("faasd");
+        let requests = Family::<FunctionLabel, Counter>::default();
+        let failures = Family::<FailureLabels, Counter>::default();
+        let in_flight = Family::<FunctionLabel, Gauge>::default();
+        let cold_start: Histograms = Family::new_with_constructor(latency_histogram);
+        let duration: Histograms = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "requests",
+            "Requests accepted per function",
+            requests.clone(),
+        );
+        registry.register(
+            "failures",
+            "Requests that failed, per function and reason",
+            failures.clone(),
+        );
+        registry.register("in_flight", "Requests being served now", in_flight.clone());
+        registry.register(
+            "cold_start_seconds",
+            "From accepting the connection to the handler holding it",
+            cold_start.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "From accepting the connection to the container's teardown",
+            duration.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            failures,
+            in_flight,
+            cold_start,
+            duration,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn label(function: &str) -> FunctionLabel {
+        FunctionLabel {
+            function: function.to_string(),
+        }
+    }
+
+    pub fn failure(&self, function: &str, reason: &str) {
+        self.failures
+            .get_or_create(&FailureLabels {
+                function: function.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn observe(hist: &Histograms, function: &str, d: Duration) {
+        hist.get_or_create(&Self::label(function))
+            .observe(d.as_secs_f64());
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,454 @@
+//! The faasd daemon: deployments, their addresses and listeners, the request path, and
+//! a clean start (crash recovery) and stop.
+
+mod api;
+pub mod config;
+mod function;
+pub mod loopback;
+mod metrics;
+mod pool;
+mod registry;
+mod request;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+use function::{Function, Image};
+use loopback::{Loopback, LoopbackError};
+use metrics::Metrics;
+pub use registry::FunctionRecord;
+use registry::{Registry, RegistryError};
+
+use crate::image::{self, ImageError};
+use crate::runtime::{self, Runtime, RuntimeError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("invalid function name {0:?}: use 1-63 letters, digits, '-' or '_', starting with a letter or digit")]
+    InvalidName(String),
+    #[error("no function named {0:?}")]
+    NotFound(String),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("the address pool {0} is exhausted")]
+    PoolExhausted(ipnet::Ipv4Net),
+    #[error(transparent)]
+    Loopback(#[from] LoopbackError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("listening on {addr} failed: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{op} {path} failed: {source}")]
+    Fs {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading the token file {path} failed: {source}")]
+    Token {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn fs_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DaemonError + 'a {
+    move |source| DaemonError::Fs {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a deploy returns.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Deployed {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub cmd: Vec<String>,
+}
+
+pub struct Daemon {
+    pub cfg: Config,
+    runtime: Runtime,
+    lo: Loopback,
+    /// Serialises changes to the set of deployments; the registry is their record.
+    registry: Mutex<Registry>,
+    functions: RwLock<BTreeMap<String, Arc<Function>>>,
+    metrics: Metrics,
+    global_slots: Arc<Semaphore>,
+    /// Cancelled at shutdown: listeners stop accepting.
+    stop_accepting: CancellationToken,
+    /// Cancelled when the shutdown grace ends: in-flight requests are torn down.
+    kill_requests: CancellationToken,
+    requests: TaskTracker,
+    request_seq: AtomicU64,
+    token: Option<String>,
+}
+
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    (1..=63).contains(&name.len())
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Daemon {
+    /// Prepares the state directory, clears what a crashed predecessor left, and brings
+    /// every registered function back (address, listener).
+    pub async fn start(cfg: Config) -> Result<Arc<Self>, DaemonError> {
+        for dir in [cfg.state_dir.clone(), cfg.images_dir(), cfg.bundles_dir()] {
+            std::fs::create_dir_all(&dir).map_err(fs_err("create", &dir))?;
+        }
+        let token = match &cfg.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| DaemonError::Token {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        recover(&cfg)?;
+        let daemon = Arc::new(Daemon {
+            runtime: Runtime::new(&cfg.cgroup_parent)?,
+            lo: Loopback::open().await?,
+            registry: Mutex::new(Registry::load(&cfg.registry_path())?),
+            functions: RwLock::new(BTreeMap::new()),
+            metrics: Metrics::default(),
+            global_slots: Arc::new(Semaphore::new(cfg.max_containers)),
+            stop_accepting: CancellationToken::new(),
+            kill_requests: CancellationToken::new(),
+            requests: TaskTracker::new(),
+            request_seq: AtomicU64::new(0),
+            token,
+            cfg,
+        });
+        daemon.restore().await;
+        Ok(daemon)
+    }
+
+    async fn restore(self: &Arc<Self>) {
+        let records = self.registry.lock().await.functions().clone();
+        let on_lo = self.lo_ips().await.unwrap_or_default();
+        for (name, rec) in records {
+            let dir = self.cfg.images_dir().join(&name);
+            if !dir.join("rootfs").is_dir() {
+                tracing::error!(function = %name, "image {} is missing; not restoring it", dir.display());
+                continue;
+            }
+            let result = async {
+                if !on_lo.contains(&rec.ip) {
+                    self.lo.add(rec.ip).await?;
+                }
+                let listener = self.bind(rec.ip).await?;
+                self.activate(&name, &rec, Image::new(dir, rec.config.clone()), listener);
+                Ok::<_, DaemonError>(())
+            }
+            .await;
+            match result {
+                Ok(()) => tracing::info!(function = %name, ip = %rec.ip, "restored"),
+                Err(e) => tracing::error!(function = %name, "restoring failed: {e}"),
+            }
+        }
+    }
+
+    async fn lo_ips(&self) -> Result<HashSet<Ipv4Addr>, DaemonError> {
+        Ok(self
+            .lo
+            .addresses()
+            .await?
+            .into_iter()
+            .map(|a| a.ip)
+            .collect())
+    }
+
+    async fn bind(&self, ip: Ipv4Addr) -> Result<TcpListener, DaemonError> {
+        let addr = SocketAddr::from((ip, self.cfg.function_port));
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Listen { addr, source })
+    }
+
+    /// Makes a function live: in the table, and accepting on its listener.
+    fn activate(
+        self: &Arc<Self>,
+        name: &str,
+        rec: &FunctionRecord,
+        image: Image,
+        listener: TcpListener,
+    ) {
+        let stop = self.stop_accepting.child_token();
+        let f = Arc::new(Function::new(
+            name,
+            rec.ip,
+            rec.resources,
+            image,
+            self.cfg.max_per_function,
+            stop,
+        ));
+        self.functions
+            .write()
+            .unwrap()
+            .insert(name.to_string(), f.clone());
+        tokio::spawn(self.clone().accept_loop(f, listener));
+    }
+
+    async fn accept_loop(self: Arc<Self>, f: Arc<Function>, listener: TcpListener) {
+        loop {
+            tokio::select! {
+                _ = f.stop.cancelled() => break,
+                conn = listener.accept() => match conn {
+                    Ok((tcp, _)) => {
+                        let _ = tcp.set_nodelay(true);
+                        self.requests.spawn(request::serve(self.clone(), f.clone(), tcp));
+                    }
+                    Err(e) => {
+                        // EMFILE and the like: back off instead of spinning.
+                        tracing::warn!(function = %f.name, "accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    pub fn next_request_id(&self, function: &str) -> String {
+        format!(
+            "{function}-{}",
+            self.request_seq.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    pub fn function(&self, name: &str) -> Option<Arc<Function>> {
+        self.functions.read().unwrap().get(name).cloned()
+    }
+
+    pub fn functions(&self) -> Vec<Arc<Function>> {
+        self.functions.read().unwrap().values().cloned().collect()
+    }
+
+    /// Installs `upload` as function `name`: a new function gets the lowest free address;
+    /// an existing one keeps its address and swaps its image atomically. On any error
+    /// nothing is left: no image, address, listener or registry entry.
+    pub async fn deploy(
+        self: &Arc<Self>,
+        name: &str,
+        upload: impl Read + Send + 'static,
+        limits: image::Limits,
+    ) -> Result<Deployed, DaemonError> {
+        if !valid_name(name) {
+            return Err(DaemonError::InvalidName(name.to_string()));
+        }
+        // The upload streams into a staging directory without holding any lock.
+        let images = self.cfg.images_dir();
+        let staged = tokio::task::spawn_blocking(move || image::install(upload, &images, &limits))
+            .await
+            .expect("install task panicked")?;
+        let config = staged.config().clone();
+        let mut registry = self.registry.lock().await;
+        let dest = self.cfg.images_dir().join(name);
+        let ip = match self.function(name) {
+            Some(f) => {
+                self.redeploy(&mut registry, &f, staged, &dest).await?;
+                f.ip
+            }
+            None => self.deploy_new(&mut registry, name, staged, &dest).await?,
+        };
+        tracing::info!(function = %name, %ip, cmd = ?config.cmd, "deployed");
+        Ok(Deployed {
+            name: name.to_string(),
+            ip,
+            cmd: config.cmd,
+        })
+    }
+
+    async fn deploy_new(
+        self: &Arc<Self>,
+        registry: &mut Registry,
+        name: &str,
+        staged: image::StagedImage,
+        dest: &Path,
+    ) -> Result<Ipv4Addr, DaemonError> {
+        let mut taken: HashSet<Ipv4Addr> = registry.functions().values().map(|r| r.ip).collect();
+        taken.extend(self.lo_ips().await?);
+        let ip = pool::lowest_free(self.cfg.subnet, &taken)
+            .ok_or(DaemonError::PoolExhausted(self.cfg.subnet))?;
+        let record = FunctionRecord {
+            ip,
+            config: staged.config().clone(),
+            resources: self.cfg.resources(),
+        };
+        self.lo.add(ip).await?;
+        let undo_address = |e: DaemonError| async move {
+            if let Err(e2) = self.lo.remove_ours(ip).await {
+                tracing::error!(%ip, "removing the address after a failed deploy: {e2}");
+            }
+            e
+        };
+        let listener = match self.bind(ip).await {
+            Ok(l) => l,
+            Err(e) => return Err(undo_address(e).await),
+        };
+        // A leftover directory of the same name (a crash mid-undeploy) is not ours to keep.
+        if dest.exists() {
+            let aside = self.retired_path(name);
+            let _ = std::fs::rename(dest, &aside);
+            function::remove_tree(&aside);
+        }
+        if let Err(e) = staged.commit(dest) {
+            return Err(undo_address(e.into()).await);
+        }
+        if let Err(e) = registry.put(name, record.clone()) {
+            function::remove_tree(dest);
+            return Err(undo_address(e.into()).await);
+        }
+        let image = Image::new(dest.to_path_buf(), record.config.clone());
+        self.activate(name, &record, image, listener);
+        Ok(ip)
+    }
+
+    async fn redeploy(
+        &self,
+        registry: &mut Registry,
+        f: &Function,
+        staged: image::StagedImage,
+        dest: &Path,
+    ) -> Result<(), DaemonError> {
+        let config = staged.config().clone();
+        let old_record = registry.functions().get(&f.name).cloned();
+        registry.put(
+            &f.name,
+            FunctionRecord {
+                ip: f.ip,
+                config: config.clone(),
+                resources: f.resources,
+            },
+        )?;
+        let aside = self.retired_path(&f.name);
+        let swapped = f
+            .with_image_mut(|current| -> Result<(), DaemonError> {
+                std::fs::rename(dest, &aside).map_err(fs_err("move aside", dest))?;
+                if let Err(e) = staged.commit(dest) {
+                    let _ = std::fs::rename(&aside, dest);
+                    return Err(e.into());
+                }
+                current.retire(aside.clone());
+                *current = Arc::new(Image::new(dest.to_path_buf(), config));
+                Ok(())
+            })
+            .await;
+        if swapped.is_err() {
+            if let Some(old) = old_record {
+                let _ = registry.put(&f.name, old);
+            }
+        }
+        swapped
+    }
+
+    fn retired_path(&self, name: &str) -> PathBuf {
+        let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
+        self.cfg.images_dir().join(format!(".retired-{name}-{n}"))
+    }
+
+    /// Stops and removes function `name`: listener, address, registry entry, image (once
+    /// its requests in flight have finished).
+    pub async fn undeploy(&self, name: &str) -> Result<(), DaemonError> {
+        let mut registry = self.registry.lock().await;
+        let f = self
+            .function(name)
+            .ok_or_else(|| DaemonError::NotFound(name.to_string()))?;
+        registry.remove(name)?;
+        self.functions.write().unwrap().remove(name);
+        f.stop.cancel();
+        if let Err(e) = self.lo.remove_ours(f.ip).await {
+            tracing::error!(function = %name, "removing its address failed: {e}");
+        }
+        let dest = self.cfg.images_dir().join(name);
+        let aside = self.retired_path(name);
+        f.with_image_mut(|current| match std::fs::rename(&dest, &aside) {
+            Ok(()) => current.retire(aside),
+            Err(e) => tracing::error!(function = %name, "moving its image aside failed: {e}"),
+        })
+        .await;
+        tracing::info!(function = %name, "undeployed");
+        Ok(())
+    }
+
+    /// The registry's view of every function, for the list endpoint.
+    pub async fn records(&self) -> BTreeMap<String, FunctionRecord> {
+        self.registry.lock().await.functions().clone()
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the grace period, kills the
+    /// rest, and removes the addresses we added (an operator's stay).
+    pub async fn shutdown(&self) {
+        self.stop_accepting.cancel();
+        self.requests.close();
+        let grace = self.cfg.shutdown_grace();
+        if tokio::time::timeout(grace, self.requests.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("requests still running after {grace:?}: killing them");
+            self.kill_requests.cancel();
+            self.requests.wait().await;
+        }
+        for f in self.functions() {
+            match self.lo.remove_ours(f.ip).await {
+                Ok(_) => {}
+                Err(e) => tracing::error!(function = %f.name, "removing its address failed: {e}"),
+            }
+        }
+        if let Err(e) = recover(&self.cfg) {
+            tracing::error!("final cleanup failed: {e}");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Removes what a previous run may have left: bundles, container cgroups (killing their
+/// processes), half-installed and retired images.
+fn recover(cfg: &Config) -> Result<(), DaemonError> {
+    let bundles = cfg.bundles_dir();
+    for entry in std::fs::read_dir(&bundles).map_err(fs_err("list", &bundles))? {
+        let path = entry.map_err(fs_err("list", &bundles))?.path();
+        std::fs::remove_dir_all(&path).map_err(fs_err("remove stale bundle", &path))?;
+        tracing::info!(bundle = %path.display(), "removed a stale bundle");
+    }
+    let killed = runtime::sweep_cgroups(&cfg.cgroup_parent)?;
+    if killed > 0 {
+        tracing::info!("removed {killed} leftover container cgroups");
+    }
+    let images = cfg.images_dir();
+    for entry in std::fs::read_dir(&images).map_err(fs_err("list", &images))? {
+        let entry = entry.map_err(fs_err("list", &images))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".staging-") || name.starts_with(".retired-") {
+            function::remove_tree(&entry.path());
+        }
+    }
+    Ok(())
+}
+
+pub use api::serve_api;

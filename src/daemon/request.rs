@@ -1,0 +1,332 @@
+//! One request: a fresh container that gets the client's TCP connection over SCM_RIGHTS.
+//!
+//! accept -> slot -> bundle dir with the control socket -> spawn -> handler connects ->
+//! hand over the fd -> wait for exit -> teardown. Every resource is owned by a guard
+//! (`Bundle`, `Container`, the slot permits), so whatever path ends the request (error,
+//! timeout, shutdown dropping the future), nothing is left behind.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UnixListener};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::function::Function;
+use super::metrics::Metrics;
+use super::Daemon;
+use crate::fdpass;
+use crate::runtime::{ContainerSpec, Exit, ExitStatus, RuntimeError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("all container slots busy for {0:?}")]
+    Busy(Duration),
+    #[error("creating the bundle {path} failed: {source}")]
+    Bundle {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("starting the container failed: {0}")]
+    Spawn(#[from] RuntimeError),
+    #[error("the handler did not connect to /control.sock within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("the handler exited before connecting ({0:?})")]
+    ExitedEarly(ExitStatus),
+    #[error("accepting the handler's connection failed: {0}")]
+    Accept(#[source] io::Error),
+    #[error("handing the connection to the handler failed: {0}")]
+    HandOver(#[source] io::Error),
+    #[error("the daemon is shutting down")]
+    Shutdown,
+}
+
+impl RequestError {
+    fn reason(&self) -> &'static str {
+        match self {
+            RequestError::Busy(_) => "busy",
+            RequestError::Bundle { .. } => "bundle",
+            RequestError::Spawn(_) => "spawn",
+            RequestError::ConnectTimeout(_) => "connect_timeout",
+            RequestError::ExitedEarly(_) => "exited_early",
+            RequestError::Accept(_) => "accept",
+            RequestError::HandOver(_) => "hand_over",
+            RequestError::Shutdown => "shutdown",
+        }
+    }
+
+    /// The answer the client gets when we still hold its connection.
+    fn http_response(&self) -> String {
+        let (status, text) = match self {
+            RequestError::Busy(_) | RequestError::Shutdown => {
+                ("503 Service Unavailable", self.to_string())
+            }
+            RequestError::ConnectTimeout(_) => ("504 Gateway Timeout", self.to_string()),
+            _ => ("502 Bad Gateway", self.to_string()),
+        };
+        format!(
+            "HTTP/1.0 {status}\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{text}\n",
+            text.len() + 1
+        )
+    }
+}
+
+/// The per-request directory holding the control socket; removed on drop.
+struct Bundle {
+    dir: PathBuf,
+}
+
+impl Bundle {
+    fn create(bundles: &Path, id: &str) -> Result<Self, RequestError> {
+        let dir = bundles.join(id);
+        std::fs::create_dir(&dir)
+            .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|source| RequestError::Bundle {
+                path: dir.clone(),
+                source,
+            })?;
+        Ok(Bundle { dir })
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::error!(bundle = %self.dir.display(), "removing the bundle failed: {e}");
+        }
+    }
+}
+
+struct Served {
+    status: ExitStatus,
+    cold_start: Duration,
+}
+
+/// Serves one accepted connection; logs one line and records metrics when done.
+pub async fn serve(d: Arc<Daemon>, f: Arc<Function>, tcp: TcpStream) {
+    let accepted = Instant::now();
+    let id = d.next_request_id(&f.name);
+    let label = Metrics::label(&f.name);
+    d.metrics.requests.get_or_create(&label).inc();
+    d.metrics.in_flight.get_or_create(&label).inc();
+    let result = tokio::select! {
+        r = handle(&d, &f, tcp, &id, accepted) => r,
+        // Dropping `handle` tears its container and bundle down.
+        _ = d.kill_requests.cancelled() => Err(RequestError::Shutdown),
+    };
+    d.metrics.in_flight.get_or_create(&label).dec();
+    let total = accepted.elapsed();
+    Metrics::observe(&d.metrics.duration, &f.name, total);
+    match result {
+        Ok(served) => {
+            Metrics::observe(&d.metrics.cold_start, &f.name, served.cold_start);
+            let ok = served.status.success();
+            if !ok {
+                d.metrics.failure(&f.name, exit_reason(&served.status));
+            }
+            tracing::info!(
+                function = %f.name,
+                request = %id,
+                status = ?served.status.exit,
+                oom_killed = served.status.oom_killed,
+                cold_start_ms = ms(served.cold_start),
+                total_ms = ms(total),
+                "request served"
+            );
+        }
+        Err(e) => {
+            d.metrics.failure(&f.name, e.reason());
+            tracing::warn!(function = %f.name, request = %id, total_ms = ms(total), "request failed: {e}");
+        }
+    }
+}
+
+fn exit_reason(s: &ExitStatus) -> &'static str {
+    match s.exit {
+        _ if s.oom_killed => "oom_killed",
+        Exit::TimedOut => "exec_timeout",
+        Exit::Signal(_) => "killed_by_signal",
+        _ => "exit_status",
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+async fn handle(
+    d: &Arc<Daemon>,
+    f: &Arc<Function>,
+    mut tcp: TcpStream,
+    id: &str,
+    accepted: Instant,
+) -> Result<Served, RequestError> {
+    match start(d, f, id, accepted).await {
+        Ok((container, control, _bundle, _slots)) => {
+            let cold_start = accepted.elapsed();
+            hand_over(&control, &tcp).await?;
+            drop(control);
+            // The handler owns the connection now; our copy must not keep it open.
+            drop(tcp);
+            let budget = d.cfg.exec_timeout().saturating_sub(accepted.elapsed());
+            let status = container.wait(budget).await?;
+            Ok(Served { status, cold_start })
+        }
+        Err(e) => {
+            let _ = tcp.write_all(e.http_response().as_bytes()).await;
+            let _ = tcp.shutdown().await;
+            Err(e)
+        }
+    }
+}
+
+type Started = (
+    crate::runtime::Container,
+    tokio::net::UnixStream,
+    Bundle,
+    (OwnedSemaphorePermit, OwnedSemaphorePermit),
+);
+
+/// Everything up to the handler's connect on /control.sock.
+async fn start(
+    d: &Arc<Daemon>,
+    f: &Arc<Function>,
+    id: &str,
+    accepted: Instant,
+) -> Result<Started, RequestError> {
+    let slots = acquire_slots(d, f).await?;
+    let bundle = Bundle::create(&d.cfg.bundles_dir(), id)?;
+    let image = f.image().await;
+    let listener = bind_control_socket(&bundle, image.config.uid, image.config.gid)?;
+    let (log_rd, log_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RequestError::Spawn(RuntimeError::sys("pipe2")(e)))?;
+    forward_logs(log_rd, &f.name, id);
+
+    let spawn_d = d.clone();
+    let (resources, id_owned, sock) = (f.resources, id.to_string(), bundle.socket());
+    let container = tokio::task::spawn_blocking(move || {
+        let cfg = &image.config;
+        let rootfs = image.rootfs();
+        let spec = ContainerSpec {
+            id: &id_owned,
+            rootfs: &rootfs,
+            argv: &cfg.cmd,
+            env: &cfg.env,
+            workdir: &cfg.working_dir,
+            uid: cfg.uid,
+            gid: cfg.gid,
+            hostname: &id_owned,
+            resources,
+            control_socket: Some(&sock),
+            stdout: Some(log_wr.as_fd()),
+            stderr: Some(log_wr.as_fd()),
+        };
+        // `image` (a read guard) lives until the mounts are done: no redeploy can swap
+        // the rootfs under a spawn.
+        spawn_d.runtime.spawn(&spec)
+    })
+    .await
+    .expect("spawn task panicked")?;
+
+    let connect = d
+        .cfg
+        .connect_timeout()
+        .saturating_sub(accepted.elapsed().min(d.cfg.connect_timeout()));
+    let pidfd_exit = container_exit(&container);
+    tokio::select! {
+        conn = tokio::time::timeout(connect, listener.accept()) => match conn {
+            Ok(Ok((stream, _))) => Ok((container, stream, bundle, slots)),
+            Ok(Err(e)) => Err(RequestError::Accept(e)),
+            Err(_) => {
+                let status = container.wait(Duration::ZERO).await?;
+                tracing::debug!(?status, "handler killed after connect timeout");
+                Err(RequestError::ConnectTimeout(d.cfg.connect_timeout()))
+            }
+        },
+        () = pidfd_exit => {
+            let status = container.wait(Duration::ZERO).await?;
+            Err(RequestError::ExitedEarly(status))
+        }
+    }
+}
+
+/// Resolves when the container's first process has exited (without reaping it).
+fn container_exit(c: &crate::runtime::Container) -> impl std::future::Future<Output = ()> {
+    let fd = c.pidfd_clone();
+    async move {
+        let Ok(fd) = fd else {
+            return std::future::pending().await;
+        };
+        // SAFETY: the OwnedFd moves into the AsyncFd and stays open until it is dropped.
+        match unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        } {
+            Ok(afd) => {
+                let _ = afd.readable().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+async fn acquire_slots(
+    d: &Daemon,
+    f: &Function,
+) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), RequestError> {
+    let wait = d.cfg.queue_timeout();
+    let both = async {
+        let mine = f.slots.clone().acquire_owned().await;
+        let global = d.global_slots.clone().acquire_owned().await;
+        (mine, global)
+    };
+    match tokio::time::timeout(wait, both).await {
+        Ok((Ok(a), Ok(b))) => Ok((a, b)),
+        _ => Err(RequestError::Busy(wait)),
+    }
+}
+
+fn bind_control_socket(bundle: &Bundle, uid: u32, gid: u32) -> Result<UnixListener, RequestError> {
+    let path = bundle.socket();
+    let err = |source| RequestError::Bundle {
+        path: path.clone(),
+        source,
+    };
+    let listener = UnixListener::bind(&path).map_err(err)?;
+    // Only the container's user may connect; the bundle directory is 0700 besides.
+    std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(err)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+async fn hand_over(control: &tokio::net::UnixStream, tcp: &TcpStream) -> Result<(), RequestError> {
+    let fd = tcp.as_raw_fd();
+    control
+        .async_io(tokio::io::Interest::WRITABLE, || {
+            fdpass::send_fd(control.as_raw_fd(), fd)
+        })
+        .await
+        .map_err(RequestError::HandOver)
+}
+
+/// Logs the handler's stdout and stderr, line by line, tagged with function and request.
+fn forward_logs(rd: OwnedFd, function: &str, request: &str) {
+    let (function, request) = (function.to_string(), request.to_string());
+    let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(rd) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(pipe).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(target: "handler", %function, %request, "{line}");
+        }
+    });
+}

@@ -1,0 +1,210 @@
+//! Installing `docker save` tarballs as a rootfs plus a run configuration, safely and
+//! atomically.
+//!
+//! [`install`] spools the upload to a file inside a fresh staging directory
+//! (`<work_dir>/.staging-*`), indexes it, checks the manifest (either layout), then streams
+//! each layer (gzip / zstd / plain) onto `rootfs/` in order, with OCI whiteouts, budgets on
+//! the decompressed content, and every path resolved inside the rootfs by openat2. The
+//! result is a [`StagedImage`] that [`StagedImage::commit`] renames into place; dropping it
+//! uncommitted removes the staging directory, so a failed install leaves nothing behind.
+
+mod archive;
+mod config;
+mod error;
+mod fsutil;
+mod layer;
+mod limits;
+mod rootfs;
+#[cfg(test)]
+mod tests;
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::fcntl::{open, renameat2, OFlag, RenameFlags};
+use nix::sys::stat::Mode;
+
+pub use config::ImageConfig;
+pub use error::ImageError;
+pub use limits::Limits;
+
+/// Name of the run configuration file next to `rootfs/`.
+pub const CONFIG_FILE: &str = "config.json";
+/// Name of the extracted root filesystem directory.
+pub const ROOTFS_DIR: &str = "rootfs";
+/// Prefix of staging directories inside `work_dir` (a daemon may sweep stale ones at start).
+pub const STAGING_PREFIX: &str = ".staging-";
+const SPOOL_FILE: &str = "upload.tar";
+
+/// An image extracted into a staging directory, not yet in place.
+#[derive(Debug)]
+pub struct StagedImage {
+    dir: PathBuf,
+    config: ImageConfig,
+    committed: bool,
+}
+
+impl StagedImage {
+    /// The run configuration read from the image.
+    pub fn config(&self) -> &ImageConfig {
+        &self.config
+    }
+
+    /// The staging directory (holding `rootfs/` and `config.json`).
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Renames the staged directory to `dest` (which must not exist; same filesystem as
+    /// `work_dir`). On success nothing is removed; on failure the staging directory is.
+    pub fn commit(mut self, dest: &Path) -> Result<(), ImageError> {
+        let cwd = nix::fcntl::AT_FDCWD;
+        renameat2(cwd, &self.dir, cwd, dest, RenameFlags::RENAME_NOREPLACE).map_err(|e| {
+            ImageError::Commit {
+                dest: dest.to_path_buf(),
+                source: e.into(),
+            }
+        })?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for StagedImage {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        // std's remove_dir_all does not follow symlinks (it works with openat/unlinkat).
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove image staging directory");
+            }
+        }
+    }
+}
+
+fn new_staging(work_dir: &Path) -> Result<StagedImage, ImageError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    for _ in 0..100 {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = work_dir.join(format!(
+            "{STAGING_PREFIX}{}-{nanos:x}-{n}",
+            std::process::id()
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {
+                return Ok(StagedImage {
+                    dir,
+                    config: ImageConfig {
+                        cmd: vec![],
+                        env: vec![],
+                        working_dir: "/".into(),
+                        uid: 0,
+                        gid: 0,
+                    },
+                    committed: false,
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(ImageError::Staging {
+                    dir: work_dir.to_path_buf(),
+                    source: e,
+                })
+            }
+        }
+    }
+    Err(ImageError::Staging {
+        dir: work_dir.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "no free staging name"),
+    })
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+/// Streams `upload` (a `docker save` tarball, either layout) into a new staging directory
+/// created inside `work_dir` (which must be on the same filesystem as the final
+/// destination). Neither the upload nor a layer is ever held in memory.
+pub fn install(
+    upload: impl Read,
+    work_dir: &Path,
+    limits: &Limits,
+) -> Result<StagedImage, ImageError> {
+    let mut staged = new_staging(work_dir)?;
+    let spool_path = staged.dir.join(SPOOL_FILE);
+    let spool = archive::spool(upload, &spool_path, limits.max_upload())?;
+    let ar = archive::Archive::index(spool, limits)?;
+    let plan = ar.plan()?;
+    let parsed = config::parse_config(&plan.config_name, &plan.config)?;
+
+    let rootfs = staged.dir.join(ROOTFS_DIR);
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&rootfs)
+        .map_err(|e| ImageError::Staging {
+            dir: staged.dir.clone(),
+            source: e,
+        })?;
+    let root: OwnedFd = open(
+        &rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| ImageError::Staging {
+        dir: rootfs.clone(),
+        source: e.into(),
+    })?;
+
+    let usage = limits::Usage::default();
+    for name in &plan.layers {
+        let blob = ar.open(name).map_err(ImageError::Spool)?;
+        layer::apply_layer(&root, name, blob, limits, &usage)?;
+    }
+    drop(ar);
+    let _ = std::fs::remove_file(&spool_path);
+
+    rootfs::prepare_mount_points(&root)?;
+    let (uid, gid) = config::resolve_user(&root, &parsed.user)?;
+    staged.config = ImageConfig {
+        cmd: parsed.cmd,
+        env: parsed.env,
+        working_dir: parsed.working_dir,
+        uid,
+        gid,
+    };
+    let cfg_path = staged.dir.join(CONFIG_FILE);
+    let json = serde_json::to_vec_pretty(&staged.config).expect("ImageConfig serializes");
+    std::fs::write(&cfg_path, json).map_err(|e| ImageError::WriteConfig {
+        path: cfg_path,
+        source: e,
+    })?;
+    std::fs::set_permissions(
+        &staged.dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .map_err(|e| ImageError::Staging {
+        dir: staged.dir.clone(),
+        source: e,
+    })?;
+    Ok(staged)
+}
+
+/// Reads `<image_dir>/config.json` written by [`install`].
+pub fn load_config(image_dir: &Path) -> Result<ImageConfig, ImageError> {
+    let path = image_dir.join(CONFIG_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| ImageError::LoadConfig {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ImageError::LoadConfig {
+        path,
+        reason: e.to_string(),
+    })
+}
