@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The test command of the README (and of CI): everything, as root.
+# The test command of the README (and of CI), as root: unit tests, kernel tests on this
+# machine (in a private network and mount namespace), the same kernel tests inside a VM
+# (vmtest, cgroup v2), the end-to-end demo, and a compile of the benchmarks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +11,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "packages"
 need=()
-for pkg in busybox-static gcc libc6-dev iproute2 python3; do
+for pkg in busybox-static gcc libc6-dev iproute2 python3 curl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ((${#need[@]})); then
@@ -22,3 +24,14 @@ cargo build --release --all-targets
 
 step "unit and kernel tests on this machine"
 cargo test --release
+
+step "kernel tests inside a VM (vmtest)"
+kernel_tests=$(cargo test --release --test kernel --no-run 2>&1 | grep -o 'target/release/deps/kernel-[0-9a-f]*' | head -1)
+[ -x "$kernel_tests" ] || { echo "cannot find the kernel test binary" >&2; exit 1; }
+bash rootfs-tools/run-vmtest.sh "$kernel_tests"
+
+step "end to end: faasd serving the test handler"
+bash rootfs-tools/demo.sh
+
+step "benchmarks compile"
+cargo bench --no-run
