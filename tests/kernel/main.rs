@@ -5,6 +5,7 @@
 //! mount namespace of its own, so that addresses such as 10.0.0.x and every mount the tests
 //! make stay inside it and vanish with it.
 
+mod daemon;
 mod runtime;
 mod support;
 
@@ -20,6 +21,7 @@ fn main() {
     }
     let trials: Vec<Trial> = runtime::tests()
         .into_iter()
+        .chain(daemon::tests())
         .map(|t| t.with_ignored_flag(!root))
         .collect();
     libtest_mimic::run(&args, trials).exit();
