@@ -237,10 +237,7 @@ async fn start(
     .await
     .expect("spawn task panicked")?;
 
-    let connect = d
-        .cfg
-        .connect_timeout()
-        .saturating_sub(accepted.elapsed().min(d.cfg.connect_timeout()));
+    let connect = d.cfg.connect_timeout().saturating_sub(accepted.elapsed());
     let pidfd_exit = container_exit(&container);
     tokio::select! {
         conn = tokio::time::timeout(connect, listener.accept()) => match conn {

@@ -8,16 +8,7 @@ use nix::sys::stat::{fchmod, mkdirat, Mode, SFlag};
 
 use super::error::ImageError;
 use super::fsutil::kind_at;
-
-/// Directories the runtime mounts over, with the mode they get when the image lacks them.
-pub const MOUNT_DIRS: &[(&str, u32)] = &[
-    ("proc", 0o555),
-    ("dev", 0o755),
-    ("sys", 0o555),
-    ("tmp", 0o1777),
-];
-/// Regular files the runtime bind-mounts over.
-pub const MOUNT_FILES: &[&str] = &["control.sock"];
+use crate::runtime::{MountPointKind, MOUNT_POINTS};
 
 fn type_name(k: SFlag) -> &'static str {
     match k {
@@ -28,52 +19,42 @@ fn type_name(k: SFlag) -> &'static str {
     }
 }
 
-/// Creates /proc, /dev, /sys, /tmp (directories) and /control.sock (empty file, 0644) at the
-/// top of the rootfs; fails if one exists as a symlink or with the wrong type.
+/// Creates the runtime's mount points ([`MOUNT_POINTS`]: /proc, /dev, /sys, /tmp as
+/// directories, /control.sock as an empty file) at the top of the rootfs; fails if one
+/// exists as a symlink or with the wrong type.
 pub(crate) fn prepare_mount_points(root: &OwnedFd) -> Result<(), ImageError> {
     let perr = |p: &str, e: nix::errno::Errno| ImageError::PrepareMountPoint {
         path: format!("/{p}"),
         source: e.into(),
     };
-    for (name, mode) in MOUNT_DIRS {
+    for &(name, kind, mode) in MOUNT_POINTS {
+        let wanted = match kind {
+            MountPointKind::Dir => SFlag::S_IFDIR,
+            MountPointKind::File => SFlag::S_IFREG,
+        };
+        let mode = Mode::from_bits_truncate(mode);
         match kind_at(root, OsStr::new(name)).map_err(|e| perr(name, e))? {
-            Some(SFlag::S_IFDIR) => {}
+            Some(k) if k == wanted => {}
             Some(k) => {
                 return Err(ImageError::MountPoint {
                     path: format!("/{name}"),
                     found: type_name(k),
                 })
             }
-            None => {
-                mkdirat(root, *name, Mode::from_bits_truncate(0o700)).map_err(|e| perr(name, e))?;
+            None if kind == MountPointKind::Dir => {
+                mkdirat(root, name, Mode::from_bits_truncate(0o700)).map_err(|e| perr(name, e))?;
                 let fd = super::fsutil::open_subdir(root, OsStr::new(name))
                     .map_err(|e| perr(name, e))?;
-                fchmod(&fd, Mode::from_bits_truncate(*mode)).map_err(|e| perr(name, e))?;
-            }
-        }
-    }
-    for name in MOUNT_FILES {
-        match kind_at(root, OsStr::new(name)).map_err(|e| perr(name, e))? {
-            Some(SFlag::S_IFREG) => {}
-            Some(k) => {
-                return Err(ImageError::MountPoint {
-                    path: format!("/{name}"),
-                    found: type_name(k),
-                })
+                fchmod(&fd, mode).map_err(|e| perr(name, e))?;
             }
             None => {
-                let fd = openat(
-                    root,
-                    *name,
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o644),
-                )
-                .map_err(|e| perr(name, e))?;
-                fchmod(&fd, Mode::from_bits_truncate(0o644)).map_err(|e| perr(name, e))?;
+                let flags = OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC;
+                let fd = openat(root, name, flags, mode).map_err(|e| perr(name, e))?;
+                fchmod(&fd, mode).map_err(|e| perr(name, e))?;
             }
         }
     }

@@ -29,7 +29,7 @@ pub use cgroup::{children as cgroup_children, sweep as sweep_cgroups};
 pub use child::Step;
 pub use container::{Container, Exit, ExitStatus};
 pub use error::{Result, RuntimeError};
-pub use rootfs::{check_mount_points, Kind as MountPointKind, MOUNT_POINTS};
+pub use rootfs::{Kind as MountPointKind, MOUNT_POINTS};
 
 use child::{CapPlan, ChildPlan};
 

@@ -17,14 +17,15 @@ use std::path::Path;
 use super::child::MountOp;
 use super::error::{Result, RuntimeError};
 
-/// Paths the runtime mounts over; they are made at image install time, because the root is
-/// read-only at run time.
-pub const MOUNT_POINTS: &[(&str, Kind)] = &[
-    ("proc", Kind::Dir),
-    ("dev", Kind::Dir),
-    ("sys", Kind::Dir),
-    ("tmp", Kind::Dir),
-    ("control.sock", Kind::File),
+/// Paths the runtime mounts over, with the mode they get when an image lacks them; the
+/// image installer makes them (the root is read-only at run time) and the runtime checks
+/// them before every mount.
+pub const MOUNT_POINTS: &[(&str, Kind, u32)] = &[
+    ("proc", Kind::Dir, 0o555),
+    ("dev", Kind::Dir, 0o755),
+    ("sys", Kind::Dir, 0o555),
+    ("tmp", Kind::Dir, 0o1777),
+    ("control.sock", Kind::File, 0o644),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +113,7 @@ fn open_root(rootfs: &Path) -> Result<File> {
 /// Refuses a rootfs whose mount points are missing, symlinks, or of the wrong type.
 pub fn check_mount_points(rootfs: &Path) -> Result<()> {
     let root = open_root(rootfs)?;
-    for &(name, kind) in MOUNT_POINTS {
+    for &(name, kind, _) in MOUNT_POINTS {
         let unsafe_point = |problem| RuntimeError::UnsafeMountPoint {
             rootfs: rootfs.into(),
             path: format!("/{name}"),
