@@ -2,10 +2,16 @@
 //!
 //! - [`runtime`]: the container runtime (namespaces, mounts, cgroups, caps, seccomp).
 //! - [`image`]: installing `docker save` tarballs as read-only root filesystems.
+//! - [`runc`]: the alternative backend, `runc run` of an OCI bundle per request.
+//! - [`backend`]: the choice between the two, behind one interface.
 //! - [`daemon`]: deployments, loopback addresses, the per-request path, the control API.
+//! - [`pidfd`]: process fds, to signal and await containers from tokio.
 //! - [`fdpass`]: SCM_RIGHTS, the handler protocol's way of handing over a connection.
 
+pub mod backend;
 pub mod daemon;
 pub mod fdpass;
 pub mod image;
+pub mod pidfd;
+pub mod runc;
 pub mod runtime;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use ipnet::Ipv4Net;
 
+use crate::backend::BackendKind;
 use crate::runtime::Resources;
 
 #[derive(Debug, Clone, Parser)]
@@ -61,6 +62,12 @@ pub struct Config {
     /// The cgroup (in every hierarchy) that holds all containers.
     #[arg(long, env = "FAASD_CGROUP_PARENT", default_value = "faasd")]
     pub cgroup_parent: String,
+    /// Which runtime runs the containers: faasd's own, or `runc run` per request.
+    #[arg(long, env = "FAASD_RUNTIME", value_enum, default_value = "native")]
+    pub runtime: BackendKind,
+    /// The runc binary, for `--runtime runc`.
+    #[arg(long, env = "FAASD_RUNC", default_value = "runc")]
+    pub runc: PathBuf,
     /// Seconds in-flight requests get to finish at shutdown before they are killed.
     #[arg(long, env = "FAASD_SHUTDOWN_GRACE", default_value_t = 10.0)]
     pub shutdown_grace: f64,
@@ -97,6 +104,11 @@ impl Config {
 
     pub fn bundles_dir(&self) -> PathBuf {
         self.state_dir.join("bundles")
+    }
+
+    /// runc's state directory (`runc --root`), for `--runtime runc`.
+    pub fn runc_root(&self) -> PathBuf {
+        self.state_dir.join("runc")
     }
 
     pub fn registry_path(&self) -> PathBuf {

@@ -29,8 +29,9 @@ use metrics::Metrics;
 pub use registry::FunctionRecord;
 use registry::{Registry, RegistryError};
 
+use crate::backend::{Backend, BackendError};
 use crate::image::{self, ImageError};
-use crate::runtime::{self, Runtime, RuntimeError};
+use crate::runtime::{self, RuntimeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -48,6 +49,8 @@ pub enum DaemonError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     #[error("listening on {addr} failed: {source}")]
     Listen {
         addr: SocketAddr,
@@ -87,7 +90,7 @@ pub struct Deployed {
 
 pub struct Daemon {
     pub cfg: Config,
-    runtime: Runtime,
+    backend: Backend,
     lo: Loopback,
     /// Serialises changes to the set of deployments; the registry is their record.
     registry: Mutex<Registry>,
@@ -129,9 +132,10 @@ impl Daemon {
             ),
             None => None,
         };
-        recover(&cfg)?;
+        let backend = Backend::new(cfg.runtime, &cfg.cgroup_parent, &cfg.runc, &cfg.runc_root())?;
+        recover(&cfg, &backend)?;
         let daemon = Arc::new(Daemon {
-            runtime: Runtime::new(&cfg.cgroup_parent)?,
+            backend,
             lo: Loopback::open().await?,
             registry: Mutex::new(Registry::load(&cfg.registry_path())?),
             functions: RwLock::new(BTreeMap::new()),
@@ -420,7 +424,7 @@ impl Daemon {
                 Err(e) => tracing::error!(function = %f.name, "removing its address failed: {e}"),
             }
         }
-        if let Err(e) = recover(&self.cfg) {
+        if let Err(e) = recover(&self.cfg, &self.backend) {
             tracing::error!("final cleanup failed: {e}");
         }
         tracing::info!("stopped");
@@ -429,7 +433,11 @@ impl Daemon {
 
 /// Removes what a previous run may have left: bundles, container cgroups (killing their
 /// processes), half-installed and retired images.
-fn recover(cfg: &Config) -> Result<(), DaemonError> {
+fn recover(cfg: &Config, backend: &Backend) -> Result<(), DaemonError> {
+    let deleted = backend.sweep();
+    if deleted > 0 {
+        tracing::info!("deleted {deleted} leftover runc containers");
+    }
     let bundles = cfg.bundles_dir();
     for entry in std::fs::read_dir(&bundles).map_err(fs_err("list", &bundles))? {
         let path = entry.map_err(fs_err("list", &bundles))?.path();

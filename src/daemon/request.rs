@@ -19,6 +19,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::function::Function;
 use super::metrics::Metrics;
 use super::Daemon;
+use crate::backend::{BackendError, Container};
 use crate::fdpass;
 use crate::runtime::{ContainerSpec, Exit, ExitStatus, RuntimeError};
 
@@ -33,7 +34,7 @@ pub enum RequestError {
         source: io::Error,
     },
     #[error("starting the container failed: {0}")]
-    Spawn(#[from] RuntimeError),
+    Spawn(#[from] BackendError),
     #[error("the handler did not connect to /control.sock within {0:?}")]
     ConnectTimeout(Duration),
     #[error("the handler exited before connecting ({0:?})")]
@@ -190,7 +191,7 @@ async fn handle(
 }
 
 type Started = (
-    crate::runtime::Container,
+    Container,
     tokio::net::UnixStream,
     Bundle,
     (OwnedSemaphorePermit, OwnedSemaphorePermit),
@@ -208,11 +209,12 @@ async fn start(
     let image = f.image().await;
     let listener = bind_control_socket(&bundle, image.config.uid, image.config.gid)?;
     let (log_rd, log_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| RequestError::Spawn(RuntimeError::sys("pipe2")(e)))?;
+        .map_err(|e| RequestError::Spawn(RuntimeError::sys("pipe2")(e).into()))?;
     forward_logs(log_rd, &f.name, id);
 
     let spawn_d = d.clone();
     let (resources, id_owned, sock) = (f.resources, id.to_string(), bundle.socket());
+    let bundle_dir = bundle.dir.clone();
     let container = tokio::task::spawn_blocking(move || {
         let cfg = &image.config;
         let rootfs = image.rootfs();
@@ -232,7 +234,7 @@ async fn start(
         };
         // `image` (a read guard) lives until the mounts are done: no redeploy can swap
         // the rootfs under a spawn.
-        spawn_d.runtime.spawn(&spec)
+        spawn_d.backend.spawn(&spec, &bundle_dir)
     })
     .await
     .expect("spawn task panicked")?;
@@ -256,21 +258,14 @@ async fn start(
     }
 }
 
-/// Resolves when the container's first process has exited (without reaping it).
-fn container_exit(c: &crate::runtime::Container) -> impl std::future::Future<Output = ()> {
-    let fd = c.pidfd_clone();
+/// Resolves when the container has ended (without reaping or cleaning it up).
+fn container_exit(c: &Container) -> impl std::future::Future<Output = ()> {
+    let fd = c.exit_pidfd();
     async move {
-        let Ok(fd) = fd else {
-            return std::future::pending().await;
-        };
-        // SAFETY: the OwnedFd moves into the AsyncFd and stays open until it is dropped.
-        match unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-        } {
-            Ok(afd) => {
-                let _ = afd.readable().await;
-            }
-            Err(_) => std::future::pending().await,
+        match fd {
+            Ok(fd) if crate::pidfd::exited(&fd, Duration::MAX).await.is_ok() => {}
+            // Without a pidfd, the connect timeout still ends the wait.
+            _ => std::future::pending().await,
         }
     }
 }

@@ -10,7 +10,6 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use tokio::io::unix::AsyncFd;
 
 use super::cgroup::ContainerCgroup;
 use super::error::{Result, RuntimeError};
@@ -67,16 +66,8 @@ impl Container {
 
     /// SIGKILLs the container (and so everything in its pid namespace).
     pub fn kill(&self) {
-        // SAFETY: pidfd_send_signal on our own pidfd; a pidfd cannot name a recycled pid.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
+        // ESRCH: it has exited already; nothing else can fail on our own pidfd.
+        let _ = crate::pidfd::send_signal(&self.pidfd, libc::SIGKILL);
     }
 
     /// Blocks until the container exits or `timeout` passes (then kills it), reaps it and
@@ -98,31 +89,14 @@ impl Container {
     /// Waits from tokio until the container exits or `timeout` passes (then kills it),
     /// reaps it and removes its cgroup.
     pub async fn wait(mut self, timeout: Duration) -> Result<ExitStatus> {
-        let fd = self.pidfd.try_clone().map_err(|source| RuntimeError::Sys {
-            op: "dup pidfd",
-            source,
-        })?;
-        // SAFETY: the OwnedFd is moved into the AsyncFd and stays open, naming the same
-        // pidfd, until the AsyncFd is dropped.
-        let afd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-            .map_err(|e| RuntimeError::Sys {
-                op: "register pidfd",
-                source: e.into(),
+        let exited = crate::pidfd::exited(&self.pidfd, timeout)
+            .await
+            .map_err(|source| RuntimeError::Sys {
+                op: "poll pidfd",
+                source,
             })?;
-        let exited = tokio::time::timeout(timeout, afd.readable()).await;
-        let ready = match exited {
-            Ok(Ok(_guard)) => true,
-            Ok(Err(source)) => {
-                return Err(RuntimeError::Sys {
-                    op: "poll pidfd",
-                    source,
-                })
-            }
-            Err(_elapsed) => false,
-        };
-        drop(afd);
         // Reaping an exited child and removing its cgroup take microseconds.
-        self.finish(ready)
+        self.finish(exited)
     }
 
     fn finish(&mut self, exited: bool) -> Result<ExitStatus> {

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -15,17 +15,35 @@ use libtest_mimic::Trial;
 use crate::support::{self, ensure, unique, TestResult};
 
 pub fn tests() -> Vec<Trial> {
-    vec![Trial::test(
-        "daemon::deploy_serve_undeploy",
-        deploy_serve_undeploy,
-    )]
+    vec![
+        Trial::test("daemon::deploy_serve_undeploy::native", || {
+            deploy_serve_undeploy("native")
+        }),
+        Trial::test("daemon::deploy_serve_undeploy::runc", || {
+            deploy_serve_undeploy("runc")
+        }),
+        Trial::test(
+            "daemon::runc_backend_kills_a_hung_handler_and_leaves_nothing",
+            runc_hung_handler,
+        ),
+    ]
 }
 
 /// The classic-layout test handler image, built by rootfs-tools (static C handler).
 fn test_image() -> PathBuf {
     static IMG: OnceLock<PathBuf> = OnceLock::new();
-    IMG.get_or_init(|| {
-        let dir = support::state_dir().join("root-handler");
+    IMG.get_or_init(|| build_test_image("serve")).clone()
+}
+
+/// The same handler in its `hang` mode: takes the connection and never answers.
+fn hang_image() -> PathBuf {
+    static IMG: OnceLock<PathBuf> = OnceLock::new();
+    IMG.get_or_init(|| build_test_image("hang")).clone()
+}
+
+fn build_test_image(mode: &str) -> PathBuf {
+    {
+        let dir = support::state_dir().join(format!("root-handler-{mode}"));
         support::make_rootfs(&dir);
         let repo = env!("CARGO_MANIFEST_DIR");
         let ok = Command::new("gcc")
@@ -35,19 +53,20 @@ fn test_image() -> PathBuf {
             .status()
             .expect("gcc");
         assert!(ok.success(), "building the test handler failed");
-        let out = support::state_dir().join("test-handler.tar");
+        let out = support::state_dir().join(format!("test-handler-{mode}.tar"));
         let ok = Command::new("python3")
             .arg(format!("{repo}/rootfs-tools/mkimage.py"))
             .arg("--rootfs")
             .arg(&dir)
-            .args(["--cmd", "[\"/test-handler\"]", "--layout", "classic", "-o"])
+            .arg("--cmd")
+            .arg(format!("[\"/test-handler\", \"{mode}\"]"))
+            .args(["--layout", "classic", "-o"])
             .arg(&out)
             .status()
             .expect("python3");
         assert!(ok.success(), "mkimage.py failed");
         out
-    })
-    .clone()
+    }
 }
 
 fn http_get(ip: &str, path: &str) -> std::io::Result<String> {
@@ -59,18 +78,34 @@ fn http_get(ip: &str, path: &str) -> std::io::Result<String> {
     Ok(out)
 }
 
-fn deploy_serve_undeploy() -> TestResult {
-    let image = test_image();
-    let state = support::state_dir().join(unique("daemon"));
-    let cfg = Config::parse_from([
+/// A daemon config with its own state dir, cgroup parent and address pool.
+fn config(state: &Path, backend: &str, subnet: &str, extra: &[&str]) -> Config {
+    let mut args = vec![
         "faasd",
         "--state-dir",
         state.to_str().unwrap(),
         "--listen",
         "127.0.0.1:0",
-        "--cgroup-parent",
-        &unique("faasd-e2e"),
-    ]);
+        "--runtime",
+        backend,
+        "--subnet",
+        subnet,
+    ];
+    args.extend_from_slice(extra);
+    let parent = unique("faasd-e2e");
+    args.extend(["--cgroup-parent", &parent]);
+    Config::parse_from(args)
+}
+
+fn deploy_serve_undeploy(backend: &str) -> TestResult {
+    let image = test_image();
+    let state = support::state_dir().join(unique("daemon"));
+    let subnet = if backend == "runc" {
+        "10.0.1.0/24"
+    } else {
+        "10.0.0.0/24"
+    };
+    let cfg = config(&state, backend, subnet, &[]);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let d = Daemon::start(cfg).await?;
@@ -129,4 +164,67 @@ fn deploy_serve_undeploy() -> TestResult {
         d.shutdown().await;
         Ok::<_, libtest_mimic::Failed>(())
     })
+}
+
+/// A handler that takes the connection and never answers is killed at the exec timeout:
+/// the client sees its connection closed, and runc leaves no state, cgroup or bundle.
+fn runc_hung_handler() -> TestResult {
+    let image = hang_image();
+    let state = support::state_dir().join(unique("daemon"));
+    let cfg = config(&state, "runc", "10.0.2.0/24", &["--exec-timeout", "1"]);
+    let parent = cfg.cgroup_parent.clone();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let d = Daemon::start(cfg).await?;
+        let upload = std::fs::File::open(&image)?;
+        let ip = d
+            .deploy("hang", upload, Default::default())
+            .await?
+            .ip
+            .to_string();
+        let started = std::time::Instant::now();
+        let answer = match tokio::task::spawn_blocking(move || http_get(&ip, "/")).await? {
+            Ok(answer) => answer,
+            // Killed with our request unread in its socket buffer: the kernel sends RST.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => String::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let took = started.elapsed();
+        ensure(
+            answer.is_empty(),
+            format!("a hung handler answered: {answer:?}"),
+        )?;
+        ensure(
+            took < Duration::from_secs(6),
+            format!("connection closed only after {took:?} (exec timeout 1 s)"),
+        )?;
+        // The request's teardown (runc kill, reap, delete) finishes after the close.
+        let mut left = Vec::new();
+        for _ in 0..100 {
+            left = leftovers(&state, &parent)?;
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ensure(left.is_empty(), format!("left behind: {left:?}"))?;
+        d.shutdown().await;
+        Ok::<_, libtest_mimic::Failed>(())
+    })
+}
+
+/// Bundles, runc containers and cgroups still present for a daemon's state and parent.
+fn leftovers(state: &Path, cgroup_parent: &str) -> std::io::Result<Vec<String>> {
+    let mut left = Vec::new();
+    for dir in ["bundles", "runc"] {
+        for e in std::fs::read_dir(state.join(dir))? {
+            left.push(format!("{dir}/{}", e?.file_name().to_string_lossy()));
+        }
+    }
+    left.extend(
+        faasd::runtime::cgroup_children(cgroup_parent)
+            .into_iter()
+            .map(|c| format!("cgroup {cgroup_parent}/{c}")),
+    );
+    Ok(left)
 }

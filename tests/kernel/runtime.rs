@@ -385,7 +385,7 @@ fn timeout_kills_every_process() -> TestResult {
     let survivors: Vec<_> = fs::read_dir("/proc")?
         .filter_map(|e| e.ok())
         .filter_map(|e| fs::read_to_string(e.path().join("cmdline")).ok())
-        .filter(|c| c == "sleep\0300\0")
+        .filter(|c| c == "sleep\x00300\x00")
         .collect();
     ensure(
         survivors.is_empty(),

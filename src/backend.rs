@@ -1,0 +1,93 @@
+//! The two ways faasd can run a request's container: the native in-process runtime
+//! (default) or `runc run` of an OCI bundle. Same daemon, same image, same request path;
+//! only this choice differs.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::runc::{Runc, RuncContainer, RuncError};
+use crate::runtime::{self, ContainerSpec, ExitStatus, Runtime, RuntimeError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// faasd's own runtime: clone3, pivot_root, cgroups, caps, seccomp in-process.
+    Native,
+    /// `runc run` of a per-request OCI bundle, as the Python prototype did.
+    Runc,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Native(#[from] RuntimeError),
+    #[error(transparent)]
+    Runc(#[from] RuncError),
+}
+
+pub enum Backend {
+    Native(Runtime),
+    Runc(Runc),
+}
+
+/// A running container of either backend.
+pub enum Container {
+    Native(runtime::Container),
+    Runc(RuncContainer),
+}
+
+impl Backend {
+    /// `runc_root` is runc's state directory; `runc_binary` is only used by the runc
+    /// backend.
+    pub fn new(
+        kind: BackendKind,
+        cgroup_parent: &str,
+        runc_binary: &Path,
+        runc_root: &Path,
+    ) -> Result<Self, BackendError> {
+        Ok(match kind {
+            BackendKind::Native => Backend::Native(Runtime::new(cgroup_parent)?),
+            BackendKind::Runc => Backend::Runc(Runc::new(runc_binary, runc_root, cgroup_parent)?),
+        })
+    }
+
+    /// Starts a container; `bundle` is the request's private directory (the runc backend
+    /// writes its config.json there).
+    pub fn spawn(
+        &self,
+        spec: &ContainerSpec<'_>,
+        bundle: &Path,
+    ) -> Result<Container, BackendError> {
+        Ok(match self {
+            Backend::Native(rt) => Container::Native(rt.spawn(spec)?),
+            Backend::Runc(runc) => Container::Runc(runc.spawn(spec, bundle)?),
+        })
+    }
+
+    /// Removes containers a crashed predecessor left with this backend; returns how many.
+    /// (Leftover cgroups of either backend are swept by the daemon.)
+    pub fn sweep(&self) -> usize {
+        match self {
+            Backend::Native(_) => 0,
+            Backend::Runc(runc) => runc.sweep(),
+        }
+    }
+}
+
+impl Container {
+    /// A pidfd that turns readable when the container has ended.
+    pub fn exit_pidfd(&self) -> std::io::Result<OwnedFd> {
+        match self {
+            Container::Native(c) => c.pidfd_clone(),
+            Container::Runc(c) => c.pidfd().try_clone(),
+        }
+    }
+
+    /// Waits until the container exits or `timeout` passes (then kills it), and cleans up.
+    pub async fn wait(self, timeout: Duration) -> Result<ExitStatus, BackendError> {
+        Ok(match self {
+            Container::Native(c) => c.wait(timeout).await?,
+            Container::Runc(c) => c.wait(timeout).await?,
+        })
+    }
+}

@@ -1,0 +1,52 @@
+//! Process file descriptors: open, signal, and await a process's exit from tokio. Shared
+//! by both container backends and the request path.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+
+/// pidfd_open(2) of `pid`, which must be our own unreaped child (so it cannot be recycled).
+pub fn open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Sends `signal` to the process; a pidfd cannot name a recycled pid.
+pub fn send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal on a pidfd we own, with no siginfo.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits until the process has exited (true) or `timeout` passed (false), without
+/// reaping it: a pidfd turns readable when its process exits.
+pub async fn exited(pidfd: &OwnedFd, timeout: Duration) -> io::Result<bool> {
+    let fd = pidfd.try_clone()?;
+    // SAFETY: the OwnedFd moves into the AsyncFd and stays open, naming the same pidfd,
+    // until the AsyncFd is dropped.
+    let afd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(io::Error::from)?;
+    match tokio::time::timeout(timeout, afd.readable()).await {
+        Ok(Ok(_guard)) => Ok(true),
+        Ok(Err(e)) => Err(e),
+        Err(_elapsed) => Ok(false),
+    }
+}

@@ -1,0 +1,144 @@
+//! The OCI runtime spec (`config.json`) of one request's container: runc's defaults (the
+//! `runc spec` namespaces, mounts, masked paths and capabilities) with the image's
+//! command, user and root, faasd's resource limits and the control socket bind mount.
+
+use std::path::Path;
+
+use oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder,
+    Process, RootBuilder, Spec, UserBuilder,
+};
+
+use oci_spec::OciSpecError;
+
+use crate::runtime::{ContainerSpec, Resources};
+
+/// The CFS period the CPU quota is expressed in (the kernel's default).
+const CPU_PERIOD_US: u64 = 100_000;
+
+pub fn build(spec: &ContainerSpec<'_>, cgroup_parent: &str) -> Result<Spec, OciSpecError> {
+    let mut oci = Spec::default();
+    oci.set_hostname(Some(spec.hostname.to_string()));
+    oci.set_root(Some(
+        RootBuilder::default()
+            .path(spec.rootfs)
+            .readonly(true)
+            .build()?,
+    ));
+    // runc's default process (no_new_privileges, its capability set, RLIMIT_NOFILE 1024),
+    // running the image's command as the image's user.
+    let mut process = Process::default();
+    process.set_args(Some(spec.argv.to_vec()));
+    process.set_env(Some(spec.env.to_vec()));
+    process.set_cwd(spec.workdir.into());
+    process.set_user(UserBuilder::default().uid(spec.uid).gid(spec.gid).build()?);
+    oci.set_process(Some(process));
+    let mut mounts = oci.mounts().clone().unwrap_or_default();
+    mounts.push(
+        MountBuilder::default()
+            .destination("/tmp")
+            .typ("tmpfs")
+            .source("tmpfs")
+            .options(strings(&["nosuid", "nodev", "mode=1777", "size=64m"]))
+            .build()?,
+    );
+    if let Some(sock) = spec.control_socket {
+        mounts.push(bind_mount(sock, "/control.sock")?);
+    }
+    oci.set_mounts(Some(mounts));
+    if let Some(linux) = oci.linux_mut() {
+        linux.set_cgroups_path(Some(format!("/{cgroup_parent}/{}", spec.id).into()));
+        linux.set_resources(Some(resources(&spec.resources)?));
+    }
+    Ok(oci)
+}
+
+fn bind_mount(source: &Path, destination: &str) -> Result<oci_spec::runtime::Mount, OciSpecError> {
+    MountBuilder::default()
+        .destination(destination)
+        .typ("bind")
+        .source(source)
+        .options(strings(&["bind", "nosuid", "nodev", "noexec"]))
+        .build()
+}
+
+fn resources(r: &Resources) -> Result<oci_spec::runtime::LinuxResources, OciSpecError> {
+    LinuxResourcesBuilder::default()
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(r.memory_bytes as i64)
+                .build()?,
+        )
+        .cpu(
+            LinuxCpuBuilder::default()
+                .quota((r.cpu_millis * CPU_PERIOD_US / 1000) as i64)
+                .period(CPU_PERIOD_US)
+                .build()?,
+        )
+        .pids(
+            LinuxPidsBuilder::default()
+                .limit(r.pids_max as i64)
+                .build()?,
+        )
+        .build()
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_carries_command_user_limits_and_control_socket() {
+        let argv = ["/test-handler".to_string()];
+        let env = ["PATH=/bin".to_string()];
+        let spec = ContainerSpec {
+            id: "hello-7",
+            rootfs: Path::new("/var/lib/faasd/images/hello/rootfs"),
+            argv: &argv,
+            env: &env,
+            workdir: "/srv",
+            uid: 1000,
+            gid: 100,
+            hostname: "hello-7",
+            resources: Resources::default(),
+            control_socket: Some(Path::new("/var/lib/faasd/bundles/hello-7/control.sock")),
+            stdout: None,
+            stderr: None,
+        };
+        let json = serde_json::to_value(build(&spec, "faasd").unwrap()).unwrap();
+        assert_eq!(json["process"]["args"][0], "/test-handler");
+        assert_eq!(json["process"]["user"]["uid"], 1000);
+        assert_eq!(json["process"]["user"]["gid"], 100);
+        assert_eq!(json["process"]["cwd"], "/srv");
+        assert_eq!(json["root"]["readonly"], true);
+        assert_eq!(json["linux"]["cgroupsPath"], "/faasd/hello-7");
+        assert_eq!(json["linux"]["resources"]["memory"]["limit"], 512 << 20);
+        assert_eq!(json["linux"]["resources"]["cpu"]["quota"], 100_000);
+        assert_eq!(json["linux"]["resources"]["pids"]["limit"], 128);
+        let mounts = json["mounts"].as_array().unwrap();
+        let sock = mounts
+            .iter()
+            .find(|m| m["destination"] == "/control.sock")
+            .expect("control socket mount");
+        assert_eq!(
+            sock["source"],
+            "/var/lib/faasd/bundles/hello-7/control.sock"
+        );
+        let ns: Vec<_> = json["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap().to_string())
+            .collect();
+        for want in ["pid", "network", "mount", "ipc", "uts"] {
+            assert!(
+                ns.iter().any(|n| n == want),
+                "{want} namespace missing: {ns:?}"
+            );
+        }
+    }
+}
