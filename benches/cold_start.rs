@@ -1,14 +1,27 @@
 //! Spawn-to-exit of a static binary in a full container: faasd's native runtime vs
 //! `runc run` and `crun run` of the same rootfs, vs a plain fork+exec with no isolation
-//! (the floor), all in one run. Needs root. `cargo bench --bench cold_start`.
+//! (the floor), all in one run; then where the native cold start's time goes, phase by
+//! phase, for a handler that connects, takes a connection and answers. Needs root.
+//! `cargo bench --bench cold_start`; summaries follow criterion's output (and land in
+//! target/bench-summary/).
 
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion};
-use faasd::runtime::{ContainerSpec, Resources, Runtime};
+use criterion::Criterion;
+use faasd::runtime::{ContainerSpec, Resources, Runtime, SETUP_PHASES};
+use support::{ms, ratio, Recorder, Stats};
+
+/// Containers started for the phase breakdown.
+const BREAKDOWN_RUNS: usize = 300;
 
 fn rootfs() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("faasd-bench-{}", std::process::id()));
@@ -68,65 +81,202 @@ fn oci_run(tool: &str, bundle: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn spawn_to_exit(c: &mut Criterion) {
-    let root = rootfs();
-    let rt = Runtime::new("faasd-bench").expect("runtime (run as root)");
+fn native_spec<'a>(
+    id: &'a str,
+    root: &'a Path,
+    argv: &'a [String],
+    control_socket: Option<&'a Path>,
+) -> ContainerSpec<'a> {
+    ContainerSpec {
+        id,
+        rootfs: root,
+        argv,
+        env: &[],
+        workdir: "/",
+        uid: 0,
+        gid: 0,
+        hostname: "bench",
+        resources: Resources::default(),
+        control_socket,
+        stdout: None,
+        stderr: None,
+    }
+}
+
+fn spawn_to_exit(c: &mut Criterion, root: &Path, rt: &Runtime) {
     let argv = ["/test-handler".to_string(), "true".to_string()];
     let mut g = c.benchmark_group("spawn_to_exit");
     g.sample_size(30).measurement_time(Duration::from_secs(5));
+    let mut results: Vec<(&str, Stats)> = Vec::new();
 
+    let rec = Recorder::default();
     g.bench_function("fork_exec_floor", |b| {
-        b.iter(|| {
-            let s = Command::new(root.join("test-handler"))
-                .arg("true")
-                .status()
-                .unwrap();
-            assert!(s.success());
+        b.iter_custom(|iters| {
+            rec.run(iters, || {
+                let s = Command::new(root.join("test-handler"))
+                    .arg("true")
+                    .status()
+                    .unwrap();
+                assert!(s.success());
+            })
         })
     });
+    results.push(("plain fork+exec (floor)", rec.stats()));
 
     let n = AtomicU64::new(0);
+    let rec = Recorder::default();
     g.bench_function("faasd_native", |b| {
-        b.iter(|| {
-            let id = format!("b{}", n.fetch_add(1, Ordering::Relaxed));
-            let spec = ContainerSpec {
-                id: &id,
-                rootfs: &root,
-                argv: &argv,
-                env: &[],
-                workdir: "/",
-                uid: 0,
-                gid: 0,
-                hostname: "bench",
-                resources: Resources::default(),
-                control_socket: None,
-                stdout: None,
-                stderr: None,
-            };
-            let status = rt
-                .spawn(&spec)
-                .unwrap()
-                .wait_blocking(Duration::from_secs(10))
-                .unwrap();
-            assert!(status.success());
+        b.iter_custom(|iters| {
+            rec.run(iters, || {
+                let id = format!("b{}", n.fetch_add(1, Ordering::Relaxed));
+                let status = rt
+                    .spawn(&native_spec(&id, root, &argv, None))
+                    .unwrap()
+                    .wait_blocking(Duration::from_secs(10))
+                    .unwrap();
+                assert!(status.success());
+            })
         })
     });
+    results.push(("faasd native", rec.stats()));
 
-    match oci_bundle(&root) {
+    let mut skipped = Vec::new();
+    match oci_bundle(root) {
         Some(bundle) => {
             for tool in ["runc", "crun"] {
                 if oci_run(tool, &bundle) {
-                    g.bench_function(tool, |b| b.iter(|| assert!(oci_run(tool, &bundle))));
+                    let rec = Recorder::default();
+                    g.bench_function(tool, |b| {
+                        b.iter_custom(|iters| rec.run(iters, || assert!(oci_run(tool, &bundle))))
+                    });
+                    results.push((tool, rec.stats()));
                 } else {
-                    eprintln!("skipping {tool}: `{tool} run` of the bundle failed here (crun refuses the cgroup v1/v2 hybrid layout)");
+                    skipped.push(format!("{tool}: `{tool} run` of the bundle failed here (crun refuses the cgroup v1/v2 hybrid layout)"));
                 }
             }
         }
-        None => eprintln!("skipping runc and crun: `runc spec` is not available"),
+        None => skipped.push("runc and crun: `runc spec` is not available".into()),
     }
     g.finish();
-    let _ = std::fs::remove_dir_all(root.parent().unwrap());
+    support::report("spawn_to_exit", &spawn_summary(&results, &skipped));
 }
 
-criterion_group!(benches, spawn_to_exit);
-criterion_main!(benches);
+fn spawn_summary(results: &[(&str, Stats)], skipped: &[String]) -> String {
+    let p50 = |name: &str| results.iter().find(|(n, _)| *n == name).map(|(_, s)| s.p50);
+    let native = p50("faasd native").unwrap_or_default();
+    let floor = p50("plain fork+exec (floor)").unwrap_or_default();
+    let mut out = format!(
+        "Spawn-to-exit of a static binary, {}:\n\n\
+         | runtime | runs | p50 | p99 | p50 vs faasd native |\n|---|---|---|---|---|\n",
+        support::machine()
+    );
+    for (name, s) in results {
+        out += &format!(
+            "| {name} | {} | {} | {} | {} |\n",
+            s.n,
+            ms(s.p50),
+            ms(s.p99),
+            ratio(s.p50, native)
+        );
+    }
+    out += &format!("\nfaasd native is {} the floor", ratio(native, floor));
+    if let Some(runc) = p50("runc") {
+        out += &format!(" and {} faster than runc", ratio(runc, native));
+    }
+    out += ".\n";
+    for s in skipped {
+        out += &format!("skipped {s}\n");
+    }
+    out
+}
+
+/// One request's worth of native cold start, phase by phase: the runtime's own timeline
+/// up to exec, then the handler's start until it connects to /control.sock, the
+/// hand-over of a connection until the answer is read, and the exit and teardown.
+fn breakdown(root: &Path, rt: &Runtime) {
+    let dir = root.parent().unwrap().join("bundle");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("control.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let argv = ["/test-handler".to_string()];
+    let names: Vec<&str> = SETUP_PHASES
+        .iter()
+        .copied()
+        .chain(AFTER_EXEC.iter().copied())
+        .collect();
+    let mut phases: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
+    let mut totals = Vec::new();
+    for i in 0..BREAKDOWN_RUNS {
+        let id = format!("bd{i}");
+        let start = Instant::now();
+        let container = rt
+            .spawn(&native_spec(&id, root, &argv, Some(&sock)))
+            .expect("spawn");
+        let execd = Instant::now();
+        let timeline = *container
+            .timeline()
+            .expect("native containers have a timeline");
+        let (control, _) = listener.accept().expect("handler connects");
+        let connected = Instant::now();
+        let (mut client, server) = UnixStream::pair().unwrap();
+        faasd::fdpass::send_fd(control.as_raw_fd(), server.as_raw_fd()).unwrap();
+        drop(server);
+        client.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).unwrap();
+        let answered = Instant::now();
+        let status = container.wait_blocking(Duration::from_secs(10)).unwrap();
+        assert!(status.success(), "handler failed: {status:?}");
+        let done = Instant::now();
+        totals.push(done - start);
+        let after_exec = [connected - execd, answered - connected, done - answered];
+        for (k, d) in timeline
+            .phases()
+            .map(|(_, d)| d)
+            .chain(after_exec)
+            .enumerate()
+        {
+            phases[k].push(d);
+        }
+    }
+    let total = Stats::of(&totals);
+    let mut out = format!(
+        "Native cold start, phase by phase ({BREAKDOWN_RUNS} containers with a handler that \
+         connects, takes a connection and answers; {}):\n\n\
+         | phase | p50 | p99 | share of p50 total |\n|---|---|---|---|\n",
+        support::machine()
+    );
+    for (name, samples) in names.iter().zip(&phases) {
+        let s = Stats::of(samples);
+        out += &format!(
+            "| {name} | {} | {} | {:.0}% |\n",
+            ms(s.p50),
+            ms(s.p99),
+            100.0 * s.p50.as_secs_f64() / total.p50.as_secs_f64()
+        );
+    }
+    out += &format!(
+        "| **total, spawn to torn down** | {} | {} | |\n",
+        ms(total.p50),
+        ms(total.p99)
+    );
+    support::report("cold_start_breakdown", &out);
+}
+
+/// The phases measured by the bench itself, after the runtime's timeline ends.
+const AFTER_EXEC: [&str; 3] = [
+    "handler start until it connects to /control.sock",
+    "hand-over until the answer is read",
+    "exit, reap, cgroup removal",
+];
+
+fn main() {
+    support::require_root();
+    let root = rootfs();
+    let rt = Runtime::new("faasd-bench").expect("runtime (run as root)");
+    let mut c = Criterion::default().configure_from_args();
+    spawn_to_exit(&mut c, &root, &rt);
+    c.final_summary();
+    breakdown(&root, &rt);
+    let _ = std::fs::remove_dir_all(root.parent().unwrap());
+}

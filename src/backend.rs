@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::runc::{Runc, RuncContainer, RuncError};
-use crate::runtime::{self, ContainerSpec, ExitStatus, Runtime, RuntimeError};
+use crate::runtime::{self, ContainerSpec, ExitStatus, Runtime, RuntimeError, Timeline};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
@@ -80,6 +80,14 @@ impl Container {
         match self {
             Container::Native(c) => c.pidfd_clone(),
             Container::Runc(c) => c.pidfd().try_clone(),
+        }
+    }
+
+    /// The setup phases' durations (native backend only: runc's happen inside runc).
+    pub fn timeline(&self) -> Option<&Timeline> {
+        match self {
+            Container::Native(c) => c.timeline(),
+            Container::Runc(_) => None,
         }
     }
 

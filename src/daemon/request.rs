@@ -174,6 +174,13 @@ async fn handle(
     match start(d, f, id, accepted).await {
         Ok((container, control, _bundle, _slots)) => {
             let cold_start = accepted.elapsed();
+            if let Some(t) = container.timeline() {
+                let phases: Vec<String> = t
+                    .phases()
+                    .map(|(name, d)| format!("{name}: {:.3}", ms(d)))
+                    .collect();
+                tracing::debug!(function = %f.name, request = %id, "setup ms: {}", phases.join(", "));
+            }
             hand_over(&control, &tcp).await?;
             drop(control);
             // The handler owns the connection now; our copy must not keep it open.

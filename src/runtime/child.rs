@@ -24,6 +24,8 @@ use std::os::fd::RawFd;
 use caps::{CapSet, Capability, CapsHashSet};
 use seccompiler::BpfProgram;
 
+use super::timeline::{Mark, SharedClock};
+
 /// The setup steps, as reported back to the parent on failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -148,7 +150,7 @@ pub struct CapPlan {
 }
 
 /// Everything the child needs, prepared before clone so the child never allocates.
-pub struct ChildPlan {
+pub struct ChildPlan<'a> {
     pub error_pipe: RawFd,
     pub cgroup_procs: Vec<RawFd>,
     pub new_root: CString,
@@ -165,6 +167,8 @@ pub struct ChildPlan {
     pub exe: CString,
     pub argv: Vec<*const libc::c_char>,
     pub envp: Vec<*const libc::c_char>,
+    /// Where the child records when each phase ended.
+    pub clock: &'a SharedClock,
 }
 
 /// A failed step: what it was, which mount (index into `mounts`) if any, and errno.
@@ -212,15 +216,21 @@ fn report(pipe: RawFd, Failure(step, detail, err): Failure) -> ! {
 }
 
 fn setup(plan: &ChildPlan) -> StepResult {
+    plan.clock.mark(Mark::ChildStarted);
     set_non_dumpable()?;
     join_cgroup(plan)?;
+    plan.clock.mark(Mark::CgroupJoined);
     enter_root(plan)?;
+    plan.clock.mark(Mark::RootPivoted);
     set_hostname(plan)?;
     enter_workdir(plan)?;
     set_stdio(plan)?;
     drop_privileges(plan)?;
     close_inherited_fds()?;
-    install_seccomp(plan)
+    plan.clock.mark(Mark::PrivilegesDropped);
+    install_seccomp(plan)?;
+    plan.clock.mark(Mark::SeccompInstalled);
+    Ok(())
 }
 
 fn set_non_dumpable() -> StepResult {
@@ -271,6 +281,7 @@ fn enter_root(plan: &ChildPlan) -> StepResult {
     }
     // SAFETY: as above.
     unsafe { libc::umask(umask) };
+    plan.clock.mark(Mark::Mounted);
     // pivot_root(".", ".") stacks the old root on top of the new one; detaching "." then
     // removes it without needing a directory for it inside the image.
     // SAFETY: new_root is a prepared C string; the rest are literals.

@@ -13,6 +13,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::cgroup::ContainerCgroup;
 use super::error::{Result, RuntimeError};
+use super::timeline::Timeline;
 
 /// How a container ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +43,7 @@ pub struct Container {
     pidfd: OwnedFd,
     cgroup: Option<ContainerCgroup>,
     reaped: bool,
+    timeline: Option<Timeline>,
 }
 
 impl Container {
@@ -51,7 +53,17 @@ impl Container {
             pidfd,
             cgroup: Some(cgroup),
             reaped: false,
+            timeline: None,
         }
+    }
+
+    pub(super) fn set_timeline(&mut self, t: Timeline) {
+        self.timeline = Some(t);
+    }
+
+    /// How long each setup phase took, from `spawn` to the exec.
+    pub fn timeline(&self) -> Option<&Timeline> {
+        self.timeline.as_ref()
     }
 
     /// The host pid of the container's first process.

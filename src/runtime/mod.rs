@@ -14,6 +14,7 @@ mod privileges;
 mod process;
 mod rootfs;
 mod seccomp;
+mod timeline;
 
 use std::ffi::CString;
 use std::io;
@@ -30,8 +31,10 @@ pub use child::Step;
 pub use container::{Container, Exit, ExitStatus};
 pub use error::{Result, RuntimeError};
 pub use rootfs::{Kind as MountPointKind, MOUNT_POINTS};
+pub use timeline::{Timeline, PHASES as SETUP_PHASES};
 
 use child::{CapPlan, ChildPlan};
+use timeline::{Mark, SharedClock};
 
 /// How long the child may take from clone to exec before we give up on it.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,6 +105,11 @@ impl Runtime {
     /// Creates and starts a container. Returns once its command has been exec'd, or with
     /// the error of the step that failed; on error nothing is left behind.
     pub fn spawn(&self, spec: &ContainerSpec<'_>) -> Result<Container> {
+        let clock = SharedClock::new().map_err(|source| RuntimeError::Sys {
+            op: "map the timeline page",
+            source,
+        })?;
+        clock.mark(Mark::Start);
         let argv0 = spec.argv.first().ok_or(RuntimeError::EmptyCommand)?;
         if !spec.workdir.starts_with('/') {
             return Err(RuntimeError::RelativeWorkdir(spec.workdir.to_string()));
@@ -143,7 +151,9 @@ impl Runtime {
             exe: rootfs::cstring("command", &exe)?,
             argv: null_terminated(&argv),
             envp: null_terminated(&env),
+            clock: &clock,
         };
+        clock.mark(Mark::Prepared);
 
         let spawned = process::clone_child(&plan).map_err(|source| RuntimeError::Sys {
             op: "clone3",
@@ -159,10 +169,14 @@ impl Runtime {
                 return Err(e);
             }
         };
-        let container = Container::new(spawned.pid, spawned.pidfd, cgroup);
+        let mut container = Container::new(spawned.pid, spawned.pidfd, cgroup);
         // On any error below, dropping `container` kills, reaps and removes its cgroup.
         match process::await_setup(&pipe_r, SETUP_TIMEOUT) {
-            Ok(Some(process::SetupResult::Exec)) => Ok(container),
+            Ok(Some(process::SetupResult::Exec)) => {
+                clock.mark(Mark::ExecSeen);
+                container.set_timeline(clock.timeline());
+                Ok(container)
+            }
             Ok(Some(process::SetupResult::Failed {
                 step,
                 detail,

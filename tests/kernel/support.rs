@@ -9,6 +9,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+#[path = "../common/private_ns.rs"]
+mod private_ns;
+pub use private_ns::enter_private_namespaces;
+
 use faasd::runtime::{ContainerSpec, ExitStatus, Resources, Runtime, RuntimeError};
 
 pub type TestResult = Result<(), libtest_mimic::Failed>;
@@ -24,21 +28,6 @@ pub fn state_dir() -> &'static Path {
         fs::create_dir_all(&dir).unwrap();
         dir
     })
-}
-
-pub fn enter_private_namespaces() {
-    use nix::mount::{mount, MsFlags};
-    use nix::sched::{unshare, CloneFlags};
-    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
-        .expect("unshare a network and a mount namespace for the tests");
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .expect("make the test mount namespace private");
 }
 
 /// A unique name for a container or cgroup.

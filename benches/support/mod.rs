@@ -1,0 +1,124 @@
+//! Shared by the benchmarks: root checks, a private network namespace, the test images,
+//! per-iteration recording and the percentile/ratio summaries printed after criterion.
+
+#![allow(dead_code)] // each bench uses a different subset
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[path = "../../tests/common/private_ns.rs"]
+mod private_ns;
+#[allow(unused_imports)] // cold_start runs in the host namespaces
+pub use private_ns::enter_private_namespaces;
+
+pub fn require_root() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("this benchmark needs root (namespaces, cgroups, mounts)");
+        std::process::exit(1);
+    }
+}
+
+/// The `docker save` test images of rootfs-tools, built into target/test-images on
+/// first use (the Python one needs apt-get download).
+pub fn test_images() -> PathBuf {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let dir = PathBuf::from(repo).join("target/test-images");
+    if !dir.join("test-handler.tar").exists() || !dir.join("python-handler.tar").exists() {
+        let ok = Command::new("bash")
+            .arg(format!("{repo}/rootfs-tools/build-test-images.sh"))
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("building the test images failed; benchmarks needing them are skipped");
+        }
+    }
+    dir
+}
+
+/// Every iteration's duration, from criterion's `iter_custom`, for percentiles.
+#[derive(Default)]
+pub struct Recorder(RefCell<Vec<Duration>>);
+
+impl Recorder {
+    /// Runs `f` `iters` times, recording each run; returns the total for criterion.
+    pub fn run(&self, iters: u64, mut f: impl FnMut()) -> Duration {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let t = Instant::now();
+            f();
+            let d = t.elapsed();
+            total += d;
+            self.0.borrow_mut().push(d);
+        }
+        total
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats::of(&self.0.borrow())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Stats {
+    pub n: usize,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+impl Stats {
+    pub fn of(samples: &[Duration]) -> Stats {
+        let mut v = samples.to_vec();
+        v.sort();
+        let at = |p: f64| {
+            v.get(((v.len() as f64 * p).ceil() as usize).saturating_sub(1))
+                .copied()
+                .unwrap_or_default()
+        };
+        Stats {
+            n: v.len(),
+            p50: at(0.50),
+            p99: at(0.99),
+        }
+    }
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+pub fn ratio(a: Duration, b: Duration) -> String {
+    if b.is_zero() {
+        return "-".into();
+    }
+    format!("{:.1}x", a.as_secs_f64() / b.as_secs_f64())
+}
+
+/// Prints a summary table and keeps a copy in target/bench-summary/<name>.md.
+pub fn report(name: &str, text: &str) {
+    println!("\n{text}");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-summary");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(format!("{name}.md")), text);
+}
+
+/// The machine the numbers came from, for the README.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{} CPUs ({cpu}), kernel {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel.trim()
+    )
+}
