@@ -37,16 +37,19 @@ pub enum Container {
 }
 
 impl Backend {
-    /// `runc_root` is runc's state directory; `runc_binary` is only used by the runc
-    /// backend.
+    /// `netns_pool` is for the native backend (namespaces made ahead, 0: none);
+    /// `runc_binary` and `runc_root` (its state directory) for the runc backend.
     pub fn new(
         kind: BackendKind,
         cgroup_parent: &str,
+        netns_pool: usize,
         runc_binary: &Path,
         runc_root: &Path,
     ) -> Result<Self, BackendError> {
         Ok(match kind {
-            BackendKind::Native => Backend::Native(Runtime::new(cgroup_parent)?),
+            BackendKind::Native => {
+                Backend::Native(Runtime::new(cgroup_parent)?.with_netns_pool(netns_pool)?)
+            }
             BackendKind::Runc => Backend::Runc(Runc::new(runc_binary, runc_root, cgroup_parent)?),
         })
     }

@@ -65,6 +65,10 @@ pub struct Config {
     /// Which runtime runs the containers: faasd's own, or `runc run` per request.
     #[arg(long, env = "FAASD_RUNTIME", value_enum, default_value = "native")]
     pub runtime: BackendKind,
+    /// Empty network namespaces the native runtime keeps made in advance, off the
+    /// request path (0: each container makes its own at clone time).
+    #[arg(long, env = "FAASD_NETNS_POOL", default_value_t = 8)]
+    pub netns_pool: usize,
     /// The runc binary, for `--runtime runc`.
     #[arg(long, env = "FAASD_RUNC", default_value = "runc")]
     pub runc: PathBuf,

@@ -132,7 +132,13 @@ impl Daemon {
             ),
             None => None,
         };
-        let backend = Backend::new(cfg.runtime, &cfg.cgroup_parent, &cfg.runc, &cfg.runc_root())?;
+        let backend = Backend::new(
+            cfg.runtime,
+            &cfg.cgroup_parent,
+            cfg.netns_pool,
+            &cfg.runc,
+            &cfg.runc_root(),
+        )?;
         recover(&cfg, &backend)?;
         let daemon = Arc::new(Daemon {
             backend,

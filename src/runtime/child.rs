@@ -9,6 +9,7 @@
 //! Ordering constraints, in the order `run` takes them:
 //! - non-dumpable first, so nobody can ptrace or open /proc/<pid>/ files of a half-built
 //!   container (CVE-2019-5736 class); exec resets it;
+//! - the pre-made network namespace (if any) while we still have CAP_SYS_ADMIN;
 //! - cgroup before anything allocates or forks, and before the cgroup namespace, so the
 //!   namespace is rooted at the container's own cgroup;
 //! - mounts before pivot_root (their sources live in the host's tree), pivot_root before
@@ -31,6 +32,7 @@ use super::timeline::{Mark, SharedClock};
 #[repr(u32)]
 pub enum Step {
     SetNonDumpable = 1,
+    JoinNetns,
     JoinCgroup,
     UnshareCgroupNamespace,
     MakeMountsPrivate,
@@ -52,8 +54,9 @@ pub enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 19] = [
+    const ALL: [Step; 20] = [
         Step::SetNonDumpable,
+        Step::JoinNetns,
         Step::JoinCgroup,
         Step::UnshareCgroupNamespace,
         Step::MakeMountsPrivate,
@@ -83,6 +86,7 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
             Step::SetNonDumpable => "set non-dumpable",
+            Step::JoinNetns => "join the pre-made network namespace",
             Step::JoinCgroup => "join cgroup",
             Step::UnshareCgroupNamespace => "unshare cgroup namespace",
             Step::MakeMountsPrivate => "make mounts private",
@@ -152,6 +156,8 @@ pub struct CapPlan {
 /// Everything the child needs, prepared before clone so the child never allocates.
 pub struct ChildPlan<'a> {
     pub error_pipe: RawFd,
+    /// A pre-made empty network namespace to join; None: the clone made a new one.
+    pub netns: Option<RawFd>,
     pub cgroup_procs: Vec<RawFd>,
     pub new_root: CString,
     pub mounts: Vec<MountOp>,
@@ -218,6 +224,7 @@ fn report(pipe: RawFd, Failure(step, detail, err): Failure) -> ! {
 fn setup(plan: &ChildPlan) -> StepResult {
     plan.clock.mark(Mark::ChildStarted);
     set_non_dumpable()?;
+    join_netns(plan)?;
     join_cgroup(plan)?;
     plan.clock.mark(Mark::CgroupJoined);
     enter_root(plan)?;
@@ -239,6 +246,20 @@ fn set_non_dumpable() -> StepResult {
         unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } as _,
         Step::SetNonDumpable,
     )
+}
+
+fn join_netns(plan: &ChildPlan) -> StepResult {
+    let Some(fd) = plan.netns else {
+        return Ok(());
+    };
+    // SAFETY: setns on an fd the parent opened for us, naming a network namespace.
+    check(
+        unsafe { libc::setns(fd, libc::CLONE_NEWNET) } as _,
+        Step::JoinNetns,
+    )?;
+    // SAFETY: closing an fd the child owns and no longer needs.
+    unsafe { libc::close(fd) };
+    Ok(())
 }
 
 fn join_cgroup(plan: &ChildPlan) -> StepResult {

@@ -10,6 +10,7 @@ mod cgroup;
 mod child;
 mod container;
 mod error;
+mod netns_pool;
 mod privileges;
 mod process;
 mod rootfs;
@@ -80,6 +81,7 @@ pub struct ContainerSpec<'a> {
 /// Prepared once, shared by every spawn.
 pub struct Runtime {
     cgroup_parent: String,
+    netns_pool: Option<netns_pool::NetnsPool>,
 }
 
 static CAPS: OnceLock<CapPlan> = OnceLock::new();
@@ -95,7 +97,18 @@ impl Runtime {
         CAPS.get_or_init(privileges::cap_plan);
         Ok(Runtime {
             cgroup_parent: cgroup_parent.trim_matches('/').to_string(),
+            netns_pool: None,
         })
+    }
+
+    /// Keeps `size` empty network namespaces made in advance (see netns_pool.rs); 0 makes
+    /// each container's namespace at clone time.
+    pub fn with_netns_pool(mut self, size: usize) -> Result<Self> {
+        self.netns_pool = match size {
+            0 => None,
+            n => Some(netns_pool::NetnsPool::start(n)?),
+        };
+        Ok(self)
     }
 
     pub fn cgroup_parent(&self) -> &str {
@@ -134,8 +147,10 @@ impl Runtime {
             source,
         })?;
         let mounts = rootfs::mount_plan(spec.rootfs, spec.control_socket)?;
+        let netns = self.netns_pool.as_ref().and_then(|p| p.take());
         let plan = ChildPlan {
             error_pipe: pipe_w.as_raw_fd(),
+            netns: netns.as_ref().map(|fd| fd.as_raw_fd()),
             cgroup_procs: procs.iter().map(|f| f.as_raw_fd()).collect(),
             new_root: rootfs::cstring("rootfs", spec.rootfs)?,
             mounts,
@@ -162,6 +177,7 @@ impl Runtime {
         // The child holds its own copies now; ours must close so the pipe reports EOF at exec.
         drop(pipe_w);
         drop(procs);
+        drop(netns);
         let spawned = match spawned {
             Ok(s) => s,
             Err(e) => {

@@ -26,12 +26,10 @@ struct CloneArgs {
 }
 
 /// Namespaces made at clone time; the cgroup namespace comes later, after the child has
-/// joined its cgroup, so that it is rooted there.
-const NAMESPACES: u64 = (libc::CLONE_NEWNS
-    | libc::CLONE_NEWPID
-    | libc::CLONE_NEWNET
-    | libc::CLONE_NEWIPC
-    | libc::CLONE_NEWUTS) as u64;
+/// joined its cgroup, so that it is rooted there. The network namespace is made here only
+/// when the plan brings no pre-made one.
+const NAMESPACES: u64 =
+    (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) as u64;
 
 pub struct Spawned {
     pub pid: i32,
@@ -51,7 +49,13 @@ pub enum SetupResult {
 pub fn clone_child(plan: &ChildPlan) -> io::Result<Spawned> {
     let mut pidfd: libc::c_int = -1;
     let mut args = CloneArgs {
-        flags: NAMESPACES | libc::CLONE_PIDFD as u64,
+        flags: NAMESPACES
+            | libc::CLONE_PIDFD as u64
+            | if plan.netns.is_some() {
+                0
+            } else {
+                libc::CLONE_NEWNET as u64
+            },
         pidfd: &mut pidfd as *mut libc::c_int as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()

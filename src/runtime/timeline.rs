@@ -30,7 +30,7 @@ const MARKS: usize = Mark::ExecSeen as usize + 1;
 pub const PHASES: [&str; MARKS - 1] = [
     "prepare (checks, cgroup, plan)",
     "clone3 (namespaces)",
-    "join cgroup",
+    "join netns (pre-made) and cgroup",
     "mounts",
     "pivot_root",
     "hostname, stdio, ids, caps, fds",

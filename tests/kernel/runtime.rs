@@ -55,6 +55,10 @@ pub fn tests() -> Vec<Trial> {
             symlinked_mount_point_refused,
         ),
         Trial::test("runtime::exit_code_reported", exit_code_reported),
+        Trial::test(
+            "runtime::every_container_gets_its_own_empty_netns",
+            own_empty_netns,
+        ),
     ]
 }
 
@@ -438,4 +442,37 @@ fn exit_code_reported() -> TestResult {
     // A signal from inside reaches a child of pid 1 (pid 1 itself ignores it).
     let run = sh("sh -c 'kill -SEGV $$'; echo child=$?")?;
     ensure(run.output.contains("child=139"), run.output)
+}
+
+/// With the pool of pre-made network namespaces (4 in the test runtime) and without (12
+/// at once drain it, so the rest make theirs at clone), no two containers share one, and
+/// each holds nothing but `lo`.
+fn own_empty_netns() -> TestResult {
+    let runs: Vec<_> = (0..12)
+        .map(|_| {
+            std::thread::spawn(|| {
+                sh("readlink /proc/self/ns/net; tail -n +3 /proc/net/dev | cut -d: -f1")
+            })
+        })
+        .collect();
+    let host = fs::read_link("/proc/self/ns/net")?;
+    let mut seen = std::collections::HashSet::new();
+    for r in runs {
+        let run = r.join().unwrap()?;
+        ensure(run.status.success(), &run.output)?;
+        let mut lines = run.output.lines();
+        let ns = lines.next().unwrap_or_default().to_string();
+        ensure(ns.starts_with("net:["), format!("no netns: {}", run.output))?;
+        ensure(
+            ns != host.to_string_lossy(),
+            "container in the host's netns",
+        )?;
+        ensure(
+            seen.insert(ns.clone()),
+            format!("{ns} shared by two containers"),
+        )?;
+        let ifaces: Vec<&str> = lines.map(str::trim).collect();
+        ensure(ifaces == ["lo"], format!("interfaces in {ns}: {ifaces:?}"))?;
+    }
+    Ok(())
 }

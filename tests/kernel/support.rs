@@ -44,7 +44,11 @@ pub const CGROUP_PARENT: &str = "faasd-test";
 
 pub fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| Runtime::new(CGROUP_PARENT).expect("runtime"))
+    RT.get_or_init(|| {
+        Runtime::new(CGROUP_PARENT)
+            .and_then(|rt| rt.with_netns_pool(4))
+            .expect("runtime")
+    })
 }
 
 /// Lays out a minimal image root: static busybox as /bin/busybox and /bin/sh, plus the
