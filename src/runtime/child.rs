@@ -158,7 +158,8 @@ pub struct ChildPlan<'a> {
     pub error_pipe: RawFd,
     /// A pre-made empty network namespace to join; None: the clone made a new one.
     pub netns: Option<RawFd>,
-    pub cgroup_procs: Vec<RawFd>,
+    /// Pre-opened files that move the writer into its cgroup, one per hierarchy.
+    pub cgroup_join: Vec<RawFd>,
     pub new_root: CString,
     pub mounts: Vec<MountOp>,
     pub hostname: CString,
@@ -225,6 +226,7 @@ fn setup(plan: &ChildPlan) -> StepResult {
     plan.clock.mark(Mark::ChildStarted);
     set_non_dumpable()?;
     join_netns(plan)?;
+    plan.clock.mark(Mark::NetnsJoined);
     join_cgroup(plan)?;
     plan.clock.mark(Mark::CgroupJoined);
     enter_root(plan)?;
@@ -263,8 +265,8 @@ fn join_netns(plan: &ChildPlan) -> StepResult {
 }
 
 fn join_cgroup(plan: &ChildPlan) -> StepResult {
-    for &fd in &plan.cgroup_procs {
-        // SAFETY: "0" names the writing process; fd is an open cgroup.procs of ours.
+    for &fd in &plan.cgroup_join {
+        // SAFETY: "0" names the writer; fd is an open cgroup.procs (v2) or tasks (v1) of ours.
         check(
             unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } as _,
             Step::JoinCgroup,

@@ -16,6 +16,7 @@ pub enum Mark {
     Start,
     Prepared,
     ChildStarted,
+    NetnsJoined,
     CgroupJoined,
     Mounted,
     RootPivoted,
@@ -30,7 +31,8 @@ const MARKS: usize = Mark::ExecSeen as usize + 1;
 pub const PHASES: [&str; MARKS - 1] = [
     "prepare (checks, cgroup, plan)",
     "clone3 (namespaces)",
-    "join netns (pre-made) and cgroup",
+    "join the pre-made netns",
+    "join cgroup",
     "mounts",
     "pivot_root",
     "hostname, stdio, ids, caps, fds",
