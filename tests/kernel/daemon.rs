@@ -62,6 +62,7 @@ fn http_get(ip: &str, path: &str) -> std::io::Result<String> {
 fn deploy_serve_undeploy() -> TestResult {
     let image = test_image();
     let state = support::state_dir().join(unique("daemon"));
+    let parent = unique("faasd-e2e");
     let cfg = Config::parse_from([
         "faasd",
         "--state-dir",
@@ -69,10 +70,10 @@ fn deploy_serve_undeploy() -> TestResult {
         "--listen",
         "127.0.0.1:0",
         "--cgroup-parent",
-        &unique("faasd-e2e"),
+        &parent,
     ]);
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let d = Daemon::start(cfg).await?;
         let upload = std::fs::File::open(&image)?;
         let deployed = d.deploy("hello", upload, Default::default()).await?;
@@ -128,5 +129,7 @@ fn deploy_serve_undeploy() -> TestResult {
         )?;
         d.shutdown().await;
         Ok::<_, libtest_mimic::Failed>(())
-    })
+    });
+    support::remove_cgroup_parent(&parent);
+    result
 }

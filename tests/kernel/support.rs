@@ -166,6 +166,17 @@ pub fn cgroup_exists(id: &str) -> bool {
         .any(|c| c == id)
 }
 
+/// Kills and removes the containers left under a daemon's cgroup parent, then the parent
+/// itself in every hierarchy (v2, or each v1 controller), so tests leave no cgroup behind.
+pub fn remove_cgroup_parent(parent: &str) {
+    let _ = faasd::runtime::sweep_cgroups(parent);
+    let root = Path::new("/sys/fs/cgroup");
+    let hierarchies = fs::read_dir(root).into_iter().flatten().flatten();
+    for dir in std::iter::once(root.to_path_buf()).chain(hierarchies.map(|e| e.path())) {
+        let _ = fs::remove_dir(dir.join(parent));
+    }
+}
+
 pub fn ensure(cond: bool, msg: impl std::fmt::Display) -> TestResult {
     if cond {
         Ok(())
