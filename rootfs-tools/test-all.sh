@@ -21,6 +21,9 @@ fi
 
 step "build"
 cargo build --release --all-targets
+# The end-to-end kernel tests deploy these; the VM has no network, so they are built here,
+# before either test run (the tests look in target/test-images, or FAASD_TEST_IMAGES).
+bash rootfs-tools/build-test-images.sh target/test-images >target/test-images.log 2>&1 || { cat target/test-images.log >&2; exit 1; }
 
 step "unit and kernel tests on this machine"
 cargo test --release

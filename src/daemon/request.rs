@@ -171,7 +171,13 @@ async fn handle(
     id: &str,
     accepted: Instant,
 ) -> Result<Served, RequestError> {
-    match start(d, f, id, accepted).await {
+    // A handler that died between its connect and the hand-over leaves us the connection,
+    // so that failure too gets its answer below (the container is torn down on drop).
+    let started = match start(d, f, id, accepted).await {
+        Ok(s) => hand_over(&s.1, &tcp).await.map(|()| s),
+        Err(e) => Err(e),
+    };
+    match started {
         Ok((container, control, _bundle, _slots)) => {
             let cold_start = accepted.elapsed();
             if let Some(t) = container.timeline() {
@@ -181,7 +187,6 @@ async fn handle(
                     .collect();
                 tracing::debug!(function = %f.name, request = %id, "setup ms: {}", phases.join(", "));
             }
-            hand_over(&control, &tcp).await?;
             drop(control);
             // The handler owns the connection now; our copy must not keep it open.
             drop(tcp);

@@ -3,9 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::Duration;
 
 use clap::Parser;
@@ -27,46 +25,6 @@ pub fn tests() -> Vec<Trial> {
             runc_hung_handler,
         ),
     ]
-}
-
-/// The classic-layout test handler image, built by rootfs-tools (static C handler).
-fn test_image() -> PathBuf {
-    static IMG: OnceLock<PathBuf> = OnceLock::new();
-    IMG.get_or_init(|| build_test_image("serve")).clone()
-}
-
-/// The same handler in its `hang` mode: takes the connection and never answers.
-fn hang_image() -> PathBuf {
-    static IMG: OnceLock<PathBuf> = OnceLock::new();
-    IMG.get_or_init(|| build_test_image("hang")).clone()
-}
-
-fn build_test_image(mode: &str) -> PathBuf {
-    {
-        let dir = support::state_dir().join(format!("root-handler-{mode}"));
-        support::make_rootfs(&dir);
-        let repo = env!("CARGO_MANIFEST_DIR");
-        let ok = Command::new("gcc")
-            .args(["-static", "-O2", "-o"])
-            .arg(dir.join("test-handler"))
-            .arg(format!("{repo}/rootfs-tools/test-handler.c"))
-            .status()
-            .expect("gcc");
-        assert!(ok.success(), "building the test handler failed");
-        let out = support::state_dir().join(format!("test-handler-{mode}.tar"));
-        let ok = Command::new("python3")
-            .arg(format!("{repo}/rootfs-tools/mkimage.py"))
-            .arg("--rootfs")
-            .arg(&dir)
-            .arg("--cmd")
-            .arg(format!("[\"/test-handler\", \"{mode}\"]"))
-            .args(["--layout", "classic", "-o"])
-            .arg(&out)
-            .status()
-            .expect("python3");
-        assert!(ok.success(), "mkimage.py failed");
-        out
-    }
 }
 
 fn http_get(ip: &str, path: &str) -> std::io::Result<String> {
@@ -98,7 +56,7 @@ fn config(state: &Path, backend: &str, subnet: &str, extra: &[&str]) -> Config {
 }
 
 fn deploy_serve_undeploy(backend: &str) -> TestResult {
-    let image = test_image();
+    let image = support::image("test-handler.tar")?;
     let state = support::state_dir().join(unique("daemon"));
     let subnet = if backend == "runc" {
         "10.0.1.0/24"
@@ -106,8 +64,9 @@ fn deploy_serve_undeploy(backend: &str) -> TestResult {
         "10.0.0.0/24"
     };
     let cfg = config(&state, backend, subnet, &[]);
+    let parent = cfg.cgroup_parent.clone();
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let d = Daemon::start(cfg).await?;
         let upload = std::fs::File::open(&image)?;
         let deployed = d.deploy("hello", upload, Default::default()).await?;
@@ -163,18 +122,20 @@ fn deploy_serve_undeploy(backend: &str) -> TestResult {
         )?;
         d.shutdown().await;
         Ok::<_, libtest_mimic::Failed>(())
-    })
+    });
+    support::remove_cgroup_parent(&parent);
+    result
 }
 
 /// A handler that takes the connection and never answers is killed at the exec timeout:
 /// the client sees its connection closed, and runc leaves no state, cgroup or bundle.
 fn runc_hung_handler() -> TestResult {
-    let image = hang_image();
+    let image = support::image("test-handler-hang.tar")?;
     let state = support::state_dir().join(unique("daemon"));
     let cfg = config(&state, "runc", "10.0.2.0/24", &["--exec-timeout", "1"]);
     let parent = cfg.cgroup_parent.clone();
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let d = Daemon::start(cfg).await?;
         let upload = std::fs::File::open(&image)?;
         let ip = d
@@ -210,7 +171,9 @@ fn runc_hung_handler() -> TestResult {
         ensure(left.is_empty(), format!("left behind: {left:?}"))?;
         d.shutdown().await;
         Ok::<_, libtest_mimic::Failed>(())
-    })
+    });
+    support::remove_cgroup_parent(&parent);
+    result
 }
 
 /// Bundles, runc containers and cgroups still present for a daemon's state and parent.

@@ -6,6 +6,7 @@
 //! make stay inside it and vanish with it.
 
 mod daemon;
+mod e2e;
 mod runtime;
 mod support;
 
@@ -22,6 +23,7 @@ fn main() {
     let trials: Vec<Trial> = runtime::tests()
         .into_iter()
         .chain(daemon::tests())
+        .chain(e2e::tests())
         .map(|t| t.with_ignored_flag(!root))
         .collect();
     libtest_mimic::run(&args, trials).exit();

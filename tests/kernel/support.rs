@@ -5,6 +5,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -14,6 +15,7 @@ mod private_ns;
 pub use private_ns::enter_private_namespaces;
 
 use faasd::runtime::{ContainerSpec, ExitStatus, Resources, Runtime, RuntimeError};
+use libtest_mimic::Failed;
 
 pub type TestResult = Result<(), libtest_mimic::Failed>;
 
@@ -159,10 +161,72 @@ pub fn cgroup_exists(id: &str) -> bool {
         .any(|c| c == id)
 }
 
+/// Kills and removes the containers left under a daemon's cgroup parent, then the parent
+/// itself in every hierarchy (v2, or each v1 controller), so tests leave no cgroup behind.
+pub fn remove_cgroup_parent(parent: &str) {
+    let _ = faasd::runtime::sweep_cgroups(parent);
+    let root = Path::new("/sys/fs/cgroup");
+    let hierarchies = fs::read_dir(root).into_iter().flatten().flatten();
+    for dir in std::iter::once(root.to_path_buf()).chain(hierarchies.map(|e| e.path())) {
+        let _ = fs::remove_dir(dir.join(parent));
+    }
+}
+
 pub fn ensure(cond: bool, msg: impl std::fmt::Display) -> TestResult {
     if cond {
         Ok(())
     } else {
         Err(msg.to_string().into())
     }
+}
+
+/// Every tarball the tests deploy, all made by rootfs-tools/build-test-images.sh.
+const IMAGES: [&str; 7] = [
+    "test-handler.tar",
+    "test-handler-oci.tar",
+    "test-handler-serve.tar",
+    "test-handler-crash.tar",
+    "test-handler-noconnect.tar",
+    "test-handler-hang.tar",
+    "python-handler.tar",
+];
+
+/// The path of test image `file`, in FAASD_TEST_IMAGES or else <repo>/target/test-images,
+/// where they are built once when one is missing.
+pub fn image(file: &str) -> Result<PathBuf, Failed> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = std::env::var_os("FAASD_TEST_IMAGES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-images"));
+        let complete = || IMAGES.iter().all(|f| dir.join(f).is_file());
+        if complete() {
+            return Ok(dir);
+        }
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/rootfs-tools/build-test-images.sh"
+        );
+        let out = Command::new("bash").arg(script).arg(&dir).output();
+        match out {
+            Ok(out) if out.status.success() && complete() => Ok(dir),
+            // The test process is already in its private network namespace, so apt-get can
+            // only use the .deb cache; the VM has no network at all.
+            other => Err(format!(
+                "test images missing in {0} and building them failed; build them first with \
+                 `bash {script} {0}` on a machine with network: {1}",
+                dir.display(),
+                match other {
+                    Ok(out) => last_lines(&String::from_utf8_lossy(&out.stderr), 20),
+                    Err(e) => e.to_string(),
+                }
+            )),
+        }
+    });
+    Ok(dir.as_ref().map_err(Failed::from)?.join(file))
+}
+
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
