@@ -1,9 +1,10 @@
 //! The container's first process, between clone and exec.
 //!
-//! The parent is multi-threaded (tokio), and clone without CLONE_VM copies only the calling
-//! thread: another thread may have held the allocator's lock at that instant. So everything
-//! here is async-signal-safe: raw syscalls on a [`ChildPlan`] prepared by the parent, no
-//! allocation, no locks, no panics. A failed step writes (step, detail, errno) to the
+//! The parent is multi-threaded (tokio), and the child shares its memory until exec
+//! (CLONE_VM, see process.rs) while the parent's other threads run on: another thread may
+//! hold the allocator's lock, and anything the child wrote would land in the daemon. So
+//! everything here is async-signal-safe: raw syscalls on a [`ChildPlan`] prepared by the
+//! parent, no allocation, no locks, no panics, no writes outside its own stack. A failed step writes (step, detail, errno) to the
 //! close-on-exec error pipe and exits; a successful exec closes the pipe empty.
 //!
 //! Ordering constraints, in the order `run` takes them:
@@ -201,12 +202,37 @@ fn check_detail(rc: libc::c_long, step: Step, detail: u32) -> StepResult {
 }
 
 /// Entry point of the cloned child. Never returns.
-pub fn run(plan: &ChildPlan) -> ! {
+pub fn run(plan: &ChildPlan, mask: &libc::sigset_t) -> ! {
+    reset_signal_handlers();
     let failure = match setup(plan) {
-        Ok(()) => exec(plan),
+        Ok(()) => exec(plan, mask),
         Err(f) => f,
     };
     report(plan.error_pipe, failure)
+}
+
+/// Our handlers must never run in the child, which shares our memory until its exec:
+/// every caught signal goes back to its default action (exec would do the same), while
+/// all signals are still blocked.
+fn reset_signal_handlers() {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: sigaction with a zeroed out-parameter, then with SIG_DFL; glibc refuses
+        // its reserved signals with EINVAL, which is fine to ignore.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction != libc::SIG_DFL
+                && old.sa_sigaction != libc::SIG_IGN
+            {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+    }
 }
 
 fn report(pipe: RawFd, Failure(step, detail, err): Failure) -> ! {
@@ -502,9 +528,13 @@ fn install_seccomp(plan: &ChildPlan) -> StepResult {
     Ok(())
 }
 
-fn exec(plan: &ChildPlan) -> Failure {
-    // SAFETY: exe, argv and envp are NUL-terminated arrays of C strings owned by the plan.
-    unsafe { libc::execve(plan.exe.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
+fn exec(plan: &ChildPlan, mask: &libc::sigset_t) -> Failure {
+    // SAFETY: the mask the spawning thread had (handlers are reset, see run); exe, argv
+    // and envp are NUL-terminated arrays of C strings owned by the plan.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
+        libc::execve(plan.exe.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr())
+    };
     Failure(Step::Exec, 0, errno())
 }
 

@@ -1,5 +1,5 @@
 //! The container runtime: one fresh container per request, made in-process on raw
-//! syscalls (clone3, mount, pivot_root, cgroups, capabilities, seccomp). No runc.
+//! syscalls (clone, mount, pivot_root, cgroups, capabilities, seccomp). No runc.
 //!
 //! [`Runtime::spawn`] prepares everything in the parent (cgroup, mount plan, argv, the
 //! capability sets and seccomp programs), clones the child into new namespaces, and waits
@@ -171,7 +171,7 @@ impl Runtime {
         clock.mark(Mark::Prepared);
 
         let spawned = process::clone_child(&plan).map_err(|source| RuntimeError::Sys {
-            op: "clone3",
+            op: "clone",
             source,
         });
         // The child holds its own copies now; ours must close so the pipe reports EOF at exec.

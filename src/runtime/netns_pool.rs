@@ -1,6 +1,6 @@
 //! Empty network namespaces made ahead of time.
 //!
-//! A new network namespace is the costliest part of a container start (clone3 with
+//! A new network namespace is the costliest part of a container start (clone with
 //! CLONE_NEWNET: ~0.5 ms at p50 and several ms at p99 on these machines), and it sits on
 //! the request's critical path. A background thread makes them in advance; a spawn joins
 //! one with setns, which costs almost nothing. Each namespace goes to exactly one

@@ -1,4 +1,12 @@
-//! clone3 of the container's first process and the parent's side of the error pipe.
+//! Cloning the container's first process, and the parent's side of the error pipe.
+//!
+//! The child is cloned like posix_spawn does it: CLONE_VM | CLONE_VFORK, on a stack of
+//! its own. Sharing our memory until its exec spares the kernel copying the daemon's page
+//! tables at clone and tearing the copy down again at exec (both grow with the daemon's
+//! size), and CLONE_VFORK suspends only the calling thread, which would wait for the
+//! exec anyway. The child must then write nothing of ours: it runs only async-signal-
+//! safe code on the prepared plan, and every signal stays blocked until its handlers
+//! are reset (see child::run).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -8,28 +16,15 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::child::{self, ChildPlan, Step};
 
-/// The kernel's `struct clone_args` (not in libc for glibc targets).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
 /// Namespaces made at clone time; the cgroup namespace comes later, after the child has
 /// joined its cgroup, so that it is rooted there. The network namespace is made here only
 /// when the plan brings no pre-made one.
-const NAMESPACES: u64 =
-    (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) as u64;
+const NAMESPACES: libc::c_int =
+    libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+
+/// The child's stack: its setup steps need a few KiB; pages are only committed when touched.
+const STACK_SIZE: usize = 256 << 10;
+const GUARD_SIZE: usize = 4096;
 
 pub struct Spawned {
     pub pid: i32,
@@ -42,43 +37,112 @@ pub enum SetupResult {
     Failed { step: Step, detail: u32, errno: i32 },
 }
 
-/// Clones the container's first process, which runs [`child::run`] on `plan`.
-///
-/// Like fork, the child gets a copy of our address space (no CLONE_VM), so `plan` is
-/// valid in it; it must hold the write end of the error pipe.
-pub fn clone_child(plan: &ChildPlan) -> io::Result<Spawned> {
-    let mut pidfd: libc::c_int = -1;
-    let mut args = CloneArgs {
-        flags: NAMESPACES
-            | libc::CLONE_PIDFD as u64
-            | if plan.netns.is_some() {
-                0
-            } else {
-                libc::CLONE_NEWNET as u64
-            },
-        pidfd: &mut pidfd as *mut libc::c_int as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        ..Default::default()
-    };
-    // SAFETY: args is a valid clone_args of the size we pass. Without CLONE_VM and with a
-    // null stack the child continues on a copy of this stack, like fork; it runs only
-    // async-signal-safe code (child::run) and never returns from this frame.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    match ret {
-        -1 => Err(io::Error::last_os_error()),
-        0 => child::run(plan),
-        pid => Ok(Spawned {
-            pid: pid as i32,
-            // SAFETY: CLONE_PIDFD stored a new pidfd that nothing else owns.
-            pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
-        }),
+/// The child's stack, with a PROT_NONE guard page below it so an overflow faults instead
+/// of writing into our memory.
+struct ChildStack {
+    base: *mut libc::c_void,
+}
+
+impl ChildStack {
+    fn new() -> io::Result<Self> {
+        // SAFETY: a fresh anonymous private mapping; checked for MAP_FAILED.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                GUARD_SIZE + STACK_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = ChildStack { base };
+        // SAFETY: the first page of the mapping we own.
+        if unsafe { libc::mprotect(base, GUARD_SIZE, libc::PROT_NONE) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
     }
+
+    /// Stacks grow down: the child starts at the end (page-aligned, so 16-byte aligned).
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of our mapping, which is what clone expects.
+        unsafe { self.base.cast::<u8>().add(GUARD_SIZE + STACK_SIZE).cast() }
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping; the child has exec'd or exited (CLONE_VFORK).
+        unsafe { libc::munmap(self.base, GUARD_SIZE + STACK_SIZE) };
+    }
+}
+
+/// What the child gets: the plan, and the signal mask to restore before its exec.
+struct ChildArg<'a> {
+    plan: &'a ChildPlan<'a>,
+    mask: libc::sigset_t,
+}
+
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the ChildArg in clone_child's frame, which stays valid and
+    // unchanged while the parent thread is suspended by CLONE_VFORK.
+    let arg = unsafe { &*(arg as *const ChildArg) };
+    child::run(arg.plan, &arg.mask)
+}
+
+/// Clones the container's first process, which runs [`child::run`] on `plan`; returns
+/// once it has exec'd or exited (CLONE_VFORK). `plan` must hold the write end of the
+/// error pipe.
+pub fn clone_child(plan: &ChildPlan) -> io::Result<Spawned> {
+    let stack = ChildStack::new()?;
+    // SAFETY: zeroed sigset_t is a valid out-parameter.
+    let mut arg = ChildArg {
+        plan,
+        mask: unsafe { std::mem::zeroed() },
+    };
+    let mut pidfd: libc::c_int = -1;
+    let flags = libc::CLONE_VM
+        | libc::CLONE_VFORK
+        | libc::CLONE_PIDFD
+        | NAMESPACES
+        | if plan.netns.is_some() {
+            0
+        } else {
+            libc::CLONE_NEWNET
+        }
+        | libc::SIGCHLD;
+    // SAFETY: sigfillset/pthread_sigmask on stack sigsets. Every signal is blocked across
+    // the clone so none can run one of our handlers in the child, which shares our memory;
+    // our own mask comes back right after.
+    let pid = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut arg.mask);
+        // SAFETY: the stack is ours and outlives the child's use of it (we are suspended
+        // until its exec); CLONE_PIDFD stores the pidfd through the parent_tid argument.
+        let pid = libc::clone(
+            child_entry,
+            stack.top(),
+            flags,
+            &mut arg as *mut ChildArg as *mut libc::c_void,
+            &mut pidfd as *mut libc::c_int,
+        );
+        let err = io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &arg.mask, std::ptr::null_mut());
+        if pid < 0 {
+            return Err(err);
+        }
+        pid
+    };
+    Ok(Spawned {
+        pid,
+        // SAFETY: CLONE_PIDFD stored a new pidfd that nothing else owns.
+        pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
+    })
 }
 
 /// Waits for the child to exec (the pipe closes empty) or to report a failed step.

@@ -30,7 +30,7 @@ const MARKS: usize = Mark::ExecSeen as usize + 1;
 /// Names of the phases between consecutive marks.
 pub const PHASES: [&str; MARKS - 1] = [
     "prepare (checks, cgroup, plan)",
-    "clone3 (namespaces)",
+    "clone (namespaces)",
     "join the pre-made netns",
     "join cgroup",
     "mounts",
