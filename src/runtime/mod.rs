@@ -136,9 +136,10 @@ impl Runtime {
         let exe = rootfs::resolve_command(spec.rootfs, argv0, spec.env)?;
         let argv = to_cstrings("argument", spec.argv)?;
         let env = to_cstrings("environment variable", spec.env)?;
-
+        clock.mark(Mark::Checked);
         let cgroup =
             cgroup::ContainerCgroup::create(&self.cgroup_parent, spec.id, &spec.resources)?;
+        clock.mark(Mark::CgroupCreated);
         let procs = cgroup.join_files()?;
         let (pipe_r, pipe_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RuntimeError::sys("pipe2"))?;

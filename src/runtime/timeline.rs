@@ -14,6 +14,8 @@ use std::time::Duration;
 #[repr(usize)]
 pub enum Mark {
     Start,
+    Checked,
+    CgroupCreated,
     Prepared,
     ChildStarted,
     NetnsJoined,
@@ -29,7 +31,9 @@ const MARKS: usize = Mark::ExecSeen as usize + 1;
 
 /// Names of the phases between consecutive marks.
 pub const PHASES: [&str; MARKS - 1] = [
-    "prepare (checks, cgroup, plan)",
+    "checks (mount points, command)",
+    "cgroup creation",
+    "mount plan, fds",
     "clone (namespaces)",
     "join the pre-made netns",
     "join cgroup",

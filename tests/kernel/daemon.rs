@@ -29,7 +29,8 @@ pub fn tests() -> Vec<Trial> {
 
 fn http_get(ip: &str, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect((ip, 80))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // Generous: under the VM's CPU emulation 20 concurrent runc containers take a while.
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: {ip}\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
@@ -48,6 +49,9 @@ fn config(state: &Path, backend: &str, subnet: &str, extra: &[&str]) -> Config {
         backend,
         "--subnet",
         subnet,
+        // These tests are about serving and cleaning up, not timeouts; the VM is slow.
+        "--connect-timeout",
+        "30",
     ];
     args.extend_from_slice(extra);
     let parent = unique("faasd-e2e");

@@ -658,6 +658,18 @@ fn restart_restores_functions() -> TestResult {
     )
 }
 
+/// How many sockets process `pid` has open.
+fn sockets_of(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+        })
+        .count()
+}
+
 fn kill9_then_restart_recovers() -> TestResult {
     let s = Setup::new(&[])?;
     let mut d = s.start()?;
@@ -666,11 +678,13 @@ fn kill9_then_restart_recovers() -> TestResult {
     thread::scope(|scope| {
         // The handler holds this connection and never answers: a live container.
         let held = scope.spawn(|| s.get(stuck, "/held"));
+        // Holding it means two sockets: /control.sock and the client's connection. Before
+        // that, a handler that lost faasd would fail its connect and exit on its own.
         s.check(
             eventually(SLACK, || {
-                !s.bundles().is_empty() && !s.processes().is_empty()
+                !s.bundles().is_empty() && s.processes().iter().any(|&pid| sockets_of(pid) >= 2)
             }),
-            "the request to the hanging handler started no container",
+            "the request to the hanging handler started no container holding it",
         )?;
         d.kill9()?;
         let (bundles, cgroups, procs) = (s.bundles(), s.containers(), s.processes());
