@@ -94,6 +94,12 @@ impl Container {
         }
     }
 
+    /// Whether the container has already ended (without waiting or reaping).
+    pub fn has_exited(&self) -> bool {
+        self.exit_pidfd()
+            .is_ok_and(|fd| crate::pidfd::has_exited(&fd))
+    }
+
     /// Waits until the container exits or `timeout` passes (then kills it), and cleans up.
     pub async fn wait(self, timeout: Duration) -> Result<ExitStatus, BackendError> {
         Ok(match self {

@@ -36,6 +36,16 @@ pub fn send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether the process has exited (its pidfd is readable), without waiting.
+pub fn has_exited(pidfd: &OwnedFd) -> bool {
+    use std::os::fd::AsFd;
+    let mut fds = [nix::poll::PollFd::new(
+        pidfd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|n| n > 0)
+}
+
 /// Waits until the process has exited (true) or `timeout` passed (false), without
 /// reaping it: a pidfd turns readable when its process exits.
 pub async fn exited(pidfd: &OwnedFd, timeout: Duration) -> io::Result<bool> {

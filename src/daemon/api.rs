@@ -211,7 +211,7 @@ async fn remove_function(
 async fn metrics(State(d): State<Arc<Daemon>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        d.metrics.render(),
+        d.metrics_text(),
     )
 }
 

@@ -50,6 +50,10 @@ pub struct Config {
     /// Containers running at once for one function.
     #[arg(long, env = "FAASD_MAX_PER_FUNCTION", default_value_t = 32)]
     pub max_per_function: usize,
+    /// Containers per function started ahead of their request, their handler already
+    /// waiting on /control.sock (each still serves exactly one request).
+    #[arg(long, env = "FAASD_PREWARM", default_value_t = 0)]
+    pub prewarm: usize,
     /// Seconds a request may wait for a free slot before it gets 503.
     #[arg(long, env = "FAASD_QUEUE_TIMEOUT", default_value_t = 5.0)]
     pub queue_timeout: f64,

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::prewarm::Prewarmed;
 use crate::image::ImageConfig;
 use crate::runtime::Resources;
 
@@ -63,8 +64,10 @@ pub struct Function {
     pub resources: Resources,
     image: Arc<RwLock<Arc<Image>>>,
     pub slots: Arc<Semaphore>,
-    /// Cancelled to stop this function's listener.
+    /// Cancelled to stop this function's listener (and its prewarming).
     pub stop: CancellationToken,
+    /// Containers started ahead of their request (`--prewarm`).
+    pub prewarmed: Prewarmed,
 }
 
 impl Function {
@@ -75,6 +78,7 @@ impl Function {
         image: Image,
         slots: usize,
         stop: CancellationToken,
+        prewarmed: Prewarmed,
     ) -> Self {
         Function {
             name: name.to_string(),
@@ -83,6 +87,7 @@ impl Function {
             image: Arc::new(RwLock::new(Arc::new(image))),
             slots: Arc::new(Semaphore::new(slots)),
             stop,
+            prewarmed,
         }
     }
 
@@ -90,6 +95,11 @@ impl Function {
     /// it so the rootfs path cannot change between its checks and its mounts.
     pub async fn image(&self) -> OwnedRwLockReadGuard<Arc<Image>> {
         self.image.clone().read_owned().await
+    }
+
+    /// The current image, unlocked: for comparing with the image a container runs.
+    pub async fn current_image(&self) -> Arc<Image> {
+        self.image.read().await.clone()
     }
 
     /// Runs `swap` with exclusive access to the current image (for a redeploy).

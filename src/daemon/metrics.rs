@@ -32,6 +32,8 @@ pub struct Metrics {
     pub requests: Family<FunctionLabel, Counter>,
     pub failures: Family<FailureLabels, Counter>,
     pub in_flight: Family<FunctionLabel, Gauge>,
+    pub prewarmed: Family<FunctionLabel, Gauge>,
+    pub prewarmed_used: Family<FunctionLabel, Counter>,
     pub cold_start: Histograms,
     pub duration: Histograms,
 }
@@ -42,6 +44,8 @@ impl Default for Metrics {
         let requests = Family::<FunctionLabel, Counter>::default();
         let failures = Family::<FailureLabels, Counter>::default();
         let in_flight = Family::<FunctionLabel, Gauge>::default();
+        let prewarmed = Family::<FunctionLabel, Gauge>::default();
+        let prewarmed_used = Family::<FunctionLabel, Counter>::default();
         let cold_start: Histograms = Family::new_with_constructor(latency_histogram);
         let duration: Histograms = Family::new_with_constructor(latency_histogram);
         registry.register(
@@ -55,6 +59,16 @@ impl Default for Metrics {
             failures.clone(),
         );
         registry.register("in_flight", "Requests being served now", in_flight.clone());
+        registry.register(
+            "prewarmed",
+            "Containers waiting for their request (--prewarm)",
+            prewarmed.clone(),
+        );
+        registry.register(
+            "prewarmed_requests",
+            "Requests served by a container started ahead of them",
+            prewarmed_used.clone(),
+        );
         registry.register(
             "cold_start_seconds",
             "From accepting the connection to the handler holding it",
@@ -70,6 +84,8 @@ impl Default for Metrics {
             requests,
             failures,
             in_flight,
+            prewarmed,
+            prewarmed_used,
             cold_start,
             duration,
         }

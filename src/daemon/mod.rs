@@ -7,6 +7,7 @@ mod function;
 pub mod loopback;
 mod metrics;
 mod pool;
+mod prewarm;
 mod registry;
 mod request;
 
@@ -216,11 +217,24 @@ impl Daemon {
             image,
             self.cfg.max_per_function,
             stop,
+            prewarm::Prewarmed::new(
+                self.metrics
+                    .prewarmed
+                    .get_or_create(&Metrics::label(name))
+                    .clone(),
+            ),
         ));
         self.functions
             .write()
             .unwrap()
             .insert(name.to_string(), f.clone());
+        if self.cfg.prewarm > 0 {
+            tokio::spawn(prewarm::keep_ready(
+                self.clone(),
+                f.clone(),
+                self.cfg.prewarm,
+            ));
+        }
         tokio::spawn(self.clone().accept_loop(f, listener));
     }
 
@@ -368,9 +382,13 @@ impl Daemon {
                 Ok(())
             })
             .await;
-        if swapped.is_err() {
-            if let Some(old) = old_record {
-                let _ = registry.put(&f.name, old);
+        match swapped {
+            // Containers waiting with the old image must not serve new requests.
+            Ok(()) => f.prewarmed.clear(),
+            Err(_) => {
+                if let Some(old) = old_record {
+                    let _ = registry.put(&f.name, old);
+                }
             }
         }
         swapped
@@ -391,6 +409,7 @@ impl Daemon {
         registry.remove(name)?;
         self.functions.write().unwrap().remove(name);
         f.stop.cancel();
+        f.prewarmed.clear();
         if let Err(e) = self.lo.remove_ours(f.ip).await {
             tracing::error!(function = %name, "removing its address failed: {e}");
         }
@@ -405,6 +424,11 @@ impl Daemon {
         Ok(())
     }
 
+    /// The metrics in Prometheus text format, as /metrics serves them.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+
     /// The registry's view of every function, for the list endpoint.
     pub async fn records(&self) -> BTreeMap<String, FunctionRecord> {
         self.registry.lock().await.functions().clone()
@@ -414,6 +438,9 @@ impl Daemon {
     /// rest, and removes the addresses we added (an operator's stay).
     pub async fn shutdown(&self) {
         self.stop_accepting.cancel();
+        for f in self.functions() {
+            f.prewarmed.clear();
+        }
         self.requests.close();
         let grace = self.cfg.shutdown_grace();
         if tokio::time::timeout(grace, self.requests.wait())

@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UnixListener};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::function::Function;
+use super::function::{Function, Image};
 use super::metrics::Metrics;
 use super::Daemon;
 use crate::backend::{BackendError, Container};
@@ -108,6 +108,7 @@ impl Drop for Bundle {
 }
 
 struct Served {
+    id: String,
     status: ExitStatus,
     cold_start: Duration,
 }
@@ -136,7 +137,7 @@ pub async fn serve(d: Arc<Daemon>, f: Arc<Function>, tcp: TcpStream) {
             }
             tracing::info!(
                 function = %f.name,
-                request = %id,
+                request = %served.id,
                 status = ?served.status.exit,
                 oom_killed = served.status.oom_killed,
                 cold_start_ms = ms(served.cold_start),
@@ -171,14 +172,39 @@ async fn handle(
     id: &str,
     accepted: Instant,
 ) -> Result<Served, RequestError> {
+    // A prewarmed container whose handover fails (its handler died while waiting) is
+    // discarded, and the request takes the cold path like any other.
+    let mut started = None;
+    if let Some(ready) = f.prewarmed.take(&f.current_image().await) {
+        match hand_over(&ready.control, &tcp).await {
+            Ok(()) => {
+                d.metrics
+                    .prewarmed_used
+                    .get_or_create(&Metrics::label(&f.name))
+                    .inc();
+                started = Some(Ok(ready));
+            }
+            Err(e) => {
+                tracing::warn!(function = %f.name, request = %ready.id, "prewarmed container lost: {e}")
+            }
+        }
+    }
     // A handler that died between its connect and the hand-over leaves us the connection,
     // so that failure too gets its answer below (the container is torn down on drop).
-    let started = match start(d, f, id, accepted).await {
-        Ok(s) => hand_over(&s.1, &tcp).await.map(|()| s),
-        Err(e) => Err(e),
+    let started = match started {
+        Some(s) => s,
+        None => match start(d, f, id, accepted).await {
+            Ok(s) => hand_over(&s.control, &tcp).await.map(|()| s),
+            Err(e) => Err(e),
+        },
     };
     match started {
-        Ok((container, control, _bundle, _slots)) => {
+        Ok(Started {
+            id,
+            container,
+            control,
+            ..
+        }) => {
             let cold_start = accepted.elapsed();
             if let Some(t) = container.timeline() {
                 let phases: Vec<String> = t
@@ -192,7 +218,11 @@ async fn handle(
             drop(tcp);
             let budget = d.cfg.exec_timeout().saturating_sub(accepted.elapsed());
             let status = container.wait(budget).await?;
-            Ok(Served { status, cold_start })
+            Ok(Served {
+                id,
+                status,
+                cold_start,
+            })
         }
         Err(e) => {
             let _ = tcp.write_all(e.http_response().as_bytes()).await;
@@ -202,15 +232,21 @@ async fn handle(
     }
 }
 
-type Started = (
-    Container,
-    tokio::net::UnixStream,
-    Bundle,
-    (OwnedSemaphorePermit, OwnedSemaphorePermit),
-);
+/// A container whose handler has connected to its control socket, ready for a
+/// connection. Dropping it kills the container and removes its bundle.
+pub struct Started {
+    /// Names the bundle and the cgroup; the request's id in the logs.
+    pub id: String,
+    pub container: Container,
+    pub control: tokio::net::UnixStream,
+    /// The image it runs, kept alive (a redeploy's old rootfs stays until it ends).
+    pub image: Arc<Image>,
+    _bundle: Bundle,
+    _slots: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+}
 
 /// Everything up to the handler's connect on /control.sock.
-async fn start(
+pub async fn start(
     d: &Arc<Daemon>,
     f: &Arc<Function>,
     id: &str,
@@ -219,6 +255,7 @@ async fn start(
     let slots = acquire_slots(d, f).await?;
     let bundle = Bundle::create(&d.cfg.bundles_dir(), id)?;
     let image = f.image().await;
+    let image_arc = Arc::clone(&image);
     let listener = bind_control_socket(&bundle, image.config.uid, image.config.gid)?;
     let (log_rd, log_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RequestError::Spawn(RuntimeError::sys("pipe2")(e).into()))?;
@@ -255,7 +292,14 @@ async fn start(
     let pidfd_exit = container_exit(&container);
     tokio::select! {
         conn = tokio::time::timeout(connect, listener.accept()) => match conn {
-            Ok(Ok((stream, _))) => Ok((container, stream, bundle, slots)),
+            Ok(Ok((control, _))) => Ok(Started {
+                id: id.to_string(),
+                container,
+                control,
+                image: image_arc,
+                _bundle: bundle,
+                _slots: slots,
+            }),
             Ok(Err(e)) => Err(RequestError::Accept(e)),
             Err(_) => {
                 let status = container.wait(Duration::ZERO).await?;
@@ -313,12 +357,37 @@ fn bind_control_socket(bundle: &Bundle, uid: u32, gid: u32) -> Result<UnixListen
 
 async fn hand_over(control: &tokio::net::UnixStream, tcp: &TcpStream) -> Result<(), RequestError> {
     let fd = tcp.as_raw_fd();
-    control
+    // Handlers read an ordinary blocking socket, but O_NONBLOCK lives in the open file
+    // description, which the handler's fd shares with our tokio socket: without this, a
+    // handler reading before the client's bytes arrive gets EAGAIN.
+    set_nonblocking(tcp, false).map_err(RequestError::HandOver)?;
+    let sent = control
         .async_io(tokio::io::Interest::WRITABLE, || {
             fdpass::send_fd(control.as_raw_fd(), fd)
         })
-        .await
-        .map_err(RequestError::HandOver)
+        .await;
+    if sent.is_err() {
+        // We keep the connection to answer the client ourselves, through tokio.
+        let _ = set_nonblocking(tcp, true);
+    }
+    sent.map_err(RequestError::HandOver)
+}
+
+fn set_nonblocking(fd: impl AsFd + Copy, on: bool) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(
+        fd,
+        FcntlArg::F_SETFL(
+            flags.difference(OFlag::O_NONBLOCK)
+                | if on {
+                    OFlag::O_NONBLOCK
+                } else {
+                    OFlag::empty()
+                },
+        ),
+    )?;
+    Ok(())
 }
 
 /// Logs the handler's stdout and stderr, line by line, tagged with function and request.

@@ -20,6 +20,7 @@ pub fn tests() -> Vec<Trial> {
         Trial::test("daemon::deploy_serve_undeploy::runc", || {
             deploy_serve_undeploy("runc")
         }),
+        Trial::test("daemon::prewarm_serves_from_a_waiting_container", prewarm),
         Trial::test(
             "daemon::runc_backend_kills_a_hung_handler_and_leaves_nothing",
             runc_hung_handler,
@@ -89,6 +90,22 @@ fn deploy_serve_undeploy(backend: &str) -> TestResult {
             ensure(body.contains("Hello from FaaS handler!"), &body)?;
             ensure(body.contains(&format!("GET /seq/{i} HTTP/1.1")), &body)?;
         }
+        // A client slower than the container's start: the handler must wait for the
+        // request on its (blocking) socket rather than fail to read it.
+        let slow_ip = ip.clone();
+        let body = tokio::task::spawn_blocking(move || {
+            let mut s = TcpStream::connect((slow_ip.as_str(), 80))?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+            std::thread::sleep(Duration::from_millis(300));
+            write!(s, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).map(|_| out)
+        })
+        .await??;
+        ensure(
+            body.contains("GET /slow HTTP/1.1"),
+            format!("slow client got {body:?}"),
+        )?;
         let calls: Vec<_> = (0..20)
             .map(|_| {
                 let ip = ip.clone();
@@ -164,15 +181,7 @@ fn runc_hung_handler() -> TestResult {
             format!("connection closed only after {took:?} (exec timeout 1 s)"),
         )?;
         // The request's teardown (runc kill, reap, delete) finishes after the close.
-        let mut left = Vec::new();
-        for _ in 0..100 {
-            left = leftovers(&state, &parent)?;
-            if left.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        ensure(left.is_empty(), format!("left behind: {left:?}"))?;
+        nothing_left(&state, &parent).await?;
         d.shutdown().await;
         Ok::<_, libtest_mimic::Failed>(())
     });
@@ -180,11 +189,29 @@ fn runc_hung_handler() -> TestResult {
     result
 }
 
+/// Waits (up to 5 s: teardown follows the answer) until no bundle, runc container or
+/// cgroup is left.
+async fn nothing_left(state: &Path, parent: &str) -> TestResult {
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = leftovers(state, parent)?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("left behind: {left:?}").into())
+}
+
 /// Bundles, runc containers and cgroups still present for a daemon's state and parent.
 fn leftovers(state: &Path, cgroup_parent: &str) -> std::io::Result<Vec<String>> {
     let mut left = Vec::new();
     for dir in ["bundles", "runc"] {
-        for e in std::fs::read_dir(state.join(dir))? {
+        // runc/ exists only with the runc backend.
+        let Ok(entries) = std::fs::read_dir(state.join(dir)) else {
+            continue;
+        };
+        for e in entries {
             left.push(format!("{dir}/{}", e?.file_name().to_string_lossy()));
         }
     }
@@ -194,4 +221,68 @@ fn leftovers(state: &Path, cgroup_parent: &str) -> std::io::Result<Vec<String>> 
             .map(|c| format!("cgroup {cgroup_parent}/{c}")),
     );
     Ok(left)
+}
+
+/// With --prewarm 1 a container waits before any request and serves the first one;
+/// another takes its place; a redeploy replaces the waiting container with one of the
+/// new image; undeploy leaves nothing. Followed through /metrics, as an operator would.
+fn prewarm() -> TestResult {
+    let state = support::state_dir().join(unique("daemon"));
+    let cfg = config(&state, "native", "10.0.3.0/24", &["--prewarm", "1"]);
+    let parent = cfg.cgroup_parent.clone();
+    let rt = tokio::runtime::Runtime::new()?;
+    let result = rt.block_on(async {
+        let d = Daemon::start(cfg).await?;
+        let metric = |name: &str| {
+            let line = format!("faasd_{name}{{function=\"warm\"}} ");
+            d.metrics_text()
+                .lines()
+                .find_map(|l| l.strip_prefix(&line).map(|v| v.to_string()))
+                .unwrap_or_default()
+        };
+        let waiting_one = || async {
+            for _ in 0..200 {
+                if metric("prewarmed") == "1" {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err::<(), libtest_mimic::Failed>("no container waiting after 10 s".into())
+        };
+        let bundle = || -> std::io::Result<Vec<String>> {
+            Ok(leftovers(&state, &parent)?
+                .into_iter()
+                .filter(|l| l.starts_with("bundles/"))
+                .collect())
+        };
+        let image = support::image("test-handler.tar")?;
+        let ip = d
+            .deploy("warm", std::fs::File::open(&image)?, Default::default())
+            .await?
+            .ip
+            .to_string();
+        waiting_one().await?;
+        let first = bundle()?;
+        let answer = tokio::task::spawn_blocking(move || http_get(&ip, "/warm")).await??;
+        ensure(answer.contains("GET /warm HTTP/1.1"), &answer)?;
+        ensure(
+            metric("prewarmed_requests_total") == "1",
+            format!("not served by the waiting container: {}", d.metrics_text()),
+        )?;
+        waiting_one().await?;
+        let second = bundle()?;
+        ensure(first != second, format!("no new container: {second:?}"))?;
+        // A redeploy discards the container waiting with the old image.
+        let serve = support::image("test-handler-serve.tar")?;
+        d.deploy("warm", std::fs::File::open(&serve)?, Default::default())
+            .await?;
+        waiting_one().await?;
+        ensure(bundle()? != second, "the old image's container still waits")?;
+        d.undeploy("warm").await?;
+        nothing_left(&state, &parent).await?;
+        d.shutdown().await;
+        Ok::<_, libtest_mimic::Failed>(())
+    });
+    support::remove_cgroup_parent(&parent);
+    result
 }
