@@ -44,7 +44,12 @@ pub struct Recorder(RefCell<Vec<Duration>>);
 
 impl Recorder {
     /// Runs `f` `iters` times, recording each run; returns the total for criterion.
-    pub fn run(&self, iters: u64, mut f: impl FnMut()) -> Duration {
+    pub fn run(&self, iters: u64, f: impl FnMut()) -> Duration {
+        self.run_spaced(iters, Duration::ZERO, f)
+    }
+
+    /// Like `run`, pausing `gap` (untimed) after each run.
+    pub fn run_spaced(&self, iters: u64, gap: Duration, mut f: impl FnMut()) -> Duration {
         let mut total = Duration::ZERO;
         for _ in 0..iters {
             let t = Instant::now();
@@ -52,6 +57,9 @@ impl Recorder {
             let d = t.elapsed();
             total += d;
             self.0.borrow_mut().push(d);
+            if !gap.is_zero() {
+                std::thread::sleep(gap);
+            }
         }
         total
     }
