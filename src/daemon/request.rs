@@ -199,6 +199,8 @@ async fn handle(
         },
     };
     match started {
+        // The fields left in `started` (bundle, slots, image) are dropped when this
+        // function returns, after the container is gone.
         Ok(Started {
             id,
             container,

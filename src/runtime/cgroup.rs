@@ -9,12 +9,13 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use cgroups_rs::fs::cpu::CpuController;
 use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::pid::PidController;
-use cgroups_rs::fs::{hierarchies, Cgroup, Controller, MaxValue};
+use cgroups_rs::fs::{hierarchies, Cgroup, Controller, Hierarchy, MaxValue};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -28,6 +29,27 @@ const CFS_PERIOD_US: u64 = 100_000;
 /// How long removal waits for the kernel to finish killing the members.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The cgroup hierarchies of this machine, found once: `hierarchies::auto()` parses
+/// /proc/self/mountinfo on every call (~25 µs, on each container's start).
+fn hierarchy() -> Box<dyn Hierarchy> {
+    enum Found {
+        V1(hierarchies::V1),
+        V2(hierarchies::V2),
+    }
+    static FOUND: OnceLock<Found> = OnceLock::new();
+    let found = FOUND.get_or_init(|| {
+        if hierarchies::is_cgroup2_unified_mode() {
+            Found::V2(hierarchies::V2::new())
+        } else {
+            Found::V1(hierarchies::V1::new())
+        }
+    });
+    match found {
+        Found::V1(h) => Box::new(h.clone()),
+        Found::V2(h) => Box::new(h.clone()),
+    }
+}
+
 pub struct ContainerCgroup {
     cgroup: Cgroup,
 }
@@ -37,9 +59,8 @@ impl ContainerCgroup {
     pub fn create(parent: &str, id: &str, res: &Resources) -> Result<Self> {
         let path = format!("{parent}/{id}");
         let controllers = CONTROLLERS.iter().map(|c| c.to_string()).collect();
-        let cgroup =
-            Cgroup::new_with_specified_controllers(hierarchies::auto(), &path, Some(controllers))
-                .map_err(|e| setup_error(&path, "create", e))?;
+        let cgroup = Cgroup::new_with_specified_controllers(hierarchy(), &path, Some(controllers))
+            .map_err(|e| setup_error(&path, "create", e))?;
         let this = ContainerCgroup { cgroup };
         if let Err(e) = this.apply(res) {
             let _ = this.cgroup.delete();
@@ -254,7 +275,7 @@ fn remove_dir_retrying(dir: &Path, deadline: Instant) -> Result<()> {
 /// Directories of the parent cgroup in every hierarchy of our controllers.
 fn parent_dirs(parent: &str) -> Vec<PathBuf> {
     let probe = Cgroup::load_with_specified_controllers(
-        hierarchies::auto(),
+        hierarchy(),
         parent,
         CONTROLLERS.iter().map(|c| c.to_string()).collect(),
     );
