@@ -155,11 +155,11 @@ fn latency(
         Mode::Cold => g
             .warm_up_time(Duration::from_secs(1))
             .measurement_time(Duration::from_secs(5)),
-        // Criterion plans from the timed part only, and the gaps make each request ~GAP
-        // of wall time: this asks for ~200 requests (~12 s).
+        // Criterion plans by wall time, and the gaps make each request ~GAP of it: ~200
+        // requests.
         Mode::Prewarmed => g
-            .warm_up_time(Duration::from_millis(100))
-            .measurement_time(Duration::from_millis(100)),
+            .warm_up_time(Duration::from_millis(200))
+            .measurement_time(GAP * 200),
     };
     g.bench_function(d.id(), |b| {
         let gap = match d.mode {
