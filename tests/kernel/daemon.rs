@@ -22,6 +22,10 @@ pub fn tests() -> Vec<Trial> {
         }),
         Trial::test("daemon::prewarm_serves_from_a_waiting_container", prewarm),
         Trial::test(
+            "daemon::exhausted_pool_is_a_clear_error_and_leaves_nothing",
+            pool_exhausted,
+        ),
+        Trial::test(
             "daemon::runc_backend_kills_a_hung_handler_and_leaves_nothing",
             runc_hung_handler,
         ),
@@ -280,6 +284,52 @@ fn prewarm() -> TestResult {
         ensure(bundle()? != second, "the old image's container still waits")?;
         d.undeploy("warm").await?;
         nothing_left(&state, &parent).await?;
+        d.shutdown().await;
+        Ok::<_, libtest_mimic::Failed>(())
+    });
+    support::remove_cgroup_parent(&parent);
+    result
+}
+
+/// 10.0.4.0/28 hands out .10 to .14; the sixth deploy fails with a clear error and leaves
+/// no image, address or registry entry, and the five keep serving.
+fn pool_exhausted() -> TestResult {
+    let state = support::state_dir().join(unique("daemon"));
+    let cfg = config(&state, "native", "10.0.4.0/28", &[]);
+    let parent = cfg.cgroup_parent.clone();
+    let rt = tokio::runtime::Runtime::new()?;
+    let result = rt.block_on(async {
+        let d = Daemon::start(cfg).await?;
+        let image = support::image("test-handler.tar")?;
+        for i in 0..5 {
+            let upload = std::fs::File::open(&image)?;
+            d.deploy(&format!("f{i}"), upload, Default::default())
+                .await?;
+        }
+        let upload = std::fs::File::open(&image)?;
+        let err = match d.deploy("f5", upload, Default::default()).await {
+            Ok(dep) => return Err(format!("sixth deploy got {}", dep.ip).into()),
+            Err(e) => e.to_string(),
+        };
+        ensure(
+            err.contains("10.0.4.0/28") && err.contains("exhausted"),
+            format!("unclear error: {err}"),
+        )?;
+        ensure(
+            !state.join("images/f5").exists(),
+            "image of the failed deploy left",
+        )?;
+        ensure(d.records().await.len() == 5, "registry changed")?;
+        let ours: Vec<_> = Loopback::open()
+            .await?
+            .addresses()
+            .await?
+            .into_iter()
+            .filter(|a| a.is_ours() && a.ip.octets()[..3] == [10, 0, 4])
+            .collect();
+        ensure(ours.len() == 5, format!("addresses: {ours:?}"))?;
+        let answer = tokio::task::spawn_blocking(|| http_get("10.0.4.14", "/last")).await??;
+        ensure(answer.contains("GET /last HTTP/1.1"), &answer)?;
         d.shutdown().await;
         Ok::<_, libtest_mimic::Failed>(())
     });
