@@ -289,9 +289,9 @@ fn parent_dirs(parent: &str) -> Vec<PathBuf> {
 }
 
 /// Kills and removes every container cgroup left under `parent` (after a crash), returning
-/// how many were removed. The parent itself stays.
+/// how many containers had one (in any hierarchy). The parent itself stays.
 pub fn sweep(parent: &str) -> Result<usize> {
-    let mut removed = 0;
+    let mut removed = std::collections::BTreeSet::new();
     for dir in parent_dirs(parent) {
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;
@@ -301,10 +301,14 @@ pub fn sweep(parent: &str) -> Result<usize> {
             .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
             .map(|e| e.path())
             .collect();
-        removed += children.len();
+        removed.extend(
+            children
+                .iter()
+                .filter_map(|c| c.file_name().map(|n| n.to_owned())),
+        );
         destroy_dirs(&children)?;
     }
-    Ok(removed)
+    Ok(removed.len())
 }
 
 /// Names of the container cgroups currently under `parent` (any hierarchy).
