@@ -11,7 +11,7 @@ use crate::runtime::{self, ContainerSpec, ExitStatus, Runtime, RuntimeError, Tim
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
-    /// faasd's own runtime: clone3, pivot_root, cgroups, caps, seccomp in-process.
+    /// faasd's own runtime: clone, pivot_root, cgroups, caps, seccomp in-process.
     Native,
     /// `runc run` of a per-request OCI bundle, as the Python prototype did.
     Runc,

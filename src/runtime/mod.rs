@@ -140,7 +140,7 @@ impl Runtime {
         let cgroup =
             cgroup::ContainerCgroup::create(&self.cgroup_parent, spec.id, &spec.resources)?;
         clock.mark(Mark::CgroupCreated);
-        let procs = cgroup.join_files()?;
+        let join_files = cgroup.join_files()?;
         let (pipe_r, pipe_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RuntimeError::sys("pipe2"))?;
         let dev_null = std::fs::File::open("/dev/null").map_err(|source| RuntimeError::Sys {
@@ -152,7 +152,7 @@ impl Runtime {
         let plan = ChildPlan {
             error_pipe: pipe_w.as_raw_fd(),
             netns: netns.as_ref().map(|fd| fd.as_raw_fd()),
-            cgroup_join: procs.iter().map(|f| f.as_raw_fd()).collect(),
+            cgroup_join: join_files.iter().map(|f| f.as_raw_fd()).collect(),
             new_root: rootfs::cstring("rootfs", spec.rootfs)?,
             mounts,
             hostname: rootfs::cstring("hostname", spec.hostname)?,
@@ -177,7 +177,7 @@ impl Runtime {
         });
         // The child holds its own copies now; ours must close so the pipe reports EOF at exec.
         drop(pipe_w);
-        drop(procs);
+        drop(join_files);
         drop(netns);
         let spawned = match spawned {
             Ok(s) => s,
