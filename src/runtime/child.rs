@@ -4,12 +4,13 @@
 //! (CLONE_VM, see process.rs) while the parent's other threads run on: another thread may
 //! hold the allocator's lock, and anything the child wrote would land in the daemon. So
 //! everything here is async-signal-safe: raw syscalls on a [`ChildPlan`] prepared by the
-//! parent, no allocation, no locks, no panics, no writes outside its own stack. A failed step writes (step, detail, errno) to the
-//! close-on-exec error pipe and exits; a successful exec closes the pipe empty.
+//! parent, no allocation, no locks, no panics, no writes outside its own stack. A failed
+//! step writes (step, detail, errno) to the close-on-exec error pipe and exits; a
+//! successful exec closes the pipe empty. The dumpable flag belongs to the shared memory,
+//! so the runtime keeps the whole daemon non-dumpable (see Runtime::new) rather than
+//! each child setting it.
 //!
 //! Ordering constraints, in the order `run` takes them:
-//! - non-dumpable first, so nobody can ptrace or open /proc/<pid>/ files of a half-built
-//!   container (CVE-2019-5736 class); exec resets it;
 //! - the pre-made network namespace (if any) while we still have CAP_SYS_ADMIN;
 //! - cgroup before anything allocates or forks, and before the cgroup namespace, so the
 //!   namespace is rooted at the container's own cgroup;
@@ -32,8 +33,7 @@ use super::timeline::{Mark, SharedClock};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Step {
-    SetNonDumpable = 1,
-    JoinNetns,
+    JoinNetns = 1,
     JoinCgroup,
     UnshareCgroupNamespace,
     MakeMountsPrivate,
@@ -55,8 +55,7 @@ pub enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 20] = [
-        Step::SetNonDumpable,
+    const ALL: [Step; 19] = [
         Step::JoinNetns,
         Step::JoinCgroup,
         Step::UnshareCgroupNamespace,
@@ -86,7 +85,6 @@ impl Step {
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
-            Step::SetNonDumpable => "set non-dumpable",
             Step::JoinNetns => "join the pre-made network namespace",
             Step::JoinCgroup => "join cgroup",
             Step::UnshareCgroupNamespace => "unshare cgroup namespace",
@@ -250,7 +248,6 @@ fn report(pipe: RawFd, Failure(step, detail, err): Failure) -> ! {
 
 fn setup(plan: &ChildPlan) -> StepResult {
     plan.clock.mark(Mark::ChildStarted);
-    set_non_dumpable()?;
     join_netns(plan)?;
     plan.clock.mark(Mark::NetnsJoined);
     join_cgroup(plan)?;
@@ -266,14 +263,6 @@ fn setup(plan: &ChildPlan) -> StepResult {
     install_seccomp(plan)?;
     plan.clock.mark(Mark::SeccompInstalled);
     Ok(())
-}
-
-fn set_non_dumpable() -> StepResult {
-    // SAFETY: prctl with integer arguments only.
-    check(
-        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } as _,
-        Step::SetNonDumpable,
-    )
 }
 
 fn join_netns(plan: &ChildPlan) -> StepResult {

@@ -95,6 +95,7 @@ impl Runtime {
             let _ = SECCOMP.set(seccomp::filters()?);
         }
         CAPS.get_or_init(privileges::cap_plan);
+        keep_non_dumpable()?;
         Ok(Runtime {
             cgroup_parent: cgroup_parent.trim_matches('/').to_string(),
             netns_pool: None,
@@ -206,6 +207,23 @@ impl Runtime {
             }),
         }
     }
+}
+
+/// Makes this process non-dumpable: no core dumps, /proc/<pid> files root-only, no
+/// ptrace by anything but CAP_SYS_PTRACE. A container's first process shares our memory
+/// until its exec, and the flag belongs to the memory: its setuid alone would clear it
+/// (commit_creds), so it is set once, for good, instead of flipping with every
+/// non-root container. It also keeps each child's pre-exec window closed to ptrace and
+/// /proc, as runc does for its init.
+fn keep_non_dumpable() -> Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } < 0 {
+        return Err(RuntimeError::Sys {
+            op: "prctl(PR_SET_DUMPABLE)",
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
 }
 
 fn child_error(plan: &ChildPlan, exe: &str, step: Step, detail: u32, errno: i32) -> RuntimeError {

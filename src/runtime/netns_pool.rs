@@ -77,16 +77,6 @@ impl Drop for NetnsPool {
 
 impl Shared {
     fn fill(&self, home: OwnedFd) {
-        // Making a namespace costs CPU that a request starting at the same moment needs
-        // more; the pool refills when the CPUs are otherwise idle.
-        let idle = libc::sched_param { sched_priority: 0 };
-        // SAFETY: sched_setscheduler on the calling thread (0) with a valid param.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) } < 0 {
-            tracing::warn!(
-                "cannot lower the netns pool's priority: {}",
-                std::io::Error::last_os_error()
-            );
-        }
         loop {
             {
                 let mut st = self.state.lock().unwrap();
