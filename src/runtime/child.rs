@@ -27,7 +27,7 @@ use std::os::fd::RawFd;
 use caps::{CapSet, Capability, CapsHashSet};
 use seccompiler::BpfProgram;
 
-use super::timeline::{Mark, SharedClock};
+use super::timeline::{Clock, Mark};
 
 /// The setup steps, as reported back to the parent on failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,7 +174,7 @@ pub struct ChildPlan<'a> {
     pub argv: Vec<*const libc::c_char>,
     pub envp: Vec<*const libc::c_char>,
     /// Where the child records when each phase ended.
-    pub clock: &'a SharedClock,
+    pub clock: &'a Clock,
 }
 
 /// A failed step: what it was, which mount (index into `mounts`) if any, and errno.

@@ -35,7 +35,7 @@ pub use rootfs::{Kind as MountPointKind, MOUNT_POINTS};
 pub use timeline::{Timeline, PHASES as SETUP_PHASES};
 
 use child::{CapPlan, ChildPlan};
-use timeline::{Mark, SharedClock};
+use timeline::{Clock, Mark};
 
 /// How long the child may take from clone to exec before we give up on it.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -119,10 +119,7 @@ impl Runtime {
     /// Creates and starts a container. Returns once its command has been exec'd, or with
     /// the error of the step that failed; on error nothing is left behind.
     pub fn spawn(&self, spec: &ContainerSpec<'_>) -> Result<Container> {
-        let clock = SharedClock::new().map_err(|source| RuntimeError::Sys {
-            op: "map the timeline page",
-            source,
-        })?;
+        let clock = Clock::default();
         clock.mark(Mark::Start);
         let argv0 = spec.argv.first().ok_or(RuntimeError::EmptyCommand)?;
         if !spec.workdir.starts_with('/') {

@@ -10,6 +10,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -43,7 +44,31 @@ struct ChildStack {
     base: *mut libc::c_void,
 }
 
+// SAFETY: the mapping is plain memory owned by this value; it moves between threads only
+// while no child runs on it.
+unsafe impl Send for ChildStack {}
+
+/// Stacks of children that have exec'd, for the next spawns: mapping and unmapping one
+/// per spawn would cost a TLB shootdown on every CPU running a daemon thread.
+static SPARE_STACKS: Mutex<Vec<ChildStack>> = Mutex::new(Vec::new());
+const SPARE_STACKS_MAX: usize = 16;
+
 impl ChildStack {
+    fn take() -> io::Result<Self> {
+        match SPARE_STACKS.lock().unwrap().pop() {
+            Some(stack) => Ok(stack),
+            None => Self::new(),
+        }
+    }
+
+    /// Only once the child is done with it (CLONE_VFORK: clone has returned).
+    fn give_back(self) {
+        let mut spare = SPARE_STACKS.lock().unwrap();
+        if spare.len() < SPARE_STACKS_MAX {
+            spare.push(self);
+        }
+    }
+
     fn new() -> io::Result<Self> {
         // SAFETY: a fresh anonymous private mapping; checked for MAP_FAILED.
         let base = unsafe {
@@ -98,7 +123,7 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
 /// once it has exec'd or exited (CLONE_VFORK). `plan` must hold the write end of the
 /// error pipe.
 pub fn clone_child(plan: &ChildPlan) -> io::Result<Spawned> {
-    let stack = ChildStack::new()?;
+    let stack = ChildStack::take()?;
     // SAFETY: zeroed sigset_t is a valid out-parameter.
     let mut arg = ChildArg {
         plan,
@@ -138,6 +163,7 @@ pub fn clone_child(plan: &ChildPlan) -> io::Result<Spawned> {
         }
         pid
     };
+    stack.give_back();
     Ok(Spawned {
         pid,
         // SAFETY: CLONE_PIDFD stored a new pidfd that nothing else owns.

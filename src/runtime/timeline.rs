@@ -1,11 +1,11 @@
 //! Where a container's start-up time goes: CLOCK_MONOTONIC readings at each setup phase.
 //!
-//! The child may not allocate, lock or log (see child.rs), so it writes its readings into
-//! a page mapped MAP_SHARED before the clone, which the parent reads once the child has
-//! exec'd. clock_gettime is async-signal-safe, and one page per spawn costs a couple of
-//! microseconds.
+//! The child may not allocate, lock or log (see child.rs); it shares our memory until its
+//! exec (CLONE_VM), so it stores its readings straight into the clock the parent made,
+//! which reads them once the child has exec'd. clock_gettime and atomic stores are
+//! async-signal-safe.
 
-use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The instants recorded, in order. The parent marks Start, Prepared and ExecSeen; the
@@ -44,60 +44,24 @@ pub const PHASES: [&str; MARKS - 1] = [
     "exec",
 ];
 
-/// A page of timestamps shared between the parent and the cloned child.
-pub struct SharedClock {
-    page: *mut u64,
+/// The timestamps of one spawn, written by the parent and by the child.
+#[derive(Default)]
+pub struct Clock {
+    at: [AtomicU64; MARKS],
 }
 
-// SAFETY: the page is plain memory; each slot is written by one process once and read
-// by the parent only after the child has exec'd (the error pipe orders the two).
-unsafe impl Send for SharedClock {}
-
-impl SharedClock {
-    pub fn new() -> io::Result<Self> {
-        // SAFETY: an anonymous shared mapping of one page; checked for MAP_FAILED.
-        let page = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                page_size(),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if page == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(SharedClock { page: page.cast() })
-    }
-
+impl Clock {
     /// Records `mark` now. Async-signal-safe: usable in the cloned child.
     pub fn mark(&self, mark: Mark) {
-        // SAFETY: the slot index is below MARKS, well inside the page we mapped.
-        unsafe { std::ptr::write_volatile(self.page.add(mark as usize), now_ns()) };
+        self.at[mark as usize].store(now_ns(), Ordering::Relaxed);
     }
 
+    /// Read once the child has exec'd; the error pipe's close orders its stores before.
     pub fn timeline(&self) -> Timeline {
-        let mut at = [0u64; MARKS];
-        for (i, slot) in at.iter_mut().enumerate() {
-            // SAFETY: as in `mark`; the child has exec'd, so nothing writes any more.
-            *slot = unsafe { std::ptr::read_volatile(self.page.add(i)) };
+        Timeline {
+            at: std::array::from_fn(|i| self.at[i].load(Ordering::Relaxed)),
         }
-        Timeline { at }
     }
-}
-
-impl Drop for SharedClock {
-    fn drop(&mut self) {
-        // SAFETY: unmapping the page mapped in `new`; no reference to it outlives self.
-        unsafe { libc::munmap(self.page.cast(), page_size()) };
-    }
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf with a constant name.
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
 }
 
 fn now_ns() -> u64 {
