@@ -658,16 +658,19 @@ fn restart_restores_functions() -> TestResult {
     )
 }
 
-/// How many sockets process `pid` has open.
-fn sockets_of(pid: i32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd"))
+/// Whether `pid` is the test handler holding its control socket and a connection.
+fn holds_connection(pid: i32) -> bool {
+    let is_handler =
+        fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "test-handler");
+    let sockets = fs::read_dir(format!("/proc/{pid}/fd"))
         .into_iter()
         .flatten()
         .flatten()
         .filter(|e| {
             fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
         })
-        .count()
+        .count();
+    is_handler && sockets >= 2
 }
 
 fn kill9_then_restart_recovers() -> TestResult {
@@ -678,11 +681,13 @@ fn kill9_then_restart_recovers() -> TestResult {
     thread::scope(|scope| {
         // The handler holds this connection and never answers: a live container.
         let held = scope.spawn(|| s.get(stuck, "/held"));
-        // Holding it means two sockets: /control.sock and the client's connection. Before
-        // that, a handler that lost faasd would fail its connect and exit on its own.
+        // Holding it means the handler (exec'd: before that, the container's process is a
+        // copy of faasd with all its sockets) has two sockets: /control.sock and the
+        // client's connection. Earlier, a handler that lost faasd would fail its connect
+        // and exit on its own.
         s.check(
             eventually(SLACK, || {
-                !s.bundles().is_empty() && s.processes().iter().any(|&pid| sockets_of(pid) >= 2)
+                !s.bundles().is_empty() && s.processes().iter().any(|&pid| holds_connection(pid))
             }),
             "the request to the hanging handler started no container holding it",
         )?;
