@@ -1,9 +1,11 @@
 //! faasd end to end, in-process, inside the harness's private network namespace: deploy
 //! the static test handler, call it over HTTP, undeploy.
 
+use std::future::Future;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -64,19 +66,48 @@ fn config(state: &Path, backend: &str, subnet: &str, extra: &[&str]) -> Config {
     Config::parse_from(args)
 }
 
+/// What a test body gets from [`with_daemon`].
+struct Run {
+    d: Arc<Daemon>,
+    state: PathBuf,
+    parent: String,
+}
+
+/// Runs `body` against an in-process daemon with its own state dir, cgroup parent and
+/// address pool (see [`config`]); then shuts the daemon down, whatever the outcome, and
+/// removes its cgroup parent.
+fn with_daemon<F, Fut>(backend: &str, subnet: &str, extra: &[&str], body: F) -> TestResult
+where
+    F: FnOnce(Run) -> Fut,
+    Fut: Future<Output = TestResult>,
+{
+    let state = support::state_dir().join(unique("daemon"));
+    let cfg = config(&state, backend, subnet, extra);
+    let parent = cfg.cgroup_parent.clone();
+    let rt = tokio::runtime::Runtime::new()?;
+    let result = rt.block_on(async {
+        let d = Daemon::start(cfg).await?;
+        let result = body(Run {
+            d: d.clone(),
+            state,
+            parent: parent.clone(),
+        })
+        .await;
+        d.shutdown().await;
+        result
+    });
+    support::remove_cgroup_parent(&parent);
+    result
+}
+
 fn deploy_serve_undeploy(backend: &str) -> TestResult {
     let image = support::image("test-handler.tar")?;
-    let state = support::state_dir().join(unique("daemon"));
     let subnet = if backend == "runc" {
         "10.0.1.0/24"
     } else {
         "10.0.0.0/24"
     };
-    let cfg = config(&state, backend, subnet, &[]);
-    let parent = cfg.cgroup_parent.clone();
-    let rt = tokio::runtime::Runtime::new()?;
-    let result = rt.block_on(async {
-        let d = Daemon::start(cfg).await?;
+    with_daemon(backend, subnet, &[], |Run { d, state, .. }| async move {
         let upload = std::fs::File::open(&image)?;
         let deployed = d.deploy("hello", upload, Default::default()).await?;
         let ip = deployed.ip.to_string();
@@ -145,52 +176,46 @@ fn deploy_serve_undeploy(backend: &str) -> TestResult {
             !left.iter().any(|a| a.ip == deployed.ip),
             "address left after undeploy",
         )?;
-        d.shutdown().await;
-        Ok::<_, libtest_mimic::Failed>(())
-    });
-    support::remove_cgroup_parent(&parent);
-    result
+        Ok(())
+    })
 }
 
 /// A handler that takes the connection and never answers is killed at the exec timeout:
 /// the client sees its connection closed, and runc leaves no state, cgroup or bundle.
 fn runc_hung_handler() -> TestResult {
     let image = support::image("test-handler-hang.tar")?;
-    let state = support::state_dir().join(unique("daemon"));
-    let cfg = config(&state, "runc", "10.0.2.0/24", &["--exec-timeout", "1"]);
-    let parent = cfg.cgroup_parent.clone();
-    let rt = tokio::runtime::Runtime::new()?;
-    let result = rt.block_on(async {
-        let d = Daemon::start(cfg).await?;
-        let upload = std::fs::File::open(&image)?;
-        let ip = d
-            .deploy("hang", upload, Default::default())
-            .await?
-            .ip
-            .to_string();
-        let started = std::time::Instant::now();
-        let answer = match tokio::task::spawn_blocking(move || http_get(&ip, "/")).await? {
-            Ok(answer) => answer,
-            // Killed with our request unread in its socket buffer: the kernel sends RST.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => String::new(),
-            Err(e) => return Err(e.into()),
-        };
-        let took = started.elapsed();
-        ensure(
-            answer.is_empty(),
-            format!("a hung handler answered: {answer:?}"),
-        )?;
-        ensure(
-            took < Duration::from_secs(6),
-            format!("connection closed only after {took:?} (exec timeout 1 s)"),
-        )?;
-        // The request's teardown (runc kill, reap, delete) finishes after the close.
-        nothing_left(&state, &parent).await?;
-        d.shutdown().await;
-        Ok::<_, libtest_mimic::Failed>(())
-    });
-    support::remove_cgroup_parent(&parent);
-    result
+    with_daemon(
+        "runc",
+        "10.0.2.0/24",
+        &["--exec-timeout", "1"],
+        |Run { d, state, parent }| async move {
+            let upload = std::fs::File::open(&image)?;
+            let ip = d
+                .deploy("hang", upload, Default::default())
+                .await?
+                .ip
+                .to_string();
+            let started = std::time::Instant::now();
+            let answer = match tokio::task::spawn_blocking(move || http_get(&ip, "/")).await? {
+                Ok(answer) => answer,
+                // Killed with our request unread in its socket buffer: the kernel sends RST.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => String::new(),
+                Err(e) => return Err(e.into()),
+            };
+            let took = started.elapsed();
+            ensure(
+                answer.is_empty(),
+                format!("a hung handler answered: {answer:?}"),
+            )?;
+            ensure(
+                took < Duration::from_secs(6),
+                format!("connection closed only after {took:?} (exec timeout 1 s)"),
+            )?;
+            // The request's teardown (runc kill, reap, delete) finishes after the close.
+            nothing_left(&state, &parent).await?;
+            Ok(())
+        },
+    )
 }
 
 /// Waits (up to 5 s: teardown follows the answer) until no bundle, runc container or
@@ -231,108 +256,102 @@ fn leftovers(state: &Path, cgroup_parent: &str) -> std::io::Result<Vec<String>> 
 /// another takes its place; a redeploy replaces the waiting container with one of the
 /// new image; undeploy leaves nothing. Followed through /metrics, as an operator would.
 fn prewarm() -> TestResult {
-    let state = support::state_dir().join(unique("daemon"));
-    let cfg = config(&state, "native", "10.0.3.0/24", &["--prewarm", "1"]);
-    let parent = cfg.cgroup_parent.clone();
-    let rt = tokio::runtime::Runtime::new()?;
-    let result = rt.block_on(async {
-        let d = Daemon::start(cfg).await?;
-        let metric = |name: &str| {
-            let line = format!("faasd_{name}{{function=\"warm\"}} ");
-            d.metrics_text()
-                .lines()
-                .find_map(|l| l.strip_prefix(&line).map(|v| v.to_string()))
-                .unwrap_or_default()
-        };
-        let waiting_one = || async {
-            for _ in 0..200 {
-                if metric("prewarmed") == "1" {
-                    return Ok(());
+    with_daemon(
+        "native",
+        "10.0.3.0/24",
+        &["--prewarm", "1"],
+        |Run { d, state, parent }| async move {
+            let metric = |name: &str| {
+                let line = format!("faasd_{name}{{function=\"warm\"}} ");
+                d.metrics_text()
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&line).map(|v| v.to_string()))
+                    .unwrap_or_default()
+            };
+            let waiting_one = || async {
+                for _ in 0..200 {
+                    if metric("prewarmed") == "1" {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err::<(), libtest_mimic::Failed>("no container waiting after 10 s".into())
-        };
-        let bundle = || -> std::io::Result<Vec<String>> {
-            Ok(leftovers(&state, &parent)?
-                .into_iter()
-                .filter(|l| l.starts_with("bundles/"))
-                .collect())
-        };
-        let image = support::image("test-handler.tar")?;
-        let ip = d
-            .deploy("warm", std::fs::File::open(&image)?, Default::default())
-            .await?
-            .ip
-            .to_string();
-        waiting_one().await?;
-        let first = bundle()?;
-        let answer = tokio::task::spawn_blocking(move || http_get(&ip, "/warm")).await??;
-        ensure(answer.contains("GET /warm HTTP/1.1"), &answer)?;
-        ensure(
-            metric("prewarmed_requests_total") == "1",
-            format!("not served by the waiting container: {}", d.metrics_text()),
-        )?;
-        waiting_one().await?;
-        let second = bundle()?;
-        ensure(first != second, format!("no new container: {second:?}"))?;
-        // A redeploy discards the container waiting with the old image.
-        let serve = support::image("test-handler-serve.tar")?;
-        d.deploy("warm", std::fs::File::open(&serve)?, Default::default())
-            .await?;
-        waiting_one().await?;
-        ensure(bundle()? != second, "the old image's container still waits")?;
-        d.undeploy("warm").await?;
-        nothing_left(&state, &parent).await?;
-        d.shutdown().await;
-        Ok::<_, libtest_mimic::Failed>(())
-    });
-    support::remove_cgroup_parent(&parent);
-    result
+                Err::<(), libtest_mimic::Failed>("no container waiting after 10 s".into())
+            };
+            let bundle = || -> std::io::Result<Vec<String>> {
+                Ok(leftovers(&state, &parent)?
+                    .into_iter()
+                    .filter(|l| l.starts_with("bundles/"))
+                    .collect())
+            };
+            let image = support::image("test-handler.tar")?;
+            let ip = d
+                .deploy("warm", std::fs::File::open(&image)?, Default::default())
+                .await?
+                .ip
+                .to_string();
+            waiting_one().await?;
+            let first = bundle()?;
+            let answer = tokio::task::spawn_blocking(move || http_get(&ip, "/warm")).await??;
+            ensure(answer.contains("GET /warm HTTP/1.1"), &answer)?;
+            ensure(
+                metric("prewarmed_requests_total") == "1",
+                format!("not served by the waiting container: {}", d.metrics_text()),
+            )?;
+            waiting_one().await?;
+            let second = bundle()?;
+            ensure(first != second, format!("no new container: {second:?}"))?;
+            // A redeploy discards the container waiting with the old image.
+            let serve = support::image("test-handler-serve.tar")?;
+            d.deploy("warm", std::fs::File::open(&serve)?, Default::default())
+                .await?;
+            waiting_one().await?;
+            ensure(bundle()? != second, "the old image's container still waits")?;
+            d.undeploy("warm").await?;
+            nothing_left(&state, &parent).await?;
+            Ok(())
+        },
+    )
 }
 
 /// 10.0.4.0/28 hands out .10 to .14; the sixth deploy fails with a clear error and leaves
 /// no image, address or registry entry, and the five keep serving.
 fn pool_exhausted() -> TestResult {
-    let state = support::state_dir().join(unique("daemon"));
-    let cfg = config(&state, "native", "10.0.4.0/28", &[]);
-    let parent = cfg.cgroup_parent.clone();
-    let rt = tokio::runtime::Runtime::new()?;
-    let result = rt.block_on(async {
-        let d = Daemon::start(cfg).await?;
-        let image = support::image("test-handler.tar")?;
-        for i in 0..5 {
+    with_daemon(
+        "native",
+        "10.0.4.0/28",
+        &[],
+        |Run { d, state, .. }| async move {
+            let image = support::image("test-handler.tar")?;
+            for i in 0..5 {
+                let upload = std::fs::File::open(&image)?;
+                d.deploy(&format!("f{i}"), upload, Default::default())
+                    .await?;
+            }
             let upload = std::fs::File::open(&image)?;
-            d.deploy(&format!("f{i}"), upload, Default::default())
-                .await?;
-        }
-        let upload = std::fs::File::open(&image)?;
-        let err = match d.deploy("f5", upload, Default::default()).await {
-            Ok(dep) => return Err(format!("sixth deploy got {}", dep.ip).into()),
-            Err(e) => e.to_string(),
-        };
-        ensure(
-            err.contains("10.0.4.0/28") && err.contains("exhausted"),
-            format!("unclear error: {err}"),
-        )?;
-        ensure(
-            !state.join("images/f5").exists(),
-            "image of the failed deploy left",
-        )?;
-        ensure(d.records().await.len() == 5, "registry changed")?;
-        let ours: Vec<_> = Loopback::open()
-            .await?
-            .addresses()
-            .await?
-            .into_iter()
-            .filter(|a| a.is_ours() && a.ip.octets()[..3] == [10, 0, 4])
-            .collect();
-        ensure(ours.len() == 5, format!("addresses: {ours:?}"))?;
-        let answer = tokio::task::spawn_blocking(|| http_get("10.0.4.14", "/last")).await??;
-        ensure(answer.contains("GET /last HTTP/1.1"), &answer)?;
-        d.shutdown().await;
-        Ok::<_, libtest_mimic::Failed>(())
-    });
-    support::remove_cgroup_parent(&parent);
-    result
+            let err = match d.deploy("f5", upload, Default::default()).await {
+                Ok(dep) => return Err(format!("sixth deploy got {}", dep.ip).into()),
+                Err(e) => e.to_string(),
+            };
+            ensure(
+                err.contains("10.0.4.0/28") && err.contains("exhausted"),
+                format!("unclear error: {err}"),
+            )?;
+            ensure(
+                !state.join("images/f5").exists(),
+                "image of the failed deploy left",
+            )?;
+            ensure(d.records().await.len() == 5, "registry changed")?;
+            let ours: Vec<_> = Loopback::open()
+                .await?
+                .addresses()
+                .await?
+                .into_iter()
+                .filter(|a| a.is_ours() && a.ip.octets()[..3] == [10, 0, 4])
+                .collect();
+            ensure(ours.len() == 5, format!("addresses: {ours:?}"))?;
+            let answer = tokio::task::spawn_blocking(|| http_get("10.0.4.14", "/last")).await??;
+            ensure(answer.contains("GET /last HTTP/1.1"), &answer)?;
+            Ok(())
+        },
+    )
 }
