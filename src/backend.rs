@@ -2,7 +2,7 @@
 //! (default) or `runc run` of an OCI bundle. Same daemon, same image, same request path;
 //! only this choice differs.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::time::Duration;
 
@@ -79,10 +79,10 @@ impl Backend {
 
 impl Container {
     /// A pidfd that turns readable when the container has ended.
-    pub fn exit_pidfd(&self) -> std::io::Result<OwnedFd> {
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
         match self {
-            Container::Native(c) => c.pidfd_clone(),
-            Container::Runc(c) => c.pidfd().try_clone(),
+            Container::Native(c) => c.pidfd(),
+            Container::Runc(c) => c.pidfd(),
         }
     }
 
@@ -96,8 +96,7 @@ impl Container {
 
     /// Whether the container has already ended (without waiting or reaping).
     pub fn has_exited(&self) -> bool {
-        self.exit_pidfd()
-            .is_ok_and(|fd| crate::pidfd::has_exited(&fd))
+        crate::pidfd::has_exited(self.pidfd())
     }
 
     /// Waits until the container exits or `timeout` passes (then kills it), and cleans up.

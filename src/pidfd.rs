@@ -2,7 +2,7 @@
 //! by both container backends and the request path.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
@@ -37,22 +37,19 @@ pub fn send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
 }
 
 /// Whether the process has exited (its pidfd is readable), without waiting.
-pub fn has_exited(pidfd: &OwnedFd) -> bool {
-    use std::os::fd::AsFd;
-    let mut fds = [nix::poll::PollFd::new(
-        pidfd.as_fd(),
-        nix::poll::PollFlags::POLLIN,
-    )];
+pub fn has_exited(pidfd: BorrowedFd<'_>) -> bool {
+    let mut fds = [nix::poll::PollFd::new(pidfd, nix::poll::PollFlags::POLLIN)];
     nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|n| n > 0)
 }
 
 /// Waits until the process has exited (true) or `timeout` passed (false), without
 /// reaping it: a pidfd turns readable when its process exits.
-pub async fn exited(pidfd: &OwnedFd, timeout: Duration) -> io::Result<bool> {
-    let fd = pidfd.try_clone()?;
-    // SAFETY: the OwnedFd moves into the AsyncFd and stays open, naming the same pidfd,
-    // until the AsyncFd is dropped.
-    let afd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+/// Only one waiter may register a given fd at a time (epoll keys on it): a second,
+/// concurrent waiter needs a dup of its own.
+pub async fn exited(pidfd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    // SAFETY: the borrow keeps the pidfd open, naming the same process, for as long as the
+    // AsyncFd (dropped before this function returns) uses it.
+    let afd = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
         .map_err(io::Error::from)?;
     match tokio::time::timeout(timeout, afd.readable()).await {
         Ok(Ok(_guard)) => Ok(true),

@@ -175,7 +175,11 @@ async fn handle(
     // A prewarmed container whose handover fails (its handler died while waiting) is
     // discarded, and the request takes the cold path like any other.
     let mut started = None;
-    if let Some(ready) = f.prewarmed.take(&f.current_image().await) {
+    let ready = match d.cfg.prewarm {
+        0 => None,
+        _ => f.prewarmed.take(&f.current_image().await),
+    };
+    if let Some(ready) = ready {
         match hand_over(&ready.control, &tcp).await {
             Ok(()) => {
                 d.metrics
@@ -208,7 +212,11 @@ async fn handle(
             ..
         }) => {
             let cold_start = accepted.elapsed();
-            if let Some(t) = container.timeline() {
+            // Formatting the phases costs more than the log line: only when it is wanted.
+            if let Some(t) = container
+                .timeline()
+                .filter(|_| tracing::enabled!(tracing::Level::DEBUG))
+            {
                 let phases: Vec<String> = t
                     .phases()
                     .map(|(name, d)| format!("{name}: {:.3}", ms(d)))
@@ -316,12 +324,16 @@ pub async fn start(
     }
 }
 
-/// Resolves when the container has ended (without reaping or cleaning it up).
+/// Resolves when the container has ended (without reaping or cleaning it up). It owns
+/// a dup of the pidfd: the container's own wait may register the original meanwhile.
 fn container_exit(c: &Container) -> impl std::future::Future<Output = ()> {
-    let fd = c.exit_pidfd();
+    let fd = c.pidfd().try_clone_to_owned();
     async move {
         match fd {
-            Ok(fd) if crate::pidfd::exited(&fd, Duration::MAX).await.is_ok() => {}
+            Ok(fd)
+                if crate::pidfd::exited(fd.as_fd(), Duration::MAX)
+                    .await
+                    .is_ok() => {}
             // Without a pidfd, the connect timeout still ends the wait.
             _ => std::future::pending().await,
         }

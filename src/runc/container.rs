@@ -1,6 +1,6 @@
 //! One `runc run` in flight: wait for it with a timeout, kill it, clean up after it.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Child;
 use std::time::Duration;
@@ -42,14 +42,14 @@ impl RuncContainer {
     }
 
     /// The pidfd of the `runc run` process: readable once the container has ended.
-    pub fn pidfd(&self) -> &OwnedFd {
-        &self.pidfd
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
     }
 
     /// Waits until the container exits or `timeout` passes (then kills it), reaps runc
     /// and removes whatever runc left.
     pub async fn wait(mut self, timeout: Duration) -> Result<ExitStatus, RuncError> {
-        let exited = pidfd::exited(&self.pidfd, timeout)
+        let exited = pidfd::exited(self.pidfd.as_fd(), timeout)
             .await
             .map_err(sys("poll the runc pidfd"))?;
         let running = self.running.take().expect("not yet reaped");

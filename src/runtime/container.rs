@@ -6,7 +6,7 @@
 //! still exiting, and the cgroup is removed only once it is empty.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -71,9 +71,9 @@ impl Container {
         self.pid
     }
 
-    /// A second pidfd for the first process, e.g. to learn of its exit elsewhere.
-    pub fn pidfd_clone(&self) -> io::Result<OwnedFd> {
-        self.pidfd.try_clone()
+    /// The pidfd of the first process: readable once it has exited.
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
     }
 
     /// SIGKILLs the container (and so everything in its pid namespace).
@@ -101,7 +101,7 @@ impl Container {
     /// Waits from tokio until the container exits or `timeout` passes (then kills it),
     /// reaps it and removes its cgroup.
     pub async fn wait(mut self, timeout: Duration) -> Result<ExitStatus> {
-        let exited = crate::pidfd::exited(&self.pidfd, timeout)
+        let exited = crate::pidfd::exited(self.pidfd.as_fd(), timeout)
             .await
             .map_err(|source| RuntimeError::Sys {
                 op: "poll pidfd",
