@@ -12,6 +12,12 @@
  *   noconnect       sleep forever without connecting
  *   hang            connect, receive the fd, then sleep forever
  *   true            exit 0 at once
+ *   flood           take the fd, write 1 GiB to stdout without a newline (at most 20 s),
+ *                   then answer
+ *   floodlines      the same in 100-byte lines
+ *   slow            take the fd, sleep 2 s, then answer
+ *   forkbomb        take the fd, fork until the pids limit refuses, then sleep forever
+ *   memhog          take the fd, allocate and touch 400 MiB, then sleep forever
  *
  * Build: gcc -static -O2 -o test-handler test-handler.c
  */
@@ -20,6 +26,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -122,14 +130,52 @@ static void serve(int conn) {
         die("close");
 }
 
+/* Writes 1 GiB to stdout in 64 KiB writes, stopping early after 20 s (a slow machine). */
+static void flood(int lines) {
+    static char buf[65536];
+    memset(buf, 'x', sizeof buf);
+    if (lines)
+        for (size_t i = 99; i < sizeof buf; i += 100)
+            buf[i] = '\n';
+    time_t start = time(NULL);
+    for (long total = 0; total < (1L << 30) && time(NULL) - start < 20; total += (long)sizeof buf)
+        write_all(1, buf, sizeof buf);
+}
+
+static void forkbomb(void) {
+    for (;;) {
+        pid_t p = fork();
+        if (p == 0)
+            sleep_forever();
+        if (p < 0)
+            sleep_forever();
+    }
+}
+
+static void memhog(void) {
+    size_t len = 400UL << 20;
+    char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        die("mmap");
+    for (size_t i = 0; i < len; i += 4096)
+        p[i] = 1;
+    sleep_forever();
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "serve";
     if (strcmp(mode, "true") == 0)
         return 0;
     if (strcmp(mode, "noconnect") == 0)
         sleep_forever();
-    if (strcmp(mode, "serve") != 0 && strcmp(mode, "crash") != 0 && strcmp(mode, "hang") != 0) {
-        fprintf(stderr, "test-handler: unknown mode %s (serve, crash, noconnect, hang, true)\n", mode);
+    static const char *const modes[] = {"serve", "crash", "hang", "flood", "floodlines",
+                                        "slow", "forkbomb", "memhog"};
+    int known = 0;
+    for (size_t i = 0; i < sizeof modes / sizeof *modes; i++)
+        known |= strcmp(mode, modes[i]) == 0;
+    if (!known) {
+        fprintf(stderr, "test-handler: unknown mode %s (serve, crash, noconnect, hang, true, "
+                        "flood, floodlines, slow, forkbomb, memhog)\n", mode);
         return 2;
     }
     int s = connect_control();
@@ -138,6 +184,14 @@ int main(int argc, char **argv) {
     int conn = receive_fd(s);
     if (strcmp(mode, "hang") == 0)
         sleep_forever();
+    if (strcmp(mode, "forkbomb") == 0)
+        forkbomb();
+    if (strcmp(mode, "memhog") == 0)
+        memhog();
+    if (strcmp(mode, "flood") == 0 || strcmp(mode, "floodlines") == 0)
+        flood(strcmp(mode, "floodlines") == 0);
+    if (strcmp(mode, "slow") == 0)
+        sleep(2);
     close(s);
     serve(conn);
     return 0;

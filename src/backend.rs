@@ -23,6 +23,10 @@ pub enum BackendError {
     Native(#[from] RuntimeError),
     #[error(transparent)]
     Runc(#[from] RuncError),
+    #[error("waiting on the container's pidfd failed: {0}")]
+    Poll(#[source] std::io::Error),
+    #[error("the container's teardown task failed: {0}")]
+    TeardownTask(#[source] tokio::task::JoinError),
 }
 
 pub enum Backend {
@@ -30,8 +34,14 @@ pub enum Backend {
     Runc(Runc),
 }
 
-/// A running container of either backend.
-pub enum Container {
+/// A running container of either backend. Waiting and dropping both do their blocking
+/// teardown (kill, reap, cgroup removal, `runc delete`) off the async threads.
+pub struct Container {
+    /// Present until `wait` or `drop` takes it.
+    inner: Option<Inner>,
+}
+
+enum Inner {
     Native(runtime::Container),
     Runc(RuncContainer),
 }
@@ -62,9 +72,10 @@ impl Backend {
         bundle: &Path,
     ) -> Result<Container, BackendError> {
         Ok(match self {
-            Backend::Native(rt) => Container::Native(rt.spawn(spec)?),
-            Backend::Runc(runc) => Container::Runc(runc.spawn(spec, bundle)?),
-        })
+            Backend::Native(rt) => Inner::Native(rt.spawn(spec)?),
+            Backend::Runc(runc) => Inner::Runc(runc.spawn(spec, bundle)?),
+        }
+        .into())
     }
 
     /// Removes containers a crashed predecessor left with this backend; returns how many.
@@ -77,20 +88,30 @@ impl Backend {
     }
 }
 
+impl From<Inner> for Container {
+    fn from(inner: Inner) -> Self {
+        Container { inner: Some(inner) }
+    }
+}
+
 impl Container {
+    fn inner(&self) -> &Inner {
+        self.inner.as_ref().expect("present until wait or drop")
+    }
+
     /// A pidfd that turns readable when the container has ended.
     pub fn pidfd(&self) -> BorrowedFd<'_> {
-        match self {
-            Container::Native(c) => c.pidfd(),
-            Container::Runc(c) => c.pidfd(),
+        match self.inner() {
+            Inner::Native(c) => c.pidfd(),
+            Inner::Runc(c) => c.pidfd(),
         }
     }
 
     /// The setup phases' durations (native backend only: runc's happen inside runc).
     pub fn timeline(&self) -> Option<&Timeline> {
-        match self {
-            Container::Native(c) => c.timeline(),
-            Container::Runc(_) => None,
+        match self.inner() {
+            Inner::Native(c) => c.timeline(),
+            Inner::Runc(_) => None,
         }
     }
 
@@ -99,11 +120,31 @@ impl Container {
         crate::pidfd::has_exited(self.pidfd())
     }
 
-    /// Waits until the container exits or `timeout` passes (then kills it), and cleans up.
-    pub async fn wait(self, timeout: Duration) -> Result<ExitStatus, BackendError> {
-        Ok(match self {
-            Container::Native(c) => c.wait(timeout).await?,
-            Container::Runc(c) => c.wait(timeout).await?,
+    /// Waits until the container exits or `timeout` passes (then kills it), and cleans up
+    /// on the blocking pool.
+    pub async fn wait(mut self, timeout: Duration) -> Result<ExitStatus, BackendError> {
+        let exited = crate::pidfd::exited(self.pidfd(), timeout)
+            .await
+            .map_err(BackendError::Poll)?;
+        let inner = self.inner.take().expect("present until wait or drop");
+        tokio::task::spawn_blocking(move || -> Result<ExitStatus, BackendError> {
+            Ok(match inner {
+                // Polls the pidfd again without waiting: kills it unless it has exited.
+                Inner::Native(c) => c.wait_blocking(Duration::ZERO)?,
+                Inner::Runc(c) => c.finish(exited)?,
+            })
         })
+        .await
+        .map_err(BackendError::TeardownTask)?
+    }
+}
+
+impl Drop for Container {
+    /// Whatever dropped the handle (an error, a cancelled request, a discarded prewarmed
+    /// container), the container is killed and cleaned up, off the async threads.
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            crate::offload::off_async(move || drop(inner));
+        }
     }
 }

@@ -7,11 +7,13 @@
 //! - [`daemon`]: deployments, loopback addresses, the per-request path, the control API.
 //! - [`pidfd`]: process fds, to signal and await containers from tokio.
 //! - [`fdpass`]: SCM_RIGHTS, the handler protocol's way of handing over a connection.
+//! - [`offload`]: blocking teardown handed off tokio's worker threads.
 
 pub mod backend;
 pub mod daemon;
 pub mod fdpass;
 pub mod image;
+pub mod offload;
 pub mod pidfd;
 pub mod runc;
 pub mod runtime;

@@ -32,6 +32,7 @@ impl From<DaemonError> for ApiError {
         let status = match &e {
             DaemonError::InvalidName(_) => StatusCode::BAD_REQUEST,
             DaemonError::NotFound(_) => StatusCode::NOT_FOUND,
+            DaemonError::Removing(_) => StatusCode::CONFLICT,
             DaemonError::PoolExhausted(_) => StatusCode::SERVICE_UNAVAILABLE,
             DaemonError::Image(ie) => image_status(ie),
             _ => StatusCode::INTERNAL_SERVER_ERROR,

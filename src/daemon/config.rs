@@ -32,6 +32,14 @@ pub struct Config {
     /// Seconds a handler has to connect to /control.sock.
     #[arg(long, env = "FAASD_CONNECT_TIMEOUT", default_value_t = 5.0)]
     pub connect_timeout: f64,
+    /// Seconds a function connection may stay silent before its first byte; it is then
+    /// closed (no container is started for a connection before its first byte).
+    #[arg(long, env = "FAASD_HEADER_TIMEOUT", default_value_t = 10.0)]
+    pub header_timeout: f64,
+    /// Function connections open at once from one source address; more are closed at
+    /// accept.
+    #[arg(long, env = "FAASD_MAX_CONNS_PER_SOURCE", default_value_t = 64)]
+    pub max_conns_per_source: usize,
     /// Seconds a whole request may take before its container is killed.
     #[arg(long, env = "FAASD_EXEC_TIMEOUT", default_value_t = 30.0)]
     pub exec_timeout: f64,
@@ -92,6 +100,10 @@ impl Config {
 
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.connect_timeout)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.header_timeout)
     }
 
     pub fn exec_timeout(&self) -> Duration {

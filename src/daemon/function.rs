@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedRwLockReadGuard, RwLock, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::prewarm::Prewarmed;
 use crate::image::ImageConfig;
@@ -68,6 +69,8 @@ pub struct Function {
     pub stop: CancellationToken,
     /// Containers started ahead of their request (`--prewarm`).
     pub prewarmed: Prewarmed,
+    /// Its accept loop and its requests in flight, which an undeploy waits for.
+    pub requests: TaskTracker,
 }
 
 impl Function {
@@ -88,6 +91,7 @@ impl Function {
             slots: Arc::new(Semaphore::new(slots)),
             stop,
             prewarmed,
+            requests: TaskTracker::new(),
         }
     }
 

@@ -15,7 +15,7 @@ pub struct FunctionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FailureLabels {
+pub struct ReasonLabels {
     pub function: String,
     pub reason: String,
 }
@@ -30,19 +30,22 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<FunctionLabel, Counter>,
-    pub failures: Family<FailureLabels, Counter>,
+    pub failures: Family<ReasonLabels, Counter>,
     pub in_flight: Family<FunctionLabel, Gauge>,
     pub prewarmed: Family<FunctionLabel, Gauge>,
     pub prewarmed_used: Family<FunctionLabel, Counter>,
     pub cold_start: Histograms,
     pub duration: Histograms,
+    pub log_bytes_dropped: Family<FunctionLabel, Counter>,
+    pub idle_closed: Family<FunctionLabel, Counter>,
+    pub connections_refused: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("faasd");
         let requests = Family::<FunctionLabel, Counter>::default();
-        let failures = Family::<FailureLabels, Counter>::default();
+        let failures = Family::<ReasonLabels, Counter>::default();
         let in_flight = Family::<FunctionLabel, Gauge>::default();
         let prewarmed = Family::<FunctionLabel, Gauge>::default();
         let prewarmed_used = Family::<FunctionLabel, Counter>::default();
@@ -79,6 +82,24 @@ impl Default for Metrics {
             "From accepting the connection to the container's teardown",
             duration.clone(),
         );
+        let log_bytes_dropped = Family::<FunctionLabel, Counter>::default();
+        let idle_closed = Family::<FunctionLabel, Counter>::default();
+        let connections_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "log_bytes_dropped",
+            "Handler output dropped past its per-request budget",
+            log_bytes_dropped.clone(),
+        );
+        registry.register(
+            "idle_connections_closed",
+            "Connections closed because no byte arrived within --header-timeout",
+            idle_closed.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept: per_source (--max-conns-per-source) or fd_reserve",
+            connections_refused.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -88,6 +109,9 @@ impl Default for Metrics {
             prewarmed_used,
             cold_start,
             duration,
+            log_bytes_dropped,
+            idle_closed,
+            connections_refused,
         }
     }
 }
@@ -100,8 +124,16 @@ impl Metrics {
     }
 
     pub fn failure(&self, function: &str, reason: &str) {
-        self.failures
-            .get_or_create(&FailureLabels {
+        Self::count(&self.failures, function, reason);
+    }
+
+    pub fn refused(&self, function: &str, reason: &str) {
+        Self::count(&self.connections_refused, function, reason);
+    }
+
+    fn count(family: &Family<ReasonLabels, Counter>, function: &str, reason: &str) {
+        family
+            .get_or_create(&ReasonLabels {
                 function: function.to_string(),
                 reason: reason.to_string(),
             })

@@ -1,10 +1,12 @@
 //! The faasd daemon: deployments, their addresses and listeners, the request path, and
 //! a clean start (crash recovery) and stop.
 
+mod admission;
 mod api;
 pub mod config;
 mod function;
 pub mod loopback;
+mod logs;
 mod metrics;
 mod pool;
 mod prewarm;
@@ -13,7 +15,7 @@ mod request;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -40,6 +42,8 @@ pub enum DaemonError {
     InvalidName(String),
     #[error("no function named {0:?}")]
     NotFound(String),
+    #[error("function {0:?} is being removed (its requests in flight are finishing); deploy it again once that is done")]
+    Removing(String),
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error("the address pool {0} is exhausted")]
@@ -65,6 +69,10 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the image install task failed: {0}")]
+    InstallTask(#[source] tokio::task::JoinError),
+    #[error("raising RLIMIT_NOFILE failed: {0}")]
+    FdLimit(#[source] nix::Error),
     #[error("reading the token file {path} failed: {source}")]
     Token {
         path: PathBuf,
@@ -104,7 +112,40 @@ pub struct Daemon {
     kill_requests: CancellationToken,
     requests: TaskTracker,
     request_seq: AtomicU64,
+    /// Differs between runs of the daemon: with `request_seq`, names requests.
+    nonce: String,
+    per_source: Arc<admission::PerSource>,
+    /// Functions being undeployed, until their requests have drained.
+    removing: std::sync::Mutex<HashSet<String>>,
+    /// The soft RLIMIT_NOFILE, raised to the hard limit at start.
+    nofile: u64,
     token: Option<String>,
+}
+
+/// How much longer than a request may take an undeploy waits for its requests.
+const DRAIN_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Four base-36 digits that differ between runs (clock and pid).
+fn start_nonce() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mixed = nanos ^ (u64::from(std::process::id()) << 20);
+    format!("{:0>4}", base36(mixed % 36u64.pow(4)))
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ASCII digits")
 }
 
 pub fn valid_name(name: &str) -> bool {
@@ -141,6 +182,12 @@ impl Daemon {
             &cfg.runc_root(),
         )?;
         recover(&cfg, &backend)?;
+        let nofile = admission::raise_nofile().map_err(DaemonError::FdLimit)?;
+        tracing::info!(
+            nofile,
+            reserve = admission::FD_RESERVE,
+            "file descriptor limit (function connections stop short of the reserve)"
+        );
         let daemon = Arc::new(Daemon {
             backend,
             lo: Loopback::open().await?,
@@ -152,6 +199,10 @@ impl Daemon {
             kill_requests: CancellationToken::new(),
             requests: TaskTracker::new(),
             request_seq: AtomicU64::new(0),
+            nonce: start_nonce(),
+            per_source: admission::PerSource::new(cfg.max_conns_per_source),
+            removing: Default::default(),
+            nofile,
             token,
             cfg,
         });
@@ -235,7 +286,7 @@ impl Daemon {
                 self.cfg.prewarm,
             ));
         }
-        tokio::spawn(self.clone().accept_loop(f, listener));
+        tokio::spawn(f.requests.track_future(self.clone().accept_loop(f.clone(), listener)));
     }
 
     async fn accept_loop(self: Arc<Self>, f: Arc<Function>, listener: TcpListener) {
@@ -243,10 +294,7 @@ impl Daemon {
             tokio::select! {
                 _ = f.stop.cancelled() => break,
                 conn = listener.accept() => match conn {
-                    Ok((tcp, _)) => {
-                        let _ = tcp.set_nodelay(true);
-                        self.requests.spawn(request::serve(self.clone(), f.clone(), tcp));
-                    }
+                    Ok((tcp, peer)) => self.admit(&f, tcp, peer.ip()),
                     Err(e) => {
                         // EMFILE and the like: back off instead of spinning.
                         tracing::warn!(function = %f.name, "accept failed: {e}");
@@ -257,11 +305,35 @@ impl Daemon {
         }
     }
 
-    pub fn next_request_id(&self, function: &str) -> String {
-        format!(
-            "{function}-{}",
-            self.request_seq.fetch_add(1, Ordering::Relaxed)
-        )
+    /// Starts serving an accepted connection, or closes it at once when its source has
+    /// too many open or it would eat into the fd reserve.
+    fn admit(self: &Arc<Self>, f: &Arc<Function>, tcp: tokio::net::TcpStream, peer: IpAddr) {
+        use std::os::fd::AsRawFd;
+        let refused = if admission::in_reserve(tcp.as_raw_fd(), self.nofile) {
+            "fd_reserve"
+        } else {
+            match self.per_source.admit(peer) {
+                Some(slot) => {
+                    let _ = tcp.set_nodelay(true);
+                    let serve = request::serve(self.clone(), f.clone(), tcp, slot);
+                    // Tracked twice: by the daemon (shutdown) and the function (undeploy).
+                    self.requests.spawn(f.requests.track_future(serve));
+                    return;
+                }
+                None => "per_source",
+            }
+        };
+        self.metrics.refused(&f.name, refused);
+        tracing::debug!(function = %f.name, %peer, "connection refused: {refused}");
+    }
+
+    /// A short id for a request's bundle, cgroup, hostname and runc container, unique in
+    /// this run and (by the nonce) across runs: `<nonce>-<counter>`, both base 36, so a
+    /// 63-character function name never makes a path or hostname too long. Logs name the
+    /// function beside it.
+    pub fn next_request_id(&self) -> String {
+        let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{}", self.nonce, base36(n))
     }
 
     pub fn function(&self, name: &str) -> Option<Arc<Function>> {
@@ -288,9 +360,12 @@ impl Daemon {
         let images = self.cfg.images_dir();
         let staged = tokio::task::spawn_blocking(move || image::install(upload, &images, &limits))
             .await
-            .expect("install task panicked")?;
+            .map_err(DaemonError::InstallTask)??;
         let config = staged.config().clone();
         let mut registry = self.registry.lock().await;
+        if self.removing.lock().unwrap().contains(name) {
+            return Err(DaemonError::Removing(name.to_string()));
+        }
         let dest = self.cfg.images_dir().join(name);
         let ip = match self.function(name) {
             Some(f) => {
@@ -399,17 +474,27 @@ impl Daemon {
         self.cfg.images_dir().join(format!(".retired-{name}-{n}"))
     }
 
-    /// Stops and removes function `name`: listener, address, registry entry, image (once
-    /// its requests in flight have finished).
+    /// Stops and removes function `name`: its listener closes at once (new connections are
+    /// refused), the requests in flight finish (bounded by the exec timeout), then its
+    /// address and image go. A deploy of the same name meanwhile is refused.
     pub async fn undeploy(&self, name: &str) -> Result<(), DaemonError> {
-        let mut registry = self.registry.lock().await;
-        let f = self
-            .function(name)
-            .ok_or_else(|| DaemonError::NotFound(name.to_string()))?;
-        registry.remove(name)?;
-        self.functions.write().unwrap().remove(name);
+        let f = {
+            let mut registry = self.registry.lock().await;
+            let f = self
+                .function(name)
+                .ok_or_else(|| DaemonError::NotFound(name.to_string()))?;
+            registry.remove(name)?;
+            self.functions.write().unwrap().remove(name);
+            self.removing.lock().unwrap().insert(name.to_string());
+            f
+        };
         f.stop.cancel();
         f.prewarmed.clear();
+        f.requests.close();
+        let bound = self.cfg.exec_timeout() + self.cfg.queue_timeout() + DRAIN_SLACK;
+        if tokio::time::timeout(bound, f.requests.wait()).await.is_err() {
+            tracing::warn!(function = %name, "requests still running after {bound:?}: removing it anyway");
+        }
         if let Err(e) = self.lo.remove_ours(f.ip).await {
             tracing::error!(function = %name, "removing its address failed: {e}");
         }
@@ -420,6 +505,7 @@ impl Daemon {
             Err(e) => tracing::error!(function = %name, "moving its image aside failed: {e}"),
         })
         .await;
+        self.removing.lock().unwrap().remove(name);
         tracing::info!(function = %name, "undeployed");
         Ok(())
     }

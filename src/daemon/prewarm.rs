@@ -105,7 +105,7 @@ pub async fn keep_ready(d: Arc<Daemon>, f: Arc<Function>, n: usize) {
                 _ = f.stop.cancelled() => return,
             }
         }
-        let id = d.next_request_id(&f.name);
+        let id = d.next_request_id();
         let started = tokio::select! {
             r = request::start(&d, &f, &id, Instant::now()) => r,
             // Dropping the start tears down whatever it had made.

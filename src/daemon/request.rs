@@ -1,22 +1,24 @@
 //! One request: a fresh container that gets the client's TCP connection over SCM_RIGHTS.
 //!
-//! accept -> slot -> bundle dir with the control socket -> spawn -> handler connects ->
+//! accept -> first byte -> slot -> bundle dir with the control socket -> spawn -> handler connects ->
 //! hand over the fd -> wait for exit -> teardown. Every resource is owned by a guard
 //! (`Bundle`, `Container`, the slot permits), so whatever path ends the request (error,
 //! timeout, shutdown dropping the future), nothing is left behind.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixListener};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::admission::SourceSlot;
 use super::function::{Function, Image};
+use super::logs;
 use super::metrics::Metrics;
 use super::Daemon;
 use crate::backend::{BackendError, Container};
@@ -35,6 +37,8 @@ pub enum RequestError {
     },
     #[error("starting the container failed: {0}")]
     Spawn(#[from] BackendError),
+    #[error("the container's start task failed: {0}")]
+    SpawnTask(#[source] tokio::task::JoinError),
     #[error("the handler did not connect to /control.sock within {0:?}")]
     ConnectTimeout(Duration),
     #[error("the handler exited before connecting ({0:?})")]
@@ -53,6 +57,7 @@ impl RequestError {
             RequestError::Busy(_) => "busy",
             RequestError::Bundle { .. } => "bundle",
             RequestError::Spawn(_) => "spawn",
+            RequestError::SpawnTask(_) => "spawn_task",
             RequestError::ConnectTimeout(_) => "connect_timeout",
             RequestError::ExitedEarly(_) => "exited_early",
             RequestError::Accept(_) => "accept",
@@ -68,6 +73,10 @@ impl RequestError {
                 ("503 Service Unavailable", self.to_string())
             }
             RequestError::ConnectTimeout(_) => ("504 Gateway Timeout", self.to_string()),
+            // Our own failure, not the handler's.
+            RequestError::SpawnTask(_) | RequestError::Spawn(BackendError::TeardownTask(_)) => {
+                ("500 Internal Server Error", self.to_string())
+            }
             _ => ("502 Bad Gateway", self.to_string()),
         };
         format!(
@@ -101,9 +110,12 @@ impl Bundle {
 
 impl Drop for Bundle {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            tracing::error!(bundle = %self.dir.display(), "removing the bundle failed: {e}");
-        }
+        let dir = std::mem::take(&mut self.dir);
+        crate::offload::off_async(move || {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::error!(bundle = %dir.display(), "removing the bundle failed: {e}");
+            }
+        });
     }
 }
 
@@ -113,11 +125,15 @@ struct Served {
     cold_start: Duration,
 }
 
-/// Serves one accepted connection; logs one line and records metrics when done.
-pub async fn serve(d: Arc<Daemon>, f: Arc<Function>, tcp: TcpStream) {
-    let accepted = Instant::now();
-    let id = d.next_request_id(&f.name);
+/// Serves one accepted connection once its first byte has arrived; logs one line and
+/// records metrics when done. `_source` holds its place in the per-source bound.
+pub async fn serve(d: Arc<Daemon>, f: Arc<Function>, tcp: TcpStream, _source: SourceSlot) {
     let label = Metrics::label(&f.name);
+    if !first_byte(&d, &f, &tcp).await {
+        return;
+    }
+    let accepted = Instant::now();
+    let id = d.next_request_id();
     d.metrics.requests.get_or_create(&label).inc();
     d.metrics.in_flight.get_or_create(&label).inc();
     let result = tokio::select! {
@@ -149,6 +165,25 @@ pub async fn serve(d: Arc<Daemon>, f: Arc<Function>, tcp: TcpStream) {
             d.metrics.failure(&f.name, e.reason());
             tracing::warn!(function = %f.name, request = %id, total_ms = ms(total), "request failed: {e}");
         }
+    }
+}
+
+/// Waits for the connection's first byte, without taking a slot or a container: a client
+/// that sends nothing within the header timeout is closed and counted; one that closes,
+/// or a function being removed, ends it silently. True when a request is coming.
+async fn first_byte(d: &Daemon, f: &Function, tcp: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    tokio::select! {
+        r = tokio::time::timeout(d.cfg.header_timeout(), tcp.peek(&mut byte)) => match r {
+            Ok(Ok(n)) => n > 0,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                d.metrics.idle_closed.get_or_create(&Metrics::label(&f.name)).inc();
+                tracing::debug!(function = %f.name, "closing a connection idle for {:?}", d.cfg.header_timeout());
+                false
+            }
+        },
+        _ = f.stop.cancelled() => false,
     }
 }
 
@@ -269,7 +304,8 @@ pub async fn start(
     let listener = bind_control_socket(&bundle, image.config.uid, image.config.gid)?;
     let (log_rd, log_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RequestError::Spawn(RuntimeError::sys("pipe2")(e).into()))?;
-    forward_logs(log_rd, &f.name, id);
+    let dropped = d.metrics.log_bytes_dropped.get_or_create_owned(&Metrics::label(&f.name));
+    logs::forward(log_rd, &f.name, id, dropped);
 
     let spawn_d = d.clone();
     let (resources, id_owned, sock) = (f.resources, id.to_string(), bundle.socket());
@@ -296,7 +332,7 @@ pub async fn start(
         spawn_d.backend.spawn(&spec, &bundle_dir)
     })
     .await
-    .expect("spawn task panicked")?;
+    .map_err(RequestError::SpawnTask)??;
 
     let connect = d.cfg.connect_timeout().saturating_sub(accepted.elapsed());
     let pidfd_exit = container_exit(&container);
@@ -402,18 +438,4 @@ fn set_nonblocking(fd: impl AsFd + Copy, on: bool) -> io::Result<()> {
         ),
     )?;
     Ok(())
-}
-
-/// Logs the handler's stdout and stderr, line by line, tagged with function and request.
-fn forward_logs(rd: OwnedFd, function: &str, request: &str) {
-    let (function, request) = (function.to_string(), request.to_string());
-    let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(rd) else {
-        return;
-    };
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(pipe).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            tracing::info!(target: "handler", %function, %request, "{line}");
-        }
-    });
 }

@@ -1,4 +1,5 @@
-//! One `runc run` in flight: wait for it with a timeout, kill it, clean up after it.
+//! One `runc run` in flight: kill it, reap it, clean up after it (the caller awaits its
+//! pidfd with the timeout).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
@@ -46,21 +47,11 @@ impl RuncContainer {
         self.pidfd.as_fd()
     }
 
-    /// Waits until the container exits or `timeout` passes (then kills it), reaps runc
-    /// and removes whatever runc left.
-    pub async fn wait(mut self, timeout: Duration) -> Result<ExitStatus, RuncError> {
-        let exited = pidfd::exited(self.pidfd.as_fd(), timeout)
-            .await
-            .map_err(sys("poll the runc pidfd"))?;
-        let running = self.running.take().expect("not yet reaped");
-        // Killing may retry for a while and reaping blocks: keep both off the async threads.
-        let status = tokio::task::spawn_blocking(move || {
-            let mut running = running;
-            running.teardown(!exited)
-        })
-        .await
-        .expect("runc teardown panicked")
-        .map_err(sys("waiting for runc"))?;
+    /// Blocking: kills the container unless it has `exited`, reaps runc and removes
+    /// whatever runc left. Killing may retry for a while: call it off the async threads.
+    pub fn finish(mut self, exited: bool) -> Result<ExitStatus, RuncError> {
+        let mut running = self.running.take().expect("present until finish or drop");
+        let status = running.teardown(!exited).map_err(sys("waiting for runc"))?;
         Ok(ExitStatus {
             exit: if exited {
                 exit_of(status)
