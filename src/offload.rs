@@ -42,7 +42,9 @@ mod tests {
 
     #[test]
     fn runs_off_the_async_thread_in_a_runtime() {
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let (tx, rx) = mpsc::channel();
         let caller = rt.block_on(async move {
             off_async(move || tx.send(std::thread::current().id()).unwrap());

@@ -21,10 +21,16 @@ pub fn raise_nofile() -> nix::Result<u64> {
     Ok(hard)
 }
 
-/// Whether an accepted connection with descriptor `fd` eats into the reserve. The kernel
-/// hands out the lowest free descriptor, so `fd` being N means N descriptors are open:
-/// an exact, O(1) count of the floor, without reading /proc/self/fd.
-pub fn in_reserve(fd: RawFd, nofile: u64) -> bool {
+/// Whether an accepted connection with descriptor `fd` eats into the reserve of the
+/// current soft limit (read each time: an operator may change it with prlimit).
+pub fn in_reserve_now(fd: RawFd) -> bool {
+    getrlimit(Resource::RLIMIT_NOFILE).is_ok_and(|(soft, _)| in_reserve(fd, soft))
+}
+
+/// Whether descriptor `fd` lies in the top FD_RESERVE of `nofile`. The kernel hands out
+/// the lowest free descriptor, so `fd` being N means N descriptors are open: an exact,
+/// O(1) count, without reading /proc/self/fd.
+fn in_reserve(fd: RawFd, nofile: u64) -> bool {
     fd as u64 >= nofile.saturating_sub(FD_RESERVE)
 }
 
@@ -96,6 +102,9 @@ mod tests {
         assert!(!in_reserve(10, 1024));
         assert!(!in_reserve(767, 1024));
         assert!(in_reserve(768, 1024));
-        assert!(in_reserve(3, 100), "a limit below the reserve admits nothing");
+        assert!(
+            in_reserve(3, 100),
+            "a limit below the reserve admits nothing"
+        );
     }
 }

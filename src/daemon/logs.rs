@@ -46,7 +46,10 @@ impl Lines {
         while !chunk.is_empty() {
             let room = MAX_LINE - self.partial.len();
             // A newline right after a full line still ends it.
-            match chunk[..chunk.len().min(room + 1)].iter().position(|&b| b == b'\n') {
+            match chunk[..chunk.len().min(room + 1)]
+                .iter()
+                .position(|&b| b == b'\n')
+            {
                 Some(nl) => {
                     self.emit_with(&chunk[..nl], false, &mut emit);
                     chunk = &chunk[nl + 1..];
@@ -190,7 +193,10 @@ mod tests {
         let mut b = Budget::new(t0);
         assert!(b.admit(BURST as usize, t0));
         assert!(!b.admit(1024, t0), "burst spent");
-        assert!(b.admit(1024, t0 + Duration::from_secs(1)), "refilled at RATE");
+        assert!(
+            b.admit(1024, t0 + Duration::from_secs(1)),
+            "refilled at RATE"
+        );
         let mut later = t0;
         let mut total = BURST as u64 + 1024;
         loop {

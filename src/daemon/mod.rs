@@ -5,8 +5,8 @@ mod admission;
 mod api;
 pub mod config;
 mod function;
-pub mod loopback;
 mod logs;
+pub mod loopback;
 mod metrics;
 mod pool;
 mod prewarm;
@@ -117,8 +117,6 @@ pub struct Daemon {
     per_source: Arc<admission::PerSource>,
     /// Functions being undeployed, until their requests have drained.
     removing: std::sync::Mutex<HashSet<String>>,
-    /// The soft RLIMIT_NOFILE, raised to the hard limit at start.
-    nofile: u64,
     token: Option<String>,
 }
 
@@ -202,7 +200,6 @@ impl Daemon {
             nonce: start_nonce(),
             per_source: admission::PerSource::new(cfg.max_conns_per_source),
             removing: Default::default(),
-            nofile,
             token,
             cfg,
         });
@@ -286,7 +283,10 @@ impl Daemon {
                 self.cfg.prewarm,
             ));
         }
-        tokio::spawn(f.requests.track_future(self.clone().accept_loop(f.clone(), listener)));
+        tokio::spawn(
+            f.requests
+                .track_future(self.clone().accept_loop(f.clone(), listener)),
+        );
     }
 
     async fn accept_loop(self: Arc<Self>, f: Arc<Function>, listener: TcpListener) {
@@ -309,7 +309,7 @@ impl Daemon {
     /// too many open or it would eat into the fd reserve.
     fn admit(self: &Arc<Self>, f: &Arc<Function>, tcp: tokio::net::TcpStream, peer: IpAddr) {
         use std::os::fd::AsRawFd;
-        let refused = if admission::in_reserve(tcp.as_raw_fd(), self.nofile) {
+        let refused = if admission::in_reserve_now(tcp.as_raw_fd()) {
             "fd_reserve"
         } else {
             match self.per_source.admit(peer) {
@@ -492,7 +492,10 @@ impl Daemon {
         f.prewarmed.clear();
         f.requests.close();
         let bound = self.cfg.exec_timeout() + self.cfg.queue_timeout() + DRAIN_SLACK;
-        if tokio::time::timeout(bound, f.requests.wait()).await.is_err() {
+        if tokio::time::timeout(bound, f.requests.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(function = %name, "requests still running after {bound:?}: removing it anyway");
         }
         if let Err(e) = self.lo.remove_ours(f.ip).await {

@@ -304,7 +304,10 @@ pub async fn start(
     let listener = bind_control_socket(&bundle, image.config.uid, image.config.gid)?;
     let (log_rd, log_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RequestError::Spawn(RuntimeError::sys("pipe2")(e).into()))?;
-    let dropped = d.metrics.log_bytes_dropped.get_or_create_owned(&Metrics::label(&f.name));
+    let dropped = d
+        .metrics
+        .log_bytes_dropped
+        .get_or_create_owned(&Metrics::label(&f.name));
     logs::forward(log_rd, &f.name, id, dropped);
 
     let spawn_d = d.clone();
@@ -438,4 +441,30 @@ fn set_nonblocking(fd: impl AsFd + Copy, on: bool) -> io::Result<()> {
         ),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A JoinError, as a panicking blocking task gives.
+    fn join_error() -> tokio::task::JoinError {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async { tokio::task::spawn_blocking(|| panic!("boom")).await })
+            .unwrap_err()
+    }
+
+    #[test]
+    fn a_failed_task_is_a_500_for_its_request_not_a_panic() {
+        for e in [
+            RequestError::SpawnTask(join_error()),
+            RequestError::Spawn(BackendError::TeardownTask(join_error())),
+        ] {
+            let answer = e.http_response();
+            assert!(answer.starts_with("HTTP/1.0 500 "), "{answer}");
+            assert!(answer.contains("task failed"), "{answer}");
+        }
+    }
 }

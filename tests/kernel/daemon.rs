@@ -34,7 +34,7 @@ pub fn tests() -> Vec<Trial> {
     ]
 }
 
-fn http_get(ip: &str, path: &str) -> std::io::Result<String> {
+pub(crate) fn http_get(ip: &str, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect((ip, 80))?;
     // Generous: under the VM's CPU emulation 20 concurrent runc containers take a while.
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
@@ -67,16 +67,21 @@ fn config(state: &Path, backend: &str, subnet: &str, extra: &[&str]) -> Config {
 }
 
 /// What a test body gets from [`with_daemon`].
-struct Run {
-    d: Arc<Daemon>,
-    state: PathBuf,
-    parent: String,
+pub(crate) struct Run {
+    pub(crate) d: Arc<Daemon>,
+    pub(crate) state: PathBuf,
+    pub(crate) parent: String,
 }
 
 /// Runs `body` against an in-process daemon with its own state dir, cgroup parent and
 /// address pool (see [`config`]); then shuts the daemon down, whatever the outcome, and
 /// removes its cgroup parent.
-fn with_daemon<F, Fut>(backend: &str, subnet: &str, extra: &[&str], body: F) -> TestResult
+pub(crate) fn with_daemon<F, Fut>(
+    backend: &str,
+    subnet: &str,
+    extra: &[&str],
+    body: F,
+) -> TestResult
 where
     F: FnOnce(Run) -> Fut,
     Fut: Future<Output = TestResult>,
@@ -220,7 +225,7 @@ fn runc_hung_handler() -> TestResult {
 
 /// Waits (up to 5 s: teardown follows the answer) until no bundle, runc container or
 /// cgroup is left.
-async fn nothing_left(state: &Path, parent: &str) -> TestResult {
+pub(crate) async fn nothing_left(state: &Path, parent: &str) -> TestResult {
     let mut left = Vec::new();
     for _ in 0..100 {
         left = leftovers(state, parent)?;

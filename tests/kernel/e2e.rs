@@ -46,25 +46,25 @@ pub fn tests() -> Vec<Trial> {
 
 /// Headroom on every time bound: the tests must not be flaky on a loaded machine or under
 /// the VM's CPU emulation, only catch what hangs.
-const SLACK: Duration = Duration::from_secs(5);
+pub(crate) const SLACK: Duration = Duration::from_secs(5);
 /// How long a client waits for an answer before calling it a hang.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 // --- HTTP as a plain client sees it ------------------------------------------------------
 
 /// What a client got: the bytes up to the close, how the connection ended, how long it took.
-struct Reply {
-    text: String,
-    error: Option<io::Error>,
-    took: Duration,
+pub(crate) struct Reply {
+    pub(crate) text: String,
+    pub(crate) error: Option<io::Error>,
+    pub(crate) took: Duration,
 }
 
 impl Reply {
-    fn status(&self) -> Option<u16> {
+    pub(crate) fn status(&self) -> Option<u16> {
         self.text.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
     }
 
-    fn body(&self) -> &str {
+    pub(crate) fn body(&self) -> &str {
         self.text.split_once("\r\n\r\n").map_or("", |(_, b)| b)
     }
 
@@ -89,7 +89,7 @@ impl std::fmt::Display for Reply {
 
 /// Sends `request` and reads until the server closes (or READ_TIMEOUT); a reset connection
 /// is an outcome to look at, not an error.
-fn exchange(addr: impl ToSocketAddrs, request: &[u8]) -> io::Result<Reply> {
+pub(crate) fn exchange(addr: impl ToSocketAddrs, request: &[u8]) -> io::Result<Reply> {
     let start = Instant::now();
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(READ_TIMEOUT))?;
@@ -106,7 +106,7 @@ fn exchange(addr: impl ToSocketAddrs, request: &[u8]) -> io::Result<Reply> {
 // --- the machine's view: lo, cgroups, processes -------------------------------------------
 
 /// The IPv4 addresses on `lo` with their labels, as `ip addr show lo` prints them.
-fn lo_addresses() -> Result<Vec<(Ipv4Addr, String)>, Failed> {
+pub(crate) fn lo_addresses() -> Result<Vec<(Ipv4Addr, String)>, Failed> {
     let out = Command::new("ip")
         .args(["-4", "-o", "addr", "show", "dev", "lo"])
         .output()?;
@@ -140,7 +140,7 @@ fn ensure_ok(what: &str, out: &Output) -> TestResult {
 }
 
 /// Polls `cond` until it holds or `within` has passed; returns whether it held.
-fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub(crate) fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     loop {
         if cond() {
@@ -156,7 +156,7 @@ fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
 // --- one test's faasd ---------------------------------------------------------------------
 
 /// One test's private slice of everything faasd touches, kept across restarts of the daemon.
-struct Setup {
+pub(crate) struct Setup {
     n: u8,
     dir: PathBuf,
     cgroup_parent: String,
@@ -165,13 +165,13 @@ struct Setup {
 
 /// How `faas new` gets the tarball.
 #[derive(Clone, Copy)]
-enum Via {
+pub(crate) enum Via {
     File,
     Stdin,
 }
 
 impl Setup {
-    fn new(flags: &[&str]) -> Result<Self, Failed> {
+    pub(crate) fn new(flags: &[&str]) -> Result<Self, Failed> {
         // 10.0.0.0/24, the default, belongs to the in-process daemon test.
         static NEXT: AtomicU8 = AtomicU8::new(101);
         let dir = support::state_dir().join(unique("e2e"));
@@ -184,11 +184,11 @@ impl Setup {
         })
     }
 
-    fn state(&self) -> PathBuf {
+    pub(crate) fn state(&self) -> PathBuf {
         self.dir.join("state")
     }
 
-    fn log(&self) -> PathBuf {
+    pub(crate) fn log(&self) -> PathBuf {
         self.dir.join("faasd.log")
     }
 
@@ -196,12 +196,12 @@ impl Setup {
         Ipv4Addr::new(10, self.n, 0, host)
     }
 
-    fn control_addr(&self) -> String {
+    pub(crate) fn control_addr(&self) -> String {
         format!("127.0.{}.1:8080", self.n)
     }
 
     /// Starts faasd and waits until its control API answers /healthz.
-    fn start(&self) -> Result<Faasd<'_>, Failed> {
+    pub(crate) fn start(&self) -> Result<Faasd<'_>, Failed> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -233,12 +233,12 @@ impl Setup {
     }
 
     /// `msg` plus the end of faasd's log, which is usually what explains a failure.
-    fn fail(&self, msg: impl std::fmt::Display) -> Failed {
+    pub(crate) fn fail(&self, msg: impl std::fmt::Display) -> Failed {
         let log = fs::read_to_string(self.log()).unwrap_or_default();
         format!("{msg}\n--- faasd log (end) ---\n{}", last_lines(&log, 40)).into()
     }
 
-    fn check(&self, cond: bool, msg: impl std::fmt::Display) -> TestResult {
+    pub(crate) fn check(&self, cond: bool, msg: impl std::fmt::Display) -> TestResult {
         if cond {
             Ok(())
         } else {
@@ -247,7 +247,7 @@ impl Setup {
     }
 
     /// One request to the control API; `head` is the request line and any headers.
-    fn control(&self, head: &str, body: &[u8]) -> io::Result<Reply> {
+    pub(crate) fn control(&self, head: &str, body: &[u8]) -> io::Result<Reply> {
         let mut req = format!(
             "{head}\r\nHost: {}\r\nConnection: close\r\n\r\n",
             self.control_addr()
@@ -274,7 +274,7 @@ impl Setup {
     }
 
     /// Runs `faas --url <ours> ARGS`, stdin from `input` (else empty).
-    fn faas(&self, args: &[&str], input: Option<&Path>) -> Result<Output, Failed> {
+    pub(crate) fn faas(&self, args: &[&str], input: Option<&Path>) -> Result<Output, Failed> {
         let stdin = match input {
             Some(path) => Stdio::from(File::open(path)?),
             None => Stdio::null(),
@@ -307,7 +307,7 @@ impl Setup {
     }
 
     /// `faas new NAME` with test image `file`; checks the "Deployed" line, returns the IP.
-    fn deploy(&self, name: &str, file: &str, via: Via) -> Result<Ipv4Addr, Failed> {
+    pub(crate) fn deploy(&self, name: &str, file: &str, via: Via) -> Result<Ipv4Addr, Failed> {
         let path = image(file)?;
         let out = match via {
             Via::File => self.faas(&["new", name, "-f", path.to_str().unwrap()], None)?,
@@ -328,14 +328,14 @@ impl Setup {
     }
 
     /// GET `path` from a function's address; only failing to connect or send is an error.
-    fn get(&self, ip: Ipv4Addr, path: &str) -> Result<Reply, Failed> {
+    pub(crate) fn get(&self, ip: Ipv4Addr, path: &str) -> Result<Reply, Failed> {
         let req = format!("GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n");
         exchange((ip, 80), req.as_bytes())
             .map_err(|e| self.fail(format!("GET http://{ip}{path}: {e}")))
     }
 
     /// Fails unless `ip` answers as the test handlers do: the greeting and the request line.
-    fn expect_hello(&self, ip: Ipv4Addr, path: &str) -> TestResult {
+    pub(crate) fn expect_hello(&self, ip: Ipv4Addr, path: &str) -> TestResult {
         let r = self.get(ip, path)?;
         self.check(
             r.status() == Some(200)
@@ -346,7 +346,7 @@ impl Setup {
     }
 
     /// Our subnet's addresses on `lo`, with their labels.
-    fn addresses(&self) -> Result<Vec<(Ipv4Addr, String)>, Failed> {
+    pub(crate) fn addresses(&self) -> Result<Vec<(Ipv4Addr, String)>, Failed> {
         let mut ours = lo_addresses()?;
         ours.retain(|(ip, _)| ip.octets()[..2] == [10, self.n]);
         ours.sort();
@@ -357,7 +357,7 @@ impl Setup {
         ips.iter().map(|ip| (*ip, "lo:faas".to_string())).collect()
     }
 
-    fn entries(&self, sub: &str) -> Vec<String> {
+    pub(crate) fn entries(&self, sub: &str) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(self.state().join(sub))
             .into_iter()
             .flatten()
@@ -372,7 +372,7 @@ impl Setup {
         self.entries("bundles")
     }
 
-    fn containers(&self) -> Vec<String> {
+    pub(crate) fn containers(&self) -> Vec<String> {
         faasd::runtime::cgroup_children(&self.cgroup_parent)
     }
 
@@ -390,7 +390,7 @@ impl Setup {
 
     /// Waits (briefly: teardown follows the client's answer) until no request has left a
     /// bundle, a container cgroup or a process behind.
-    fn check_no_request_left(&self) -> TestResult {
+    pub(crate) fn check_no_request_left(&self) -> TestResult {
         let clean = eventually(SLACK, || {
             self.bundles().is_empty() && self.containers().is_empty() && self.processes().is_empty()
         });
@@ -425,9 +425,9 @@ impl Drop for Setup {
 }
 
 /// A running faasd; SIGKILLed on drop so that a failing test never leaks a daemon.
-struct Faasd<'a> {
+pub(crate) struct Faasd<'a> {
     s: &'a Setup,
-    child: Child,
+    pub(crate) child: Child,
 }
 
 impl Faasd<'_> {
