@@ -5,10 +5,17 @@
 //! would stall every accept and the control API meanwhile. `Drop` cannot await, so it
 //! hands the work off with [`off_async`].
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Jobs handed off and not yet finished, process-wide.
+static PENDING: AtomicUsize = AtomicUsize::new(0);
+
 /// Runs `work` on tokio's blocking pool when called from a runtime, else right here. If
 /// the runtime shuts down before running it, the work runs when tokio drops it: teardown
 /// is never skipped.
 pub fn off_async(work: impl FnOnce() + Send + 'static) {
+    PENDING.fetch_add(1, Ordering::SeqCst);
     let job = RunOnDrop(Some(work));
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {
@@ -18,12 +25,27 @@ pub fn off_async(work: impl FnOnce() + Send + 'static) {
     }
 }
 
+/// Waits (up to `limit`) until every job handed off so far has finished: at shutdown, the
+/// containers of killed requests must be gone before their addresses are removed, or
+/// their clients never see the connection close. True if they all finished.
+pub async fn finished(limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while PENDING.load(Ordering::SeqCst) > 0 {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
 struct RunOnDrop<F: FnOnce()>(Option<F>);
 
 impl<F: FnOnce()> Drop for RunOnDrop<F> {
     fn drop(&mut self) {
         if let Some(work) = self.0.take() {
             work();
+            PENDING.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }

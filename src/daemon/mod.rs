@@ -540,6 +540,9 @@ impl Daemon {
             self.kill_requests.cancel();
             self.requests.wait().await;
         }
+        if !crate::offload::finished(grace).await {
+            tracing::warn!("container teardowns still running after {grace:?}");
+        }
         for f in self.functions() {
             match self.lo.remove_ours(f.ip).await {
                 Ok(_) => {}
