@@ -3,16 +3,19 @@
 
 use std::fs;
 use std::io::{Read, Write};
+
+use faasd::daemon::{serve_api, Daemon};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use libtest_mimic::{Failed, Trial};
 
 use crate::e2e::{eventually, Reply, Setup, Via, SLACK};
-use crate::support::TestResult;
+use crate::support::{self, ensure, TestResult};
 
 pub fn tests() -> Vec<Trial> {
     macro_rules! trials {
@@ -22,6 +25,7 @@ pub fn tests() -> Vec<Trial> {
     }
     trials![
         stalled_uploads_are_closed_and_requests_still_served,
+        uploads_never_take_the_spawn_pool,
         early_errors_reach_a_client_still_sending,
         parent_cgroup_limits_all_containers,
         crash_looping_prewarm_backs_off,
@@ -116,6 +120,110 @@ fn stalled_uploads_are_closed_and_requests_still_served() -> TestResult {
     )?;
     s.expect_hello(ip, "/after")?;
     s.check_no_request_left()
+}
+
+/// Issue 10 #8, the pool: with tokio's blocking pool cut to 8 threads (it has 512 by
+/// default, which 520 stalled uploads took), 20 uploads in progress (all admitted:
+/// --max-uploads 32) must not keep a function's container from starting: installs run on
+/// threads of their own. Once the uploaders hang up, their staging dirs are gone.
+fn uploads_never_take_the_spawn_pool() -> TestResult {
+    const UPLOADS: usize = 20;
+    const BLOCKING_THREADS: usize = 8;
+    let state = support::state_dir().join(support::unique("api"));
+    let listen = "127.0.200.1:8080";
+    let mut cfg =
+        crate::daemon::config(&state, "native", "10.200.0.0/24", &["--max-uploads", "32"]);
+    cfg.listen = listen.parse()?;
+    let parent = cfg.cgroup_parent.clone();
+    let images = cfg.images_dir();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(BLOCKING_THREADS)
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        let d = Daemon::start(cfg).await?;
+        let result = async {
+            let image = fs::File::open(support::image("test-handler.tar")?)?;
+            let ip = d.deploy("fn", image, Default::default()).await?.ip;
+            tokio::spawn(serve_api(d.clone()));
+            let mut stalled = Vec::new();
+            for i in 0..UPLOADS {
+                let mut c = connect_retrying(listen).await?;
+                let head = format!(
+                    "POST /api/new HTTP/1.1\r\nHost: x\r\nX-Image-Name: stall{i}\r\n\
+                     Content-Length: 10000000\r\n\r\nab"
+                );
+                c.write_all(head.as_bytes()).await?;
+                stalled.push(c);
+            }
+            // As many uploads in their installer (a staging dir each) as the blocking pool
+            // has threads, before the request.
+            let installing = async {
+                while staging_dirs(&images) < BLOCKING_THREADS {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            tokio::time::timeout(SLACK, installing).await.map_err(|_| {
+                format!("only {} uploads started installing", staging_dirs(&images))
+            })?;
+            let answer = tokio::time::timeout(SLACK * 2, get(ip)).await;
+            let answer = answer.map_err(|_| {
+                format!("GET http://{ip}/ hung while {UPLOADS} uploads were in progress")
+            })??;
+            ensure(
+                answer.contains("Hello from FaaS handler!"),
+                format!("GET http://{ip}/ answered {answer:?}"),
+            )?;
+            drop(stalled);
+            let cleaned = async {
+                while staging_dirs(&images) > 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            tokio::time::timeout(SLACK, cleaned).await.map_err(|_| {
+                format!(
+                    "{} staging dirs left after the uploaders hung up",
+                    staging_dirs(&images)
+                )
+            })?;
+            Ok(())
+        }
+        .await;
+        d.shutdown().await;
+        result
+    });
+    support::remove_cgroup_parent(&parent);
+    result
+}
+
+async fn connect_retrying(addr: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let mut tries = 0;
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Err(_) if tries < 100 => tries += 1,
+            done => return done,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn get(ip: std::net::Ipv4Addr) -> std::io::Result<String> {
+    let mut c = tokio::net::TcpStream::connect((ip, 80)).await?;
+    c.write_all(b"GET / HTTP/1.1\r\nHost: fn\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut out = String::new();
+    c.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+fn staging_dirs(images: &std::path::Path) -> usize {
+    fs::read_dir(images)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".staging-"))
+        .count()
 }
 
 /// An http.client upload (headers, then the whole body, then read the answer) that the
