@@ -107,3 +107,48 @@ fn read_u64(path: &Path) -> Result<u64, TotalsError> {
         field: "number",
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn cfg(args: &[&str]) -> Config {
+        Config::parse_from(std::iter::once("faasd").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn given_totals_are_used_as_they_are() {
+        let got = resolve(&cfg(&["--memory-total-mb", "700", "--pids-total", "300"])).unwrap();
+        assert_eq!(
+            got,
+            ParentLimits {
+                memory_bytes: 700 << 20,
+                pids_max: 300
+            }
+        );
+    }
+
+    #[test]
+    fn a_container_larger_than_the_total_is_refused() {
+        let e = resolve(&cfg(&["--memory-mb", "512", "--memory-total-mb", "256"])).unwrap_err();
+        assert!(matches!(
+            e,
+            TotalsError::MemoryDoesNotFit {
+                per_mb: 512,
+                total_mb: 256,
+                ..
+            }
+        ));
+        let e = resolve(&cfg(&["--pids-total", "100", "--memory-total-mb", "700"])).unwrap_err();
+        assert!(matches!(
+            e,
+            TotalsError::PidsDoNotFit {
+                per: 128,
+                total: 100,
+                ..
+            }
+        ));
+    }
+}

