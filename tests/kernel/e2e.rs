@@ -48,7 +48,7 @@ pub fn tests() -> Vec<Trial> {
 /// the VM's CPU emulation, only catch what hangs.
 pub(crate) const SLACK: Duration = Duration::from_secs(5);
 /// How long a client waits for an answer before calling it a hang.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 // --- HTTP as a plain client sees it ------------------------------------------------------
 
@@ -69,7 +69,7 @@ impl Reply {
     }
 
     /// Whether the connection was still open, silent, when the client gave up.
-    fn timed_out(&self) -> bool {
+    pub(crate) fn timed_out(&self) -> bool {
         matches!(
             self.error.as_ref().map(io::Error::kind),
             Some(io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
@@ -159,7 +159,7 @@ pub(crate) fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bo
 pub(crate) struct Setup {
     n: u8,
     dir: PathBuf,
-    cgroup_parent: String,
+    pub(crate) cgroup_parent: String,
     flags: Vec<String>,
 }
 
@@ -192,7 +192,7 @@ impl Setup {
         self.dir.join("faasd.log")
     }
 
-    fn ip(&self, host: u8) -> Ipv4Addr {
+    pub(crate) fn ip(&self, host: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, self.n, 0, host)
     }
 
@@ -258,7 +258,7 @@ impl Setup {
     }
 
     /// `POST /api/new` the way the prototype's client does it.
-    fn upload(&self, name: &str, body: &[u8]) -> io::Result<Reply> {
+    pub(crate) fn upload(&self, name: &str, body: &[u8]) -> io::Result<Reply> {
         let head = format!(
             "POST /api/new HTTP/1.1\r\nX-Image-Name: {name}\r\nContent-Length: {}",
             body.len()
@@ -267,7 +267,7 @@ impl Setup {
     }
 
     /// `GET /api/list`, parsed.
-    fn list(&self) -> Result<Value, Failed> {
+    pub(crate) fn list(&self) -> Result<Value, Failed> {
         let r = self.control("GET /api/list HTTP/1.1", b"")?;
         self.check(r.status() == Some(200), format!("/api/list answered {r}"))?;
         Ok(serde_json::from_str(r.body())?)
