@@ -18,6 +18,8 @@
 //!   chdir to the working directory;
 //! - the bounding set is dropped before setuid (it needs CAP_SETPCAP);
 //! - fds are marked close-on-exec after stdio is in place;
+//! - Landlock after the fds are closed and before seccomp (it needs no_new_privs, set
+//!   right before it);
 //! - seccomp last: it denies mount/pivot_root/unshare, which the steps above need.
 
 use std::ffi::CString;
@@ -50,12 +52,14 @@ pub enum Step {
     SetUid,
     SetCaps,
     CloseFds,
+    NoNewPrivs,
+    Landlock,
     Seccomp,
     Exec,
 }
 
 impl Step {
-    const ALL: [Step; 19] = [
+    const ALL: [Step; 21] = [
         Step::JoinNetns,
         Step::JoinCgroup,
         Step::UnshareCgroupNamespace,
@@ -73,6 +77,8 @@ impl Step {
         Step::SetUid,
         Step::SetCaps,
         Step::CloseFds,
+        Step::NoNewPrivs,
+        Step::Landlock,
         Step::Seccomp,
         Step::Exec,
     ];
@@ -102,6 +108,8 @@ impl fmt::Display for Step {
             Step::SetUid => "setuid",
             Step::SetCaps => "set capabilities",
             Step::CloseFds => "close inherited fds",
+            Step::NoNewPrivs => "set no_new_privs",
+            Step::Landlock => "restrict TCP bind and connect (Landlock)",
             Step::Seccomp => "install seccomp filter",
             Step::Exec => "exec",
         };
@@ -170,6 +178,8 @@ pub struct ChildPlan<'a> {
     pub gid: libc::gid_t,
     pub caps: &'static CapPlan,
     pub seccomp: &'static [BpfProgram],
+    /// A Landlock ruleset denying TCP bind and connect; None where the kernel has none.
+    pub landlock: Option<RawFd>,
     pub exe: CString,
     pub argv: Vec<*const libc::c_char>,
     pub envp: Vec<*const libc::c_char>,
@@ -260,6 +270,8 @@ fn setup(plan: &ChildPlan) -> StepResult {
     drop_privileges(plan)?;
     close_inherited_fds()?;
     plan.clock.mark(Mark::PrivilegesDropped);
+    restrict_network(plan)?;
+    plan.clock.mark(Mark::NetworkRestricted);
     install_seccomp(plan)?;
     plan.clock.mark(Mark::SeccompInstalled);
     Ok(())
@@ -507,6 +519,25 @@ fn close_inherited_fds() -> StepResult {
             )
         },
         Step::CloseFds,
+    )
+}
+
+/// The handed-over client socket lives in the host's network namespace: Landlock keeps
+/// it (and every other TCP socket) from binding or connecting anywhere (see landlock.rs).
+fn restrict_network(plan: &ChildPlan) -> StepResult {
+    // landlock_restrict_self needs no_new_privs once CAP_SYS_ADMIN is gone.
+    // SAFETY: prctl with integer arguments.
+    check(
+        unsafe { libc::syscall(libc::SYS_prctl, libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
+        Step::NoNewPrivs,
+    )?;
+    let Some(ruleset) = plan.landlock else {
+        return Ok(());
+    };
+    // SAFETY: a ruleset fd the parent created (and keeps open), flags 0.
+    check(
+        unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0u32) },
+        Step::Landlock,
     )
 }
 

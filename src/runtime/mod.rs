@@ -10,6 +10,7 @@ mod cgroup;
 mod child;
 mod container;
 mod error;
+mod landlock;
 mod netns_pool;
 mod privileges;
 mod process;
@@ -19,7 +20,7 @@ mod timeline;
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -31,6 +32,7 @@ pub use cgroup::{children as cgroup_children, sweep as sweep_cgroups};
 pub use child::Step;
 pub use container::{Container, Exit, ExitStatus};
 pub use error::{Result, RuntimeError};
+pub use landlock::{abi as landlock_abi, net_support, NetSupport, NET_ABI as LANDLOCK_NET_ABI};
 pub use rootfs::{Kind as MountPointKind, MOUNT_POINTS};
 pub use timeline::{Timeline, PHASES as SETUP_PHASES};
 
@@ -82,6 +84,9 @@ pub struct ContainerSpec<'a> {
 pub struct Runtime {
     cgroup_parent: String,
     netns_pool: Option<netns_pool::NetnsPool>,
+    /// Denies TCP bind and connect to every container; None where the kernel lacks
+    /// Landlock network rules (see [`net_support`]).
+    landlock: Option<OwnedFd>,
 }
 
 static CAPS: OnceLock<CapPlan> = OnceLock::new();
@@ -96,9 +101,14 @@ impl Runtime {
         }
         CAPS.get_or_init(privileges::cap_plan);
         keep_non_dumpable()?;
+        let landlock = landlock::deny_tcp_ruleset().map_err(|source| RuntimeError::Sys {
+            op: "landlock_create_ruleset",
+            source,
+        })?;
         Ok(Runtime {
             cgroup_parent: cgroup_parent.trim_matches('/').to_string(),
             netns_pool: None,
+            landlock,
         })
     }
 
@@ -162,6 +172,7 @@ impl Runtime {
             gid: spec.gid,
             caps: CAPS.get().expect("initialised in Runtime::new"),
             seccomp: SECCOMP.get().expect("initialised in Runtime::new"),
+            landlock: self.landlock.as_ref().map(|fd| fd.as_raw_fd()),
             exe: rootfs::cstring("command", &exe)?,
             argv: null_terminated(&argv),
             envp: null_terminated(&env),

@@ -5,7 +5,9 @@ use caps::{Capability, CapsHashSet};
 use super::child::CapPlan;
 
 /// Docker's defaults minus CAP_MKNOD (we have no device cgroup to stop a new node from
-/// reaching a host disk), CAP_NET_RAW (the container has no network of its own) and
+/// reaching a host disk), CAP_NET_RAW (the container has no network of its own),
+/// CAP_NET_BIND_SERVICE (the handed-over socket is in the host's network namespace: with
+/// it a handler could bind a privileged host port where Landlock cannot stop it) and
 /// CAP_AUDIT_WRITE.
 const KEEP: &[Capability] = &[
     Capability::CAP_CHOWN,
@@ -16,7 +18,6 @@ const KEEP: &[Capability] = &[
     Capability::CAP_SETUID,
     Capability::CAP_SETFCAP,
     Capability::CAP_SETPCAP,
-    Capability::CAP_NET_BIND_SERVICE,
     Capability::CAP_SYS_CHROOT,
     Capability::CAP_KILL,
 ];

@@ -74,6 +74,56 @@ const NAMESPACE_FLAGS: &[libc::c_int] = &[
     libc::CLONE_NEWTIME,
 ];
 
+/// The flag that makes sendto/sendmsg an implicit connect (TCP Fast Open): it reaches the
+/// protocol's connect without the LSM connect hook Landlock checks, so seccomp refuses it.
+const MSG_FASTOPEN: u64 = libc::MSG_FASTOPEN as u64;
+
+/// (syscall, index of its flags argument) for every way to send with MSG_FASTOPEN.
+const SEND_FLAGS_ARG: &[(libc::c_long, u8)] = &[
+    (libc::SYS_sendto, 3),
+    (libc::SYS_sendmsg, 2),
+    (libc::SYS_sendmmsg, 3),
+];
+
+/// The socket ioctls that read or change network devices (SIOCGIFCONF, SIOCGIFADDR, ...,
+/// SIOCDEVPRIVATE): on the handed-over socket they act on the host's network namespace.
+const SIOC_DEVICE_IOCTLS: (u64, u64) = (0x8910, 0x89ff);
+
+fn seccomp_err(e: impl ToString) -> RuntimeError {
+    RuntimeError::Seccomp(e.to_string())
+}
+
+/// Rules that keep the handed-over socket (host network namespace) from reaching anything
+/// new; bind and connect themselves are Landlock's (see landlock.rs).
+fn network_rules() -> Result<Vec<(i64, Vec<SeccompRule>)>> {
+    let fastopen = |arg| -> Result<Vec<SeccompRule>> {
+        let cond = SeccompCondition::new(
+            arg,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(MSG_FASTOPEN),
+            MSG_FASTOPEN,
+        )
+        .map_err(seccomp_err)?;
+        Ok(vec![SeccompRule::new(vec![cond]).map_err(seccomp_err)?])
+    };
+    let mut rules = SEND_FLAGS_ARG
+        .iter()
+        .map(|&(nr, arg)| Ok((nr, fastopen(arg)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let (lo, hi) = SIOC_DEVICE_IOCTLS;
+    let device_ioctl = vec![
+        SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Ge, lo)
+            .map_err(seccomp_err)?,
+        SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Le, hi)
+            .map_err(seccomp_err)?,
+    ];
+    rules.push((
+        libc::SYS_ioctl,
+        vec![SeccompRule::new(device_ioctl).map_err(seccomp_err)?],
+    ));
+    Ok(rules)
+}
+
 fn errno_filter(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32) -> Result<BpfProgram> {
     let err = |e: seccompiler::BackendError| RuntimeError::Seccomp(e.to_string());
     let filter = SeccompFilter::new(
@@ -104,6 +154,7 @@ pub fn filters() -> Result<Vec<BpfProgram>> {
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| RuntimeError::Seccomp(e.to_string()))?;
     deny.insert(libc::SYS_clone, clone_rules);
+    deny.extend(network_rules()?);
     let clone3 = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
     Ok(vec![
         errno_filter(deny, libc::EPERM)?,

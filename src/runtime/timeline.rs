@@ -23,6 +23,7 @@ pub enum Mark {
     Mounted,
     RootPivoted,
     PrivilegesDropped,
+    NetworkRestricted,
     SeccompInstalled,
     ExecSeen,
 }
@@ -40,6 +41,7 @@ pub const PHASES: [&str; MARKS - 1] = [
     "mounts",
     "pivot_root",
     "hostname, stdio, ids, caps, fds",
+    "no_new_privs, Landlock",
     "seccomp",
     "exec",
 ];

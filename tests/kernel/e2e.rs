@@ -53,18 +53,18 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 // --- HTTP as a plain client sees it ------------------------------------------------------
 
 /// What a client got: the bytes up to the close, how the connection ended, how long it took.
-struct Reply {
+pub(crate) struct Reply {
     text: String,
     error: Option<io::Error>,
     took: Duration,
 }
 
 impl Reply {
-    fn status(&self) -> Option<u16> {
+    pub(crate) fn status(&self) -> Option<u16> {
         self.text.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
     }
 
-    fn body(&self) -> &str {
+    pub(crate) fn body(&self) -> &str {
         self.text.split_once("\r\n\r\n").map_or("", |(_, b)| b)
     }
 
@@ -140,7 +140,7 @@ fn ensure_ok(what: &str, out: &Output) -> TestResult {
 }
 
 /// Polls `cond` until it holds or `within` has passed; returns whether it held.
-fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub(crate) fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     loop {
         if cond() {
@@ -156,8 +156,8 @@ fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
 // --- one test's faasd ---------------------------------------------------------------------
 
 /// One test's private slice of everything faasd touches, kept across restarts of the daemon.
-struct Setup {
-    n: u8,
+pub(crate) struct Setup {
+    pub(crate) n: u8,
     dir: PathBuf,
     cgroup_parent: String,
     flags: Vec<String>,
@@ -165,13 +165,13 @@ struct Setup {
 
 /// How `faas new` gets the tarball.
 #[derive(Clone, Copy)]
-enum Via {
+pub(crate) enum Via {
     File,
     Stdin,
 }
 
 impl Setup {
-    fn new(flags: &[&str]) -> Result<Self, Failed> {
+    pub(crate) fn new(flags: &[&str]) -> Result<Self, Failed> {
         // 10.0.0.0/24, the default, belongs to the in-process daemon test.
         static NEXT: AtomicU8 = AtomicU8::new(101);
         let dir = support::state_dir().join(unique("e2e"));
@@ -188,7 +188,7 @@ impl Setup {
         self.dir.join("state")
     }
 
-    fn log(&self) -> PathBuf {
+    pub(crate) fn log(&self) -> PathBuf {
         self.dir.join("faasd.log")
     }
 
@@ -196,17 +196,22 @@ impl Setup {
         Ipv4Addr::new(10, self.n, 0, host)
     }
 
-    fn control_addr(&self) -> String {
+    pub(crate) fn control_addr(&self) -> String {
         format!("127.0.{}.1:8080", self.n)
     }
 
     /// Starts faasd and waits until its control API answers /healthz.
-    fn start(&self) -> Result<Faasd<'_>, Failed> {
+    pub(crate) fn start(&self) -> Result<Faasd<'_>, Failed> {
+        self.start_binary(Path::new(env!("CARGO_BIN_EXE_faasd")))
+    }
+
+    /// Starts the faasd binary at `exe` (a copy a test may let an attack overwrite).
+    pub(crate) fn start_binary(&self, exe: &Path) -> Result<Faasd<'_>, Failed> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log())?;
-        let child = Command::new(env!("CARGO_BIN_EXE_faasd"))
+        let child = Command::new(exe)
             .arg("--state-dir")
             .arg(self.state())
             .args(["--listen", &self.control_addr()])
@@ -233,12 +238,12 @@ impl Setup {
     }
 
     /// `msg` plus the end of faasd's log, which is usually what explains a failure.
-    fn fail(&self, msg: impl std::fmt::Display) -> Failed {
+    pub(crate) fn fail(&self, msg: impl std::fmt::Display) -> Failed {
         let log = fs::read_to_string(self.log()).unwrap_or_default();
         format!("{msg}\n--- faasd log (end) ---\n{}", last_lines(&log, 40)).into()
     }
 
-    fn check(&self, cond: bool, msg: impl std::fmt::Display) -> TestResult {
+    pub(crate) fn check(&self, cond: bool, msg: impl std::fmt::Display) -> TestResult {
         if cond {
             Ok(())
         } else {
@@ -267,7 +272,7 @@ impl Setup {
     }
 
     /// `GET /api/list`, parsed.
-    fn list(&self) -> Result<Value, Failed> {
+    pub(crate) fn list(&self) -> Result<Value, Failed> {
         let r = self.control("GET /api/list HTTP/1.1", b"")?;
         self.check(r.status() == Some(200), format!("/api/list answered {r}"))?;
         Ok(serde_json::from_str(r.body())?)
@@ -307,7 +312,7 @@ impl Setup {
     }
 
     /// `faas new NAME` with test image `file`; checks the "Deployed" line, returns the IP.
-    fn deploy(&self, name: &str, file: &str, via: Via) -> Result<Ipv4Addr, Failed> {
+    pub(crate) fn deploy(&self, name: &str, file: &str, via: Via) -> Result<Ipv4Addr, Failed> {
         let path = image(file)?;
         let out = match via {
             Via::File => self.faas(&["new", name, "-f", path.to_str().unwrap()], None)?,
@@ -328,14 +333,14 @@ impl Setup {
     }
 
     /// GET `path` from a function's address; only failing to connect or send is an error.
-    fn get(&self, ip: Ipv4Addr, path: &str) -> Result<Reply, Failed> {
+    pub(crate) fn get(&self, ip: Ipv4Addr, path: &str) -> Result<Reply, Failed> {
         let req = format!("GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n");
         exchange((ip, 80), req.as_bytes())
             .map_err(|e| self.fail(format!("GET http://{ip}{path}: {e}")))
     }
 
     /// Fails unless `ip` answers as the test handlers do: the greeting and the request line.
-    fn expect_hello(&self, ip: Ipv4Addr, path: &str) -> TestResult {
+    pub(crate) fn expect_hello(&self, ip: Ipv4Addr, path: &str) -> TestResult {
         let r = self.get(ip, path)?;
         self.check(
             r.status() == Some(200)
@@ -378,7 +383,7 @@ impl Setup {
 
     /// Pids of every process in a cgroup under our parent, read from /proc rather than from
     /// the cgroup tree (which the runtime under test maintains).
-    fn processes(&self) -> Vec<i32> {
+    pub(crate) fn processes(&self) -> Vec<i32> {
         let needle = format!("/{}/", self.cgroup_parent);
         let pids = fs::read_dir("/proc").into_iter().flatten().flatten();
         pids.filter_map(|e| e.file_name().to_str()?.parse().ok())
@@ -425,7 +430,7 @@ impl Drop for Setup {
 }
 
 /// A running faasd; SIGKILLed on drop so that a failing test never leaks a daemon.
-struct Faasd<'a> {
+pub(crate) struct Faasd<'a> {
     s: &'a Setup,
     child: Child,
 }
@@ -442,7 +447,7 @@ impl Faasd<'_> {
         status.ok_or_else(|| self.s.fail("faasd still running 20 s after SIGTERM"))
     }
 
-    fn kill9(&mut self) -> TestResult {
+    pub(crate) fn kill9(&mut self) -> TestResult {
         self.child.kill()?;
         self.child.wait()?;
         Ok(())

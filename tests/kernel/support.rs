@@ -181,7 +181,7 @@ pub fn ensure(cond: bool, msg: impl std::fmt::Display) -> TestResult {
 }
 
 /// Every tarball the tests deploy, all made by rootfs-tools/build-test-images.sh.
-const IMAGES: [&str; 7] = [
+const IMAGES: [&str; 9] = [
     "test-handler.tar",
     "test-handler-oci.tar",
     "test-handler-serve.tar",
@@ -189,6 +189,8 @@ const IMAGES: [&str; 7] = [
     "test-handler-noconnect.tar",
     "test-handler-hang.tar",
     "python-handler.tar",
+    "net-attack.tar",
+    "exe-attack.tar",
 ];
 
 /// The path of test image `file`, in FAASD_TEST_IMAGES or else <repo>/target/test-images,
