@@ -7,6 +7,8 @@ use crate::runtime::{net_support, NetSupport, LANDLOCK_NET_ABI};
 
 pub struct Guarantee {
     pub what: &'static str,
+    /// What a handler can do where the guarantee does not hold.
+    pub exposure: &'static str,
     pub mechanism: &'static str,
     /// Whether it holds on this kernel with this backend, and why not.
     pub holds: Result<(), String>,
@@ -57,6 +59,9 @@ pub fn guarantees(backend: BackendKind) -> Vec<Guarantee> {
             what: "a handler cannot connect or bind a TCP socket, the client socket it is \
                    handed (which lives in the host's network namespace) included: no \
                    connection to 127.0.0.1:8080 or any other host address, no host port",
+            exposure: "a handler can disconnect the client socket it is handed and connect it \
+                       to any address the host reaches (the control API on 127.0.0.1 \
+                       included) or bind it to a host port from 1024 up",
             mechanism: "Landlock network rules (ABI 4, Linux 6.7+)",
             holds: landlock_net(backend),
         },
@@ -64,17 +69,23 @@ pub fn guarantees(backend: BackendKind) -> Vec<Guarantee> {
             what: "a handler cannot connect the client socket implicitly with TCP Fast \
                    Open (MSG_FASTOPEN) nor read the host's network devices through it \
                    (SIOCGIF* ioctls)",
+            exposure: "a handler can connect the client socket it is handed anywhere the \
+                       host reaches with sendto(MSG_FASTOPEN), and list the host's network \
+                       interfaces through it",
             mechanism: "seccomp filter on the flags and ioctl arguments",
             holds: native_only(backend),
         },
         Guarantee {
             what: "a handler cannot bind a host port below 1024",
+            exposure: "a handler can bind the client socket to a host port below 1024",
             mechanism: "CAP_NET_BIND_SERVICE dropped from the container (any kernel)",
             holds: Ok(()),
         },
         Guarantee {
             what: "a container cannot reach or overwrite the faasd binary on the host \
                    (#!/proc/self/exe runs a sealed in-memory copy)",
+            exposure: "an image whose entrypoint starts with #!/proc/self/exe can keep a \
+                       handle on the faasd binary and overwrite it once faasd stops",
             mechanism: "sealed memfd re-exec at start (memfd_create, Linux 3.17+)",
             holds: sealed_binary(),
         },

@@ -55,10 +55,10 @@ fn warn_missing_guarantees(cfg: &Config) {
     for g in kernel_check::guarantees(cfg.runtime) {
         if let Err(why) = g.holds {
             tracing::warn!(
-                "NOT GUARANTEED on Linux {kernel} with the {:?} runtime: {} ({why}; \
-                 needs {}). `faasd --check-kernel` lists every guarantee.",
+                "EXPOSED on Linux {kernel} with the {:?} runtime: {} ({why}; {} would \
+                 prevent it). `faasd --check-kernel` lists every guarantee.",
                 cfg.runtime,
-                g.what,
+                g.exposure,
                 g.mechanism
             );
         }
