@@ -18,8 +18,8 @@
 //!   chdir to the working directory;
 //! - the bounding set is dropped before setuid (it needs CAP_SETPCAP);
 //! - fds are marked close-on-exec after stdio is in place;
-//! - Landlock after the fds are closed and before seccomp (it needs no_new_privs, set
-//!   right before it);
+//! - Landlock after the capabilities are dropped and before seccomp (it needs
+//!   no_new_privs, set right before it);
 //! - seccomp last: it denies mount/pivot_root/unshare, which the steps above need.
 
 use std::ffi::CString;

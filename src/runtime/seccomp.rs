@@ -6,6 +6,7 @@
 //! cannot inspect, and libc falls back to clone, whose namespace flags the first filter
 //! checks.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 use seccompiler::{
@@ -154,7 +155,16 @@ pub fn filters() -> Result<Vec<BpfProgram>> {
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| RuntimeError::Seccomp(e.to_string()))?;
     deny.insert(libc::SYS_clone, clone_rules);
-    deny.extend(network_rules()?);
+    for (nr, rules) in network_rules()? {
+        match deny.entry(nr) {
+            Entry::Vacant(e) => {
+                e.insert(rules);
+            }
+            // An empty rule list already denies the syscall whatever its arguments.
+            Entry::Occupied(mut e) if !e.get().is_empty() => e.get_mut().extend(rules),
+            Entry::Occupied(_) => {}
+        }
+    }
     let clone3 = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
     Ok(vec![
         errno_filter(deny, libc::EPERM)?,
