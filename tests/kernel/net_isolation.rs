@@ -40,6 +40,10 @@ pub fn tests() -> Vec<Trial> {
             "net_isolation::proc_self_exe_cannot_reach_the_host_binary",
             proc_self_exe,
         ),
+        Trial::test(
+            "net_isolation::missing_guarantees_are_reported",
+            missing_guarantees_are_reported,
+        ),
     ]
 }
 
@@ -115,9 +119,16 @@ fn reconnect_to_the_host() -> TestResult {
     let _d = s.start()?;
     let victim = s.deploy("victim", "test-handler.tar", Via::File)?;
     let at = attacker(&s)?;
+    let log = fs::read_to_string(s.log())?;
+    let warned = log.contains("WARN") && log.contains("EXPOSED") && log.contains("disconnect");
     if !landlock_net("reconnecting the handed-over socket to the host") {
-        return Ok(());
+        // Where the kernel cannot stop it, the daemon said so at start.
+        return s.check(
+            warned,
+            "no start-up warning about the exposed client socket",
+        );
     }
+    s.check(!warned, "a start-up warning though Landlock is enforced")?;
     // A host service of the test's own, on another loopback address.
     let own = Ipv4Addr::new(127, 0, s.n, 2);
     let l = listener(own, 9000)?;
@@ -264,4 +275,32 @@ fn proc_self_exe() -> TestResult {
         ),
     )?;
     s.check(field("sealed").as_deref() == Some("1"), r.body().trim())
+}
+
+/// `faasd --check-kernel` lists each guarantee with whether this kernel gives it, and
+/// fails where one is missing (the runc backend applies no Landlock rules on any kernel).
+fn missing_guarantees_are_reported() -> TestResult {
+    let check = |runtime: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_faasd"))
+            .args(["--check-kernel", "--runtime", runtime])
+            .output()
+    };
+    let native = check("native")?;
+    let text = String::from_utf8_lossy(&native.stdout);
+    let landlock_line = text
+        .lines()
+        .find(|l| l.contains("connect or bind a TCP socket"));
+    let enforced = matches!(net_support(), NetSupport::Enforced { .. });
+    support::ensure(
+        landlock_line.is_some_and(|l| l.contains("[yes]") == enforced)
+            && native.status.success() == enforced
+            && text.matches("[yes]").count() >= 3,
+        format!("--check-kernel (Landlock net enforced: {enforced}): {native:?}\n{text}"),
+    )?;
+    let runc = check("runc")?;
+    let text = String::from_utf8_lossy(&runc.stdout);
+    support::ensure(
+        !runc.status.success() && text.contains("[NO: runc applies no Landlock rules]"),
+        format!("--check-kernel --runtime runc: {runc:?}"),
+    )
 }
