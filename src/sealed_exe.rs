@@ -58,6 +58,9 @@ pub fn is_sealed() -> io::Result<bool> {
 pub fn reexec_sealed() -> Result<(), SealedExeError> {
     if is_sealed().map_err(SealedExeError::OpenSelf)? {
         std::env::remove_var(MARKER);
+        // The exec named the process after the memfd ("memfd:faasd"); `ps -C faasd`
+        // and friends look for "faasd". Cosmetic: a failure changes nothing else.
+        let _ = nix::sys::prctl::set_name(c"faasd");
         return Ok(());
     }
     if std::env::var_os(MARKER).is_some() {
