@@ -119,7 +119,7 @@ static long inject(int fd) {
 }
 
 static void probe(char *out, size_t size) {
-    snprintf(out, size, "sid=%d pid=%d\n", (int)getsid(0), (int)getpid());
+    snprintf(out, size, "sid=%d\npid=%d\n", (int)getsid(0), (int)getpid());
     int tty = open("/dev/tty", O_RDWR | O_CLOEXEC);
     result(out, size, "dev_tty", tty);
     if (tty >= 0)

@@ -162,9 +162,13 @@ pub fn resolve_workdir(rootfs: &Path, workdir: &str) -> Result<CString> {
         path: workdir.to_string(),
         source,
     };
+    let rel = match workdir.trim_start_matches('/') {
+        "" => ".",
+        rel => rel,
+    };
     let dir = openat2(
         &root,
-        workdir.trim_start_matches('/'),
+        rel,
         libc::O_PATH | libc::O_DIRECTORY,
         libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
     )

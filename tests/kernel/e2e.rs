@@ -53,18 +53,18 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 // --- HTTP as a plain client sees it ------------------------------------------------------
 
 /// What a client got: the bytes up to the close, how the connection ended, how long it took.
-struct Reply {
+pub(crate) struct Reply {
     text: String,
     error: Option<io::Error>,
     took: Duration,
 }
 
 impl Reply {
-    fn status(&self) -> Option<u16> {
+    pub(crate) fn status(&self) -> Option<u16> {
         self.text.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
     }
 
-    fn body(&self) -> &str {
+    pub(crate) fn body(&self) -> &str {
         self.text.split_once("\r\n\r\n").map_or("", |(_, b)| b)
     }
 
@@ -156,7 +156,7 @@ fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
 // --- one test's faasd ---------------------------------------------------------------------
 
 /// One test's private slice of everything faasd touches, kept across restarts of the daemon.
-struct Setup {
+pub(crate) struct Setup {
     n: u8,
     dir: PathBuf,
     cgroup_parent: String,
@@ -165,13 +165,13 @@ struct Setup {
 
 /// How `faas new` gets the tarball.
 #[derive(Clone, Copy)]
-enum Via {
+pub(crate) enum Via {
     File,
     Stdin,
 }
 
 impl Setup {
-    fn new(flags: &[&str]) -> Result<Self, Failed> {
+    pub(crate) fn new(flags: &[&str]) -> Result<Self, Failed> {
         // 10.0.0.0/24, the default, belongs to the in-process daemon test.
         static NEXT: AtomicU8 = AtomicU8::new(101);
         let dir = support::state_dir().join(unique("e2e"));
@@ -202,11 +202,21 @@ impl Setup {
 
     /// Starts faasd and waits until its control API answers /healthz.
     fn start(&self) -> Result<Faasd<'_>, Failed> {
+        self.start_with(|_| {})
+    }
+
+    /// `start`, with `prepare` adjusting the command first (e.g. a controlling terminal).
+    pub(crate) fn start_with(
+        &self,
+        prepare: impl FnOnce(&mut Command),
+    ) -> Result<Faasd<'_>, Failed> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log())?;
-        let child = Command::new(env!("CARGO_BIN_EXE_faasd"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_faasd"));
+        prepare(&mut command);
+        let child = command
             .arg("--state-dir")
             .arg(self.state())
             .args(["--listen", &self.control_addr()])
@@ -238,7 +248,7 @@ impl Setup {
         format!("{msg}\n--- faasd log (end) ---\n{}", last_lines(&log, 40)).into()
     }
 
-    fn check(&self, cond: bool, msg: impl std::fmt::Display) -> TestResult {
+    pub(crate) fn check(&self, cond: bool, msg: impl std::fmt::Display) -> TestResult {
         if cond {
             Ok(())
         } else {
@@ -307,7 +317,7 @@ impl Setup {
     }
 
     /// `faas new NAME` with test image `file`; checks the "Deployed" line, returns the IP.
-    fn deploy(&self, name: &str, file: &str, via: Via) -> Result<Ipv4Addr, Failed> {
+    pub(crate) fn deploy(&self, name: &str, file: &str, via: Via) -> Result<Ipv4Addr, Failed> {
         let path = image(file)?;
         let out = match via {
             Via::File => self.faas(&["new", name, "-f", path.to_str().unwrap()], None)?,
@@ -328,7 +338,7 @@ impl Setup {
     }
 
     /// GET `path` from a function's address; only failing to connect or send is an error.
-    fn get(&self, ip: Ipv4Addr, path: &str) -> Result<Reply, Failed> {
+    pub(crate) fn get(&self, ip: Ipv4Addr, path: &str) -> Result<Reply, Failed> {
         let req = format!("GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n");
         exchange((ip, 80), req.as_bytes())
             .map_err(|e| self.fail(format!("GET http://{ip}{path}: {e}")))
@@ -425,12 +435,16 @@ impl Drop for Setup {
 }
 
 /// A running faasd; SIGKILLed on drop so that a failing test never leaks a daemon.
-struct Faasd<'a> {
+pub(crate) struct Faasd<'a> {
     s: &'a Setup,
     child: Child,
 }
 
 impl Faasd<'_> {
+    pub(crate) fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     /// SIGTERM, then waits for the exit.
     fn stop(&mut self) -> Result<ExitStatus, Failed> {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)?;
