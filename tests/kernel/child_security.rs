@@ -4,7 +4,10 @@
 //! setup never reaches its exec.
 
 use std::fs;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -44,6 +47,10 @@ pub fn tests() -> Vec<Trial> {
         Trial::test(
             "child_security::setup_stuck_in_a_frozen_cgroup_is_killed",
             setup_stuck_in_a_frozen_cgroup_is_killed,
+        ),
+        Trial::test(
+            "child_security::setup_stuck_on_a_hung_fuse_path_is_killed",
+            setup_stuck_on_a_hung_fuse_path_is_killed,
         ),
     ]
 }
@@ -368,19 +375,34 @@ fn setup_stuck_in_a_frozen_cgroup_is_killed() -> TestResult {
 
 fn freeze_and_spawn(parent: &str, dir: &Path) -> TestResult {
     fs::write(dir.join("cgroup.freeze"), "1")?;
-    let deadline = Duration::from_secs(2);
-    let rt = Runtime::new(parent)?.with_setup_timeout(deadline);
+    let rt = Runtime::new(parent)?.with_setup_timeout(DEADLINE);
     let id = unique("frozen");
+    expect_setup_killed(&rt, parent, &id, support::rootfs(), "/")?;
+    let procs = fs::read_to_string(dir.join("cgroup.procs"))?;
+    ensure(procs.trim().is_empty(), format!("processes left: {procs}"))
+}
+
+const DEADLINE: Duration = Duration::from_secs(2);
+
+/// Spawns a container that must get stuck before its exec: spawn fails with a setup
+/// timeout within the deadline (plus slack for the kill and teardown), leaving no cgroup.
+fn expect_setup_killed(
+    rt: &Runtime,
+    parent: &str,
+    id: &str,
+    rootfs: &Path,
+    workdir: &str,
+) -> TestResult {
     let argv = ["/bin/sh".to_string(), "-c".to_string(), "true".to_string()];
     let spec = ContainerSpec {
-        id: &id,
-        rootfs: support::rootfs(),
+        id,
+        rootfs,
         argv: &argv,
         env: &[],
-        workdir: "/",
+        workdir,
         uid: 0,
         gid: 0,
-        hostname: "frozen",
+        hostname: "stuck",
         resources: Resources::default(),
         control_socket: None,
         stdout: None,
@@ -391,20 +413,174 @@ fn freeze_and_spawn(parent: &str, dir: &Path) -> TestResult {
     let took = start.elapsed();
     match result {
         Err(RuntimeError::SetupTimeout { stuck_in, .. }) => {
-            eprintln!("frozen container killed after {took:?}, stuck in '{stuck_in}'")
+            eprintln!("stuck container killed after {took:?}, in '{stuck_in}'")
         }
         Err(e) => return Err(format!("expected a setup timeout, got: {e}").into()),
-        Ok(_) => return Err("a container in a frozen cgroup reached its exec".into()),
+        Ok(_) => return Err("a stuck container reached its exec".into()),
     }
     ensure(
-        took < deadline + Duration::from_secs(3),
-        format!("spawn returned after {took:?}, deadline {deadline:?}"),
+        took < DEADLINE + Duration::from_secs(3),
+        format!("spawn returned after {took:?}, deadline {DEADLINE:?}"),
     )?;
-    ensure(!cgroup_exists_under(parent, &id), "cgroup left behind")?;
-    let procs = fs::read_to_string(dir.join("cgroup.procs"))?;
-    ensure(procs.trim().is_empty(), format!("processes left: {procs}"))
+    let left = faasd::runtime::cgroup_children(parent);
+    ensure(!left.iter().any(|c| c == id), "cgroup left behind")
 }
 
-fn cgroup_exists_under(parent: &str, id: &str) -> bool {
-    faasd::runtime::cgroup_children(parent).iter().any(|c| c == id)
+/// A FUSE filesystem whose server answers the first lookup of `dir` (the runtime's check
+/// in the parent) and then stops reading, so the next (the child's, from the container's
+/// root) hangs: a hung FUSE or NFS path in an image, as the child meets it before exec.
+struct HungFuse {
+    mountpoint: PathBuf,
+    stop: Arc<AtomicBool>,
+    server: Option<std::thread::JoinHandle<()>>,
+}
+
+const FUSE_LOOKUP: u32 = 1;
+const FUSE_GETATTR: u32 = 3;
+const FUSE_INIT: u32 = 26;
+
+impl HungFuse {
+    fn mount(mountpoint: &Path) -> Result<Self, Failed> {
+        let dev = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")?;
+        let opts = format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
+            dev.as_raw_fd()
+        );
+        nix::mount::mount(
+            Some("faasd-test-hung"),
+            mountpoint,
+            Some("fuse"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(opts.as_str()),
+        )?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = {
+            let stop = stop.clone();
+            std::thread::spawn(move || serve_hung(dev, &stop))
+        };
+        Ok(HungFuse {
+            mountpoint: mountpoint.to_path_buf(),
+            stop,
+            server: Some(server),
+        })
+    }
+}
+
+impl Drop for HungFuse {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(server) = self.server.take() {
+            let _ = server.join();
+        }
+    }
+}
+
+/// The directory's attributes, as FUSE's struct fuse_attr (88 bytes).
+fn fuse_dir_attr(ino: u64) -> Vec<u8> {
+    let mut a = Vec::with_capacity(88);
+    a.extend_from_slice(&ino.to_ne_bytes());
+    a.extend_from_slice(&[0; 8 * 5]); // size, blocks, atime, mtime, ctime
+    a.extend_from_slice(&[0; 4 * 3]); // their nanoseconds
+    a.extend_from_slice(&(libc::S_IFDIR | 0o755).to_ne_bytes());
+    a.extend_from_slice(&2u32.to_ne_bytes()); // nlink
+    a.extend_from_slice(&[0; 4 * 3]); // uid, gid, rdev
+    a.extend_from_slice(&4096u32.to_ne_bytes()); // blksize
+    a.extend_from_slice(&[0; 4]); // flags
+    a
+}
+
+fn serve_hung(mut dev: fs::File, stop: &AtomicBool) {
+    let mut answered_lookup = false;
+    let mut buf = vec![0u8; 1 << 17];
+    while !stop.load(Ordering::Relaxed) {
+        // Once the parent's lookup is answered, stop reading: a request the server has
+        // read but not answered cannot be interrupted even by SIGKILL, one still queued
+        // can (as with a hung NFS server).
+        if answered_lookup {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        let mut pfd = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&dev),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if !matches!(nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(100u16)), Ok(1)) {
+            continue;
+        }
+        let Ok(n) = dev.read(&mut buf) else { return };
+        if n < 40 {
+            return;
+        }
+        let word = |i: usize| u32::from_ne_bytes(buf[i..i + 4].try_into().unwrap());
+        let (opcode, unique, nodeid) = (
+            word(4),
+            u64::from_ne_bytes(buf[8..16].try_into().unwrap()),
+            u64::from_ne_bytes(buf[16..24].try_into().unwrap()),
+        );
+        let body = match opcode {
+            FUSE_INIT => {
+                // major 7, minor 31, max_readahead, flags, max_background and congestion
+                // threshold, max_write 4096, time_gran 1, then zeros up to 64 bytes.
+                let mut b = Vec::new();
+                for v in [7u32, 31, 0, 0, 0, 4096, 1] {
+                    b.extend_from_slice(&v.to_ne_bytes());
+                }
+                b.resize(64, 0);
+                b
+            }
+            FUSE_LOOKUP => {
+                answered_lookup = true;
+                // fuse_entry_out: nodeid 2, generation 1, entry and attr valid 0 s (so the
+                // next lookup asks again), their nanoseconds, the attributes.
+                let mut b = Vec::new();
+                for v in [2u64, 1, 0, 0] {
+                    b.extend_from_slice(&v.to_ne_bytes());
+                }
+                b.extend_from_slice(&[0; 8]);
+                b.extend_from_slice(&fuse_dir_attr(2));
+                b
+            }
+            FUSE_GETATTR => {
+                // fuse_attr_out: attr_valid 0, its nanoseconds, padding, the attributes.
+                let mut b = vec![0; 16];
+                b.extend_from_slice(&fuse_dir_attr(nodeid));
+                b
+            }
+            _ => continue, // never answered: whoever asked hangs
+        };
+        let mut reply = Vec::with_capacity(16 + body.len());
+        reply.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        reply.extend_from_slice(&0i32.to_ne_bytes());
+        reply.extend_from_slice(&unique.to_ne_bytes());
+        reply.extend_from_slice(&body);
+        if dev.write_all(&reply).is_err() {
+            return;
+        }
+    }
+}
+
+/// The image's WorkingDir lies on a FUSE mount whose server stops answering: the child
+/// hangs in its lookup after pivot_root, before its exec. Works on cgroup v1 and v2.
+fn setup_stuck_on_a_hung_fuse_path_is_killed() -> TestResult {
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!(
+            "child_security::setup_stuck_on_a_hung_fuse_path_is_killed: skipped, this kernel \
+             has no FUSE (/dev/fuse)"
+        );
+        return Ok(());
+    }
+    let rootfs = own_rootfs("hung-fuse");
+    fs::create_dir(rootfs.join("hung"))?;
+    let result = (|| {
+        let _fuse = HungFuse::mount(&rootfs.join("hung"))?;
+        let rt = Runtime::new(support::CGROUP_PARENT)?.with_setup_timeout(DEADLINE);
+        let id = unique("hung-fuse");
+        expect_setup_killed(&rt, support::CGROUP_PARENT, &id, &rootfs, "/hung/dir")
+    })();
+    let _ = fs::remove_dir_all(&rootfs);
+    result
 }
