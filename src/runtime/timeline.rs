@@ -35,11 +35,11 @@ pub const PHASES: [&str; MARKS - 1] = [
     "cgroup creation",
     "mount plan, fds",
     "clone (namespaces)",
-    "join the pre-made netns",
+    "kept fds, setsid, join the pre-made netns",
     "join cgroup",
     "mounts",
     "pivot_root",
-    "hostname, stdio, ids, caps, fds",
+    "hostname, workdir, ids, caps",
     "seccomp",
     "exec",
 ];
