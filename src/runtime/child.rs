@@ -235,7 +235,7 @@ pub fn run(plan: &ChildPlan, mask: &libc::sigset_t) -> ! {
     reset_signal_handlers();
     plan.clock.mark(Mark::ChildStarted);
     if let Err(e) = plan.fds.install() {
-        report(e.pipe, Failure(Step::KeepFds, 0, e.errno))
+        report(e.pipe, Failure(e.step, 0, e.errno))
     }
     let failure = match setup(plan) {
         Ok(()) => exec(plan, mask),

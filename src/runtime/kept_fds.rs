@@ -10,6 +10,7 @@ use std::marker::PhantomData;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
+use super::child::Step;
 use super::error::{Result, RuntimeError};
 
 /// stdin, stdout, stderr, the error pipe, a netns and one cgroup file per hierarchy
@@ -29,8 +30,9 @@ pub struct KeptFds<'a> {
     _owners: PhantomData<BorrowedFd<'a>>,
 }
 
-/// A failed move: the fd to report it on and the errno.
+/// A failed move: the step, the fd to report it on and the errno.
 pub struct MoveFailed {
+    pub step: Step,
     pub pipe: RawFd,
     pub errno: i32,
 }
@@ -79,7 +81,8 @@ impl<'a> KeptFds<'a> {
         let sources = &self.sources[..self.len];
         let above = sources.iter().copied().max().unwrap_or(0).max(self.len as RawFd) + 1;
         let mut copies = [-1; MAX];
-        let err = |pipe| MoveFailed {
+        let err = |step, pipe| MoveFailed {
+            step,
             pipe,
             errno: super::child::errno(),
         };
@@ -87,7 +90,7 @@ impl<'a> KeptFds<'a> {
             // SAFETY: fcntl on an fd the child holds, integer arguments.
             *copy = unsafe { libc::fcntl(src, libc::F_DUPFD_CLOEXEC, above) };
             if *copy < 0 {
-                return Err(err(sources[ERROR_PIPE as usize]));
+                return Err(err(Step::KeepFds, sources[ERROR_PIPE as usize]));
             }
         }
         for (target, &copy) in copies[..self.len].iter().enumerate() {
@@ -96,13 +99,13 @@ impl<'a> KeptFds<'a> {
             let flags = if target < ERROR_PIPE { 0 } else { libc::O_CLOEXEC };
             // SAFETY: dup3 between fds of the child's own table.
             if unsafe { libc::dup3(copy, target, flags) } < 0 {
-                return Err(err(copies[ERROR_PIPE as usize]));
+                return Err(err(Step::KeepFds, copies[ERROR_PIPE as usize]));
             }
         }
         // SAFETY: close_range with integer arguments; closes the copies and every
         // inherited fd above the kept ones.
         if unsafe { libc::syscall(libc::SYS_close_range, self.len as u32, u32::MAX, 0) } < 0 {
-            return Err(err(ERROR_PIPE));
+            return Err(err(Step::CloseFds, ERROR_PIPE));
         }
         Ok(())
     }
