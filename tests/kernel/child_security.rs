@@ -239,6 +239,11 @@ fn openpty() -> Result<(OwnedFd, OwnedFd), Failed> {
         )
     };
     ensure(rc == 0, format!("openpty: {}", std::io::Error::last_os_error()))?;
+    // Close-on-exec, so that no other process the tests start inherits them.
+    for fd in [master, slave] {
+        // SAFETY: fcntl with integer arguments on fds we own.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     // SAFETY: fresh fds nothing else owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) })
 }
@@ -440,11 +445,8 @@ const FUSE_GETATTR: u32 = 3;
 const FUSE_INIT: u32 = 26;
 
 impl HungFuse {
-    fn mount(mountpoint: &Path) -> Result<Self, Failed> {
-        let dev = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/fuse")?;
+    /// Mounts the filesystem served through `dev` (an open /dev/fuse) on `mountpoint`.
+    fn mount(dev: fs::File, mountpoint: &Path) -> Result<Self, Failed> {
         let opts = format!(
             "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
             dev.as_raw_fd()
@@ -566,17 +568,21 @@ fn serve_hung(mut dev: fs::File, stop: &AtomicBool) {
 /// The image's WorkingDir lies on a FUSE mount whose server stops answering: the child
 /// hangs in its lookup after pivot_root, before its exec. Works on cgroup v1 and v2.
 fn setup_stuck_on_a_hung_fuse_path_is_killed() -> TestResult {
-    if !Path::new("/dev/fuse").exists() {
-        eprintln!(
-            "child_security::setup_stuck_on_a_hung_fuse_path_is_killed: skipped, this kernel \
-             has no FUSE (/dev/fuse)"
-        );
-        return Ok(());
-    }
+    let dev = match fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+        Ok(dev) => dev,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV)) => {
+            eprintln!(
+                "child_security::setup_stuck_on_a_hung_fuse_path_is_killed: skipped, this \
+                 kernel has no FUSE (/dev/fuse: {e})"
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(format!("open /dev/fuse: {e}").into()),
+    };
     let rootfs = own_rootfs("hung-fuse");
     fs::create_dir(rootfs.join("hung"))?;
     let result = (|| {
-        let _fuse = HungFuse::mount(&rootfs.join("hung"))?;
+        let _fuse = HungFuse::mount(dev, &rootfs.join("hung"))?;
         let rt = Runtime::new(support::CGROUP_PARENT)?.with_setup_timeout(DEADLINE);
         let id = unique("hung-fuse");
         expect_setup_killed(&rt, support::CGROUP_PARENT, &id, &rootfs, "/hung/dir")
