@@ -4,12 +4,15 @@
 mod api;
 pub mod config;
 mod function;
+mod http_server;
 pub mod loopback;
 mod metrics;
 mod pool;
 mod prewarm;
 mod registry;
 mod request;
+mod totals;
+mod upload;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
@@ -65,6 +68,10 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Totals(#[from] totals::TotalsError),
+    #[error(transparent)]
+    InstallThread(#[from] upload::InstallThreadError),
     #[error("reading the token file {path} failed: {source}")]
     Token {
         path: PathBuf,
@@ -98,6 +105,8 @@ pub struct Daemon {
     functions: RwLock<BTreeMap<String, Arc<Function>>>,
     metrics: Metrics,
     global_slots: Arc<Semaphore>,
+    /// Uploads being received (the control API waits a bounded time for one).
+    upload_slots: Arc<Semaphore>,
     /// Cancelled at shutdown: listeners stop accepting.
     stop_accepting: CancellationToken,
     /// Cancelled when the shutdown grace ends: in-flight requests are torn down.
@@ -118,6 +127,8 @@ impl Daemon {
     /// Prepares the state directory, clears what a crashed predecessor left, and brings
     /// every registered function back (address, listener).
     pub async fn start(cfg: Config) -> Result<Arc<Self>, DaemonError> {
+        // Refused before anything is created: a bad combination leaves no trace.
+        let totals = totals::resolve(&cfg)?;
         for dir in [cfg.state_dir.clone(), cfg.images_dir(), cfg.bundles_dir()] {
             std::fs::create_dir_all(&dir).map_err(fs_err("create", &dir))?;
         }
@@ -141,6 +152,13 @@ impl Daemon {
             &cfg.runc_root(),
         )?;
         recover(&cfg, &backend)?;
+        runtime::limit_cgroup_parent(&cfg.cgroup_parent, &totals)?;
+        tracing::info!(
+            memory_total_mb = totals.memory_bytes >> 20,
+            pids_total = totals.pids_max,
+            "limits of all containers together set on cgroup {}",
+            cfg.cgroup_parent
+        );
         let daemon = Arc::new(Daemon {
             backend,
             lo: Loopback::open().await?,
@@ -148,6 +166,7 @@ impl Daemon {
             functions: RwLock::new(BTreeMap::new()),
             metrics: Metrics::default(),
             global_slots: Arc::new(Semaphore::new(cfg.max_containers)),
+            upload_slots: Arc::new(Semaphore::new(cfg.max_uploads)),
             stop_accepting: CancellationToken::new(),
             kill_requests: CancellationToken::new(),
             requests: TaskTracker::new(),
@@ -217,12 +236,7 @@ impl Daemon {
             image,
             self.cfg.max_per_function,
             stop,
-            prewarm::Prewarmed::new(
-                self.metrics
-                    .prewarmed
-                    .get_or_create(&Metrics::label(name))
-                    .clone(),
-            ),
+            prewarm::Prewarmed::new(self.metrics.prewarm(name)),
         ));
         self.functions
             .write()
@@ -286,9 +300,8 @@ impl Daemon {
         }
         // The upload streams into a staging directory without holding any lock.
         let images = self.cfg.images_dir();
-        let staged = tokio::task::spawn_blocking(move || image::install(upload, &images, &limits))
-            .await
-            .expect("install task panicked")?;
+        let staged =
+            upload::on_own_thread(move || image::install(upload, &images, &limits)).await??;
         let config = staged.config().clone();
         let mut registry = self.registry.lock().await;
         let dest = self.cfg.images_dir().join(name);

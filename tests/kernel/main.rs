@@ -5,6 +5,7 @@
 //! mount namespace of its own, so that addresses such as 10.0.0.x and every mount the tests
 //! make stay inside it and vanish with it.
 
+mod api_security;
 mod child_security;
 mod daemon;
 mod e2e;
@@ -33,6 +34,7 @@ fn main() {
         .chain(daemon::tests())
         .chain(e2e::tests())
         .chain(child_security::tests())
+        .chain(api_security::tests())
         .map(|t| t.with_ignored_flag(!root))
         .collect();
     libtest_mimic::run(&args, trials).exit();
