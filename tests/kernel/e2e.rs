@@ -202,16 +202,34 @@ impl Setup {
 
     /// Starts faasd and waits until its control API answers /healthz.
     pub(crate) fn start(&self) -> Result<Faasd<'_>, Failed> {
-        self.start_binary(Path::new(env!("CARGO_BIN_EXE_faasd")))
+        self.start_with(|_| {})
+    }
+
+    /// `start`, with `prepare` adjusting the command first (e.g. a controlling terminal).
+    pub(crate) fn start_with(
+        &self,
+        prepare: impl FnOnce(&mut Command),
+    ) -> Result<Faasd<'_>, Failed> {
+        self.start_from(Path::new(env!("CARGO_BIN_EXE_faasd")), prepare)
     }
 
     /// Starts the faasd binary at `exe` (a copy a test may let an attack overwrite).
     pub(crate) fn start_binary(&self, exe: &Path) -> Result<Faasd<'_>, Failed> {
+        self.start_from(exe, |_| {})
+    }
+
+    fn start_from(
+        &self,
+        exe: &Path,
+        prepare: impl FnOnce(&mut Command),
+    ) -> Result<Faasd<'_>, Failed> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log())?;
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        prepare(&mut command);
+        let child = command
             .arg("--state-dir")
             .arg(self.state())
             .args(["--listen", &self.control_addr()])
@@ -436,6 +454,10 @@ pub(crate) struct Faasd<'a> {
 }
 
 impl Faasd<'_> {
+    pub(crate) fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     /// SIGTERM, then waits for the exit.
     fn stop(&mut self) -> Result<ExitStatus, Failed> {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)?;

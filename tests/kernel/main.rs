@@ -6,6 +6,7 @@
 //! make stay inside it and vanish with it.
 
 mod api_security;
+mod child_security;
 mod daemon;
 mod e2e;
 mod net_isolation;
@@ -34,6 +35,7 @@ fn main() {
         .chain(daemon::tests())
         .chain(e2e::tests())
         .chain(net_isolation::tests())
+        .chain(child_security::tests())
         .chain(api_security::tests())
         .map(|t| t.with_ignored_flag(!root))
         .collect();
