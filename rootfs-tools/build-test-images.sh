@@ -4,8 +4,13 @@
 #   OUTDIR/test-handler-oci.tar  the same rootfs, OCI layout (Docker 25+), gzip layers
 #   OUTDIR/test-handler-MODE.tar the same rootfs with command ["/test-handler", "MODE"], for
 #                                MODE in serve, crash, noconnect, hang, flood, floodlines, slow,
-#                                forkbomb, memhog (misbehaving handlers)
+#                                forkbomb, memhog (misbehaving handlers),
+#                                probe (reports what it could reach: tty, io_uring)
 #   OUTDIR/python-handler.tar    python3.11 from Debian packages + /test_handler.py
+#   OUTDIR/net-attack.tar        /net-attack (static C): a handler that tries to take the
+#                                client socket to the host network (see net-attack.c)
+#   OUTDIR/exe-attack.tar        entrypoint "#!/proc/self/exe", glibc from Debian packages and
+#                                LD_PRELOAD=/exe-attack.so: the CVE-2019-5736 attack (exe-attack.c)
 # Downloads (apt-get download) are cached in OUTDIR/.debs; reruns are fast and idempotent.
 # Needs a Debian 12 machine (run as root, after `apt-get update`).
 set -euo pipefail
@@ -87,16 +92,41 @@ say "writing $OUT/test-handler.tar"
 say "writing $OUT/test-handler-oci.tar"
 "${MKIMAGE[@]}" --rootfs "$ROOT" --cmd '["/test-handler"]' \
     --env PATH=/bin --tag test-handler-oci:latest --layout oci --compress gzip -o "$OUT/test-handler-oci.tar"
-for mode in serve crash noconnect hang flood floodlines slow forkbomb memhog; do
+for mode in serve crash noconnect hang flood floodlines slow forkbomb memhog probe; do
     say "writing $OUT/test-handler-$mode.tar"
     "${MKIMAGE[@]}" --rootfs "$ROOT" --cmd "[\"/test-handler\", \"$mode\"]" \
         --env PATH=/bin --tag "test-handler-$mode:latest" --layout classic --compress none \
         -o "$OUT/test-handler-$mode.tar"
 done
 
-# --- the Python handler -------------------------------------------------------------------
+# --- the network attack handler ------------------------------------------------------------
+say "compiling net-attack (static)"
+ATTACK="$BUILD/rootfs-net-attack"
+rm -rf "$ATTACK"
+mkdir -p "$ATTACK"
+gcc -static -O2 -Wall -o "$ATTACK/net-attack" "$HERE/net-attack.c"
+say "writing $OUT/net-attack.tar"
+"${MKIMAGE[@]}" --rootfs "$ATTACK" --cmd '["/net-attack"]' \
+    --tag net-attack:latest --layout classic --compress none -o "$OUT/net-attack.tar"
+
+# --- the /proc/self/exe attack (glibc for faasd's own binary to load) -----------------------
 PY_PKGS=(python3.11-minimal libpython3.11-minimal libc6 zlib1g libexpat1 libgcc-s1)
 fetch "${PY_PKGS[@]}"
+say "compiling exe-attack"
+EXEROOT="$BUILD/rootfs-exe-attack"
+rm -rf "$EXEROOT"
+mkdir -p "$EXEROOT"
+unpack "$EXEROOT" libc6 libgcc-s1
+rm -rf "$EXEROOT/usr/share"
+gcc -shared -fPIC -O2 -Wall -o "$EXEROOT/exe-attack.so" "$HERE/exe-attack.c"
+gcc -static -DHOLD -O2 -Wall -o "$EXEROOT/exe-hold" "$HERE/exe-attack.c"
+printf '#!/proc/self/exe\n' > "$EXEROOT/entry"
+chmod 0755 "$EXEROOT/entry"
+say "writing $OUT/exe-attack.tar"
+"${MKIMAGE[@]}" --rootfs "$EXEROOT" --cmd '["/entry"]' --env LD_PRELOAD=/exe-attack.so \
+    --tag exe-attack:latest --layout classic --compress none -o "$OUT/exe-attack.tar"
+
+# --- the Python handler -------------------------------------------------------------------
 PYROOT="$BUILD/rootfs-python-handler"
 rm -rf "$PYROOT"
 mkdir -p "$PYROOT"

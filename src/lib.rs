@@ -7,13 +7,17 @@
 //! - [`daemon`]: deployments, loopback addresses, the per-request path, the control API.
 //! - [`pidfd`]: process fds, to signal and await containers from tokio.
 //! - [`fdpass`]: SCM_RIGHTS, the handler protocol's way of handing over a connection.
+//! - [`sealed_exe`]: the daemon runs from a sealed in-memory copy of its binary.
+//! - [`kernel_check`]: which guarantees this kernel can enforce, and by what.
 //! - [`offload`]: blocking teardown handed off tokio's worker threads.
 
 pub mod backend;
 pub mod daemon;
 pub mod fdpass;
 pub mod image;
+pub mod kernel_check;
 pub mod offload;
 pub mod pidfd;
 pub mod runc;
 pub mod runtime;
+pub mod sealed_exe;

@@ -4,17 +4,34 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use faasd::daemon::{serve_api, Config, Daemon};
+use faasd::{kernel_check, sealed_exe};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // Before anything else, while this process has one thread: from here on the binary
+    // containers could reach through /proc/self/exe is a sealed copy (see sealed_exe.rs).
+    if let Err(e) = sealed_exe::reexec_sealed() {
+        eprintln!("faasd: cannot run from a sealed copy of the binary: {e}");
+        return ExitCode::FAILURE;
+    }
     let cfg = Config::parse();
+    if cfg.check_kernel {
+        let (report, all) = kernel_check::report(cfg.runtime);
+        print!("{report}");
+        return if all {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("FAASD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
+    warn_missing_guarantees(&cfg);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -28,6 +45,22 @@ fn main() -> ExitCode {
             tracing::error!("{e}");
             eprintln!("faasd: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Every guarantee this kernel (or backend) cannot give, loudly, with what it exposes.
+fn warn_missing_guarantees(cfg: &Config) {
+    let kernel = kernel_check::kernel_release();
+    for g in kernel_check::guarantees(cfg.runtime) {
+        if let Err(why) = g.holds {
+            tracing::warn!(
+                "EXPOSED on Linux {kernel} with the {:?} runtime: {} ({why}; {} would \
+                 prevent it). `faasd --check-kernel` lists every guarantee.",
+                cfg.runtime,
+                g.exposure,
+                g.mechanism
+            );
         }
     }
 }

@@ -103,6 +103,11 @@ pub struct Config {
     /// Seconds in-flight requests get to finish at shutdown before they are killed.
     #[arg(long, env = "FAASD_SHUTDOWN_GRACE", default_value_t = 10.0)]
     pub shutdown_grace: f64,
+    /// Print what this kernel lets faasd guarantee (Landlock network rules, seccomp,
+    /// capabilities, the sealed binary), each with its mechanism, and exit (1 if any
+    /// guarantee is missing).
+    #[arg(long)]
+    pub check_kernel: bool,
 }
 
 impl Config {

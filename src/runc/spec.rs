@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder,
-    Process, RootBuilder, Spec, UserBuilder,
+    Capabilities, Capability, LinuxCapabilities, LinuxCpuBuilder, LinuxMemoryBuilder,
+    LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, Process, RootBuilder, Spec, UserBuilder,
 };
 
 use oci_spec::OciSpecError;
@@ -32,6 +32,7 @@ pub fn build(spec: &ContainerSpec<'_>, cgroup_parent: &str) -> Result<Spec, OciS
     process.set_env(Some(spec.env.to_vec()));
     process.set_cwd(spec.workdir.into());
     process.set_user(UserBuilder::default().uid(spec.uid).gid(spec.gid).build()?);
+    process.set_capabilities(process.capabilities().clone().map(without_net_bind_service));
     oci.set_process(Some(process));
     let mut mounts = oci.mounts().clone().unwrap_or_default();
     mounts.push(
@@ -51,6 +52,22 @@ pub fn build(spec: &ContainerSpec<'_>, cgroup_parent: &str) -> Result<Spec, OciS
         linux.set_resources(Some(resources(&spec.resources)?));
     }
     Ok(oci)
+}
+
+/// The handed-over socket is in the host's network namespace: no privileged host port.
+fn without_net_bind_service(mut caps: LinuxCapabilities) -> LinuxCapabilities {
+    let drop = |set: &Option<Capabilities>| {
+        set.clone().map(|mut set| {
+            set.remove(&Capability::NetBindService);
+            set
+        })
+    };
+    caps.set_bounding(drop(caps.bounding()));
+    caps.set_effective(drop(caps.effective()));
+    caps.set_inheritable(drop(caps.inheritable()));
+    caps.set_permitted(drop(caps.permitted()));
+    caps.set_ambient(drop(caps.ambient()));
+    caps
 }
 
 fn bind_mount(source: &Path, destination: &str) -> Result<oci_spec::runtime::Mount, OciSpecError> {
@@ -115,6 +132,20 @@ mod tests {
         assert_eq!(json["process"]["user"]["gid"], 100);
         assert_eq!(json["process"]["cwd"], "/srv");
         assert_eq!(json["root"]["readonly"], true);
+        for set in [
+            "bounding",
+            "effective",
+            "inheritable",
+            "permitted",
+            "ambient",
+        ] {
+            let caps = &json["process"]["capabilities"][set];
+            assert!(
+                !caps.to_string().contains("CAP_NET_BIND_SERVICE"),
+                "{set}: {caps}"
+            );
+            assert!(caps.to_string().contains("CAP_KILL"), "{set}: {caps}");
+        }
         assert_eq!(json["linux"]["cgroupsPath"], "/faasd/hello-7");
         assert_eq!(json["linux"]["resources"]["memory"]["limit"], 512 << 20);
         assert_eq!(json["linux"]["resources"]["cpu"]["quota"], 100_000);

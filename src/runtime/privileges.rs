@@ -5,7 +5,9 @@ use caps::{Capability, CapsHashSet};
 use super::child::CapPlan;
 
 /// Docker's defaults minus CAP_MKNOD (we have no device cgroup to stop a new node from
-/// reaching a host disk), CAP_NET_RAW (the container has no network of its own) and
+/// reaching a host disk), CAP_NET_RAW (the container has no network of its own),
+/// CAP_NET_BIND_SERVICE (the handed-over socket is in the host's network namespace: with
+/// it a handler could bind a privileged host port where Landlock cannot stop it) and
 /// CAP_AUDIT_WRITE.
 const KEEP: &[Capability] = &[
     Capability::CAP_CHOWN,
@@ -16,19 +18,21 @@ const KEEP: &[Capability] = &[
     Capability::CAP_SETUID,
     Capability::CAP_SETFCAP,
     Capability::CAP_SETPCAP,
-    Capability::CAP_NET_BIND_SERVICE,
     Capability::CAP_SYS_CHROOT,
     Capability::CAP_KILL,
 ];
 
+/// The plan in the kernel's terms (numbers and masks), so that the child applies it with
+/// raw prctl/capset calls: the caps crate allocates its errors and loses the errno.
 pub fn cap_plan() -> CapPlan {
     let keep: CapsHashSet = KEEP.iter().copied().collect();
     // Only capabilities this kernel knows can be dropped from the bounding set.
     let known = caps::runtime::thread_all_supported();
-    let bounding_drop = known.difference(&keep).copied().collect();
     CapPlan {
-        bounding_drop,
-        keep,
-        none: CapsHashSet::new(),
+        bounding_drop: known
+            .difference(&keep)
+            .map(|c| u32::from(c.index()))
+            .collect(),
+        keep: keep.iter().fold(0, |mask, c| mask | c.bitmask()),
     }
 }

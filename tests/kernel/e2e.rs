@@ -157,7 +157,7 @@ pub(crate) fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bo
 
 /// One test's private slice of everything faasd touches, kept across restarts of the daemon.
 pub(crate) struct Setup {
-    n: u8,
+    pub(crate) n: u8,
     dir: PathBuf,
     pub(crate) cgroup_parent: String,
     flags: Vec<String>,
@@ -202,11 +202,34 @@ impl Setup {
 
     /// Starts faasd and waits until its control API answers /healthz.
     pub(crate) fn start(&self) -> Result<Faasd<'_>, Failed> {
+        self.start_with(|_| {})
+    }
+
+    /// `start`, with `prepare` adjusting the command first (e.g. a controlling terminal).
+    pub(crate) fn start_with(
+        &self,
+        prepare: impl FnOnce(&mut Command),
+    ) -> Result<Faasd<'_>, Failed> {
+        self.start_from(Path::new(env!("CARGO_BIN_EXE_faasd")), prepare)
+    }
+
+    /// Starts the faasd binary at `exe` (a copy a test may let an attack overwrite).
+    pub(crate) fn start_binary(&self, exe: &Path) -> Result<Faasd<'_>, Failed> {
+        self.start_from(exe, |_| {})
+    }
+
+    fn start_from(
+        &self,
+        exe: &Path,
+        prepare: impl FnOnce(&mut Command),
+    ) -> Result<Faasd<'_>, Failed> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log())?;
-        let child = Command::new(env!("CARGO_BIN_EXE_faasd"))
+        let mut command = Command::new(exe);
+        prepare(&mut command);
+        let child = command
             .arg("--state-dir")
             .arg(self.state())
             .args(["--listen", &self.control_addr()])
@@ -378,7 +401,7 @@ impl Setup {
 
     /// Pids of every process in a cgroup under our parent, read from /proc rather than from
     /// the cgroup tree (which the runtime under test maintains).
-    fn processes(&self) -> Vec<i32> {
+    pub(crate) fn processes(&self) -> Vec<i32> {
         let needle = format!("/{}/", self.cgroup_parent);
         let pids = fs::read_dir("/proc").into_iter().flatten().flatten();
         pids.filter_map(|e| e.file_name().to_str()?.parse().ok())
@@ -431,6 +454,10 @@ pub(crate) struct Faasd<'a> {
 }
 
 impl Faasd<'_> {
+    pub(crate) fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     /// SIGTERM, then waits for the exit.
     fn stop(&mut self) -> Result<ExitStatus, Failed> {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)?;
@@ -442,7 +469,7 @@ impl Faasd<'_> {
         status.ok_or_else(|| self.s.fail("faasd still running 20 s after SIGTERM"))
     }
 
-    fn kill9(&mut self) -> TestResult {
+    pub(crate) fn kill9(&mut self) -> TestResult {
         self.child.kill()?;
         self.child.wait()?;
         Ok(())

@@ -6,8 +6,10 @@
 //! make stay inside it and vanish with it.
 
 mod api_security;
+mod child_security;
 mod daemon;
 mod e2e;
+mod net_isolation;
 mod request_security;
 mod runtime;
 mod support;
@@ -33,6 +35,8 @@ fn main() {
         .into_iter()
         .chain(daemon::tests())
         .chain(e2e::tests())
+        .chain(net_isolation::tests())
+        .chain(child_security::tests())
         .chain(request_security::tests())
         .chain(api_security::tests())
         .map(|t| t.with_ignored_flag(!root))

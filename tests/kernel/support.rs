@@ -181,7 +181,7 @@ pub fn ensure(cond: bool, msg: impl std::fmt::Display) -> TestResult {
 }
 
 /// Every tarball the tests deploy, all made by rootfs-tools/build-test-images.sh.
-const IMAGES: [&str; 12] = [
+const IMAGES: [&str; 15] = [
     "test-handler.tar",
     "test-handler-oci.tar",
     "test-handler-serve.tar",
@@ -193,7 +193,10 @@ const IMAGES: [&str; 12] = [
     "test-handler-slow.tar",
     "test-handler-forkbomb.tar",
     "test-handler-memhog.tar",
+    "test-handler-probe.tar",
     "python-handler.tar",
+    "net-attack.tar",
+    "exe-attack.tar",
 ];
 
 /// The path of test image `file`, in FAASD_TEST_IMAGES or else <repo>/target/test-images,
