@@ -488,7 +488,8 @@ impl Drop for Faasd<'_> {
 // --- the tests ------------------------------------------------------------------------------
 
 fn python_handler_via_faas_new() -> TestResult {
-    let s = Setup::new(&[])?;
+    // The interpreter's start takes seconds in the emulated (TCG) VM on a busy host.
+    let s = Setup::new(&["--connect-timeout", "30"])?;
     let _d = s.start()?;
     let ip = s.deploy("py", "python-handler.tar", Via::Stdin)?;
     s.check(ip == s.ip(10), format!("first address is {ip}, not .10"))?;
