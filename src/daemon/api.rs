@@ -32,7 +32,9 @@ impl From<DaemonError> for ApiError {
         let status = match &e {
             DaemonError::InvalidName(_) => StatusCode::BAD_REQUEST,
             DaemonError::NotFound(_) => StatusCode::NOT_FOUND,
-            DaemonError::PoolExhausted(_) => StatusCode::SERVICE_UNAVAILABLE,
+            DaemonError::PoolExhausted(_) | DaemonError::InstallsBusy { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             DaemonError::Image(ie) => image_status(ie),
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -189,7 +191,8 @@ async fn list(State(d): State<Arc<Daemon>>) -> Json<Value> {
                 "ip": r.ip,
                 "rootfs": rootfs,
                 "cmd": r.config.cmd,
-                "env": r.config.env,
+                // Names only: values are often secrets, and the list needs no token.
+                "env": env_names(&r.config.env),
                 "workdir": r.config.working_dir,
                 "user": format!("{}:{}", r.config.uid, r.config.gid),
                 "resources": r.resources,
@@ -198,6 +201,13 @@ async fn list(State(d): State<Arc<Daemon>>) -> Json<Value> {
         })
         .collect();
     Json(Value::Object(out))
+}
+
+/// `KEY=value` -> `KEY`.
+fn env_names(env: &[String]) -> Vec<&str> {
+    env.iter()
+        .map(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k))
+        .collect()
 }
 
 async fn remove_function(

@@ -10,6 +10,8 @@ mod pool;
 mod prewarm;
 mod registry;
 mod request;
+mod state_dir;
+mod store_mount;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
@@ -52,6 +54,11 @@ pub enum DaemonError {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error("{limit} images are being installed already; retry in a while (waited {waited:?})")]
+    InstallsBusy {
+        limit: usize,
+        waited: std::time::Duration,
+    },
     #[error("listening on {addr} failed: {source}")]
     Listen {
         addr: SocketAddr,
@@ -65,6 +72,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    StoreMount(#[from] store_mount::StoreMountError),
     #[error("reading the token file {path} failed: {source}")]
     Token {
         path: PathBuf,
@@ -98,6 +107,8 @@ pub struct Daemon {
     functions: RwLock<BTreeMap<String, Arc<Function>>>,
     metrics: Metrics,
     global_slots: Arc<Semaphore>,
+    /// Installs running at once (each within image::install's memory budget).
+    installs: Arc<Semaphore>,
     /// Cancelled at shutdown: listeners stop accepting.
     stop_accepting: CancellationToken,
     /// Cancelled when the shutdown grace ends: in-flight requests are torn down.
@@ -106,6 +117,12 @@ pub struct Daemon {
     request_seq: AtomicU64,
     token: Option<String>,
 }
+
+/// Image installs at once: each is bound by the disk and a core (2 here), and holds up
+/// to its memory budget.
+const MAX_INSTALLS: usize = 2;
+/// How long a deploy waits for an install slot before it gets 503.
+const INSTALL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -118,9 +135,7 @@ impl Daemon {
     /// Prepares the state directory, clears what a crashed predecessor left, and brings
     /// every registered function back (address, listener).
     pub async fn start(cfg: Config) -> Result<Arc<Self>, DaemonError> {
-        for dir in [cfg.state_dir.clone(), cfg.images_dir(), cfg.bundles_dir()] {
-            std::fs::create_dir_all(&dir).map_err(fs_err("create", &dir))?;
-        }
+        state_dir::prepare(&cfg)?;
         let token = match &cfg.token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
@@ -148,6 +163,7 @@ impl Daemon {
             functions: RwLock::new(BTreeMap::new()),
             metrics: Metrics::default(),
             global_slots: Arc::new(Semaphore::new(cfg.max_containers)),
+            installs: Arc::new(Semaphore::new(MAX_INSTALLS)),
             stop_accepting: CancellationToken::new(),
             kill_requests: CancellationToken::new(),
             requests: TaskTracker::new(),
@@ -284,11 +300,22 @@ impl Daemon {
         if !valid_name(name) {
             return Err(DaemonError::InvalidName(name.to_string()));
         }
-        // The upload streams into a staging directory without holding any lock.
-        let images = self.cfg.images_dir();
-        let staged = tokio::task::spawn_blocking(move || image::install(upload, &images, &limits))
+        // The upload streams into a staging directory without holding any lock; the
+        // permit goes with the blocking task, which outlives a client that hangs up.
+        let permit = tokio::time::timeout(INSTALL_WAIT, self.installs.clone().acquire_owned())
             .await
-            .expect("install task panicked")?;
+            .map_err(|_| DaemonError::InstallsBusy {
+                limit: MAX_INSTALLS,
+                waited: INSTALL_WAIT,
+            })?
+            .expect("the install semaphore is never closed");
+        let images = self.cfg.images_dir();
+        let staged = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            image::install(upload, &images, &limits)
+        })
+        .await
+        .expect("install task panicked")?;
         let config = staged.config().clone();
         let mut registry = self.registry.lock().await;
         let dest = self.cfg.images_dir().join(name);

@@ -10,10 +10,12 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::error::ImageError;
-use super::limits::Limits;
+use super::limits::{Limits, NameBytes};
+use super::tar_guard::{oversized, TarGuard, MAX_EXTENSION};
 
-/// Largest manifest / index / config document we read into memory.
-const MAX_DOC: u64 = 64 << 20;
+/// Largest manifest / index / config document we read into memory (real ones are a few
+/// KiB; this bounds the per-install memory, see [`super::install`]).
+const MAX_DOC: u64 = 4 << 20;
 /// Maximum number of symlinks followed when resolving an archive member.
 const MAX_LINK_HOPS: usize = 16;
 
@@ -126,15 +128,12 @@ impl Archive {
         }
         let mut members = HashMap::new();
         let mut count: u64 = 0;
+        let mut name_bytes = NameBytes::default();
         {
-            let mut ar = tar::Archive::new(&mut file);
-            let entries = ar.entries_with_seek().map_err(|e| ImageError::NotATar {
-                reason: e.to_string(),
-            })?;
+            let mut ar = tar::Archive::new(TarGuard::new(&mut file));
+            let entries = ar.entries_with_seek().map_err(not_a_tar)?;
             for entry in entries {
-                let entry = entry.map_err(|e| ImageError::NotATar {
-                    reason: e.to_string(),
-                })?;
+                let entry = entry.map_err(not_a_tar)?;
                 count += 1;
                 if count > limits.max_entries {
                     return Err(ImageError::LimitExceeded {
@@ -176,6 +175,7 @@ impl Archive {
                 } else {
                     continue;
                 };
+                name_bytes.add(name.as_bytes())?;
                 members.insert(name, member);
             }
         }
@@ -353,6 +353,20 @@ impl Archive {
             file,
             reason: "indexes nested too deeply".into(),
         })
+    }
+}
+
+fn not_a_tar(e: io::Error) -> ImageError {
+    match oversized(&e) {
+        Some(o) => ImageError::ExtensionTooLarge {
+            member: "the upload".into(),
+            kind: o.kind,
+            size: o.size,
+            limit: MAX_EXTENSION,
+        },
+        None => ImageError::NotATar {
+            reason: e.to_string(),
+        },
     }
 }
 

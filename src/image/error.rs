@@ -63,6 +63,14 @@ pub enum ImageError {
     #[error("image config {name} is invalid: {reason}")]
     BadConfig { name: String, reason: String },
 
+    /// WorkingDir or the command lies under /proc or /sys.
+    #[error("image config {name}: {field} {path:?} lies under /proc or /sys, where a function may not start")]
+    KernelFsPath {
+        name: String,
+        field: &'static str,
+        path: String,
+    },
+
     /// A layer blob is compressed with an unsupported algorithm.
     #[error(
         "layer {layer} is compressed with {algo}, which is not supported (use gzip, zstd or none)"
@@ -72,6 +80,15 @@ pub enum ImageError {
     /// A layer blob does not start like a tar archive.
     #[error("layer {layer} is not a tar archive: {reason}")]
     LayerNotTar { layer: String, reason: String },
+
+    /// A tar extension record (long name, long link, PAX header) is larger than we read.
+    #[error("{member}: a {kind} record of {size} bytes exceeds the limit of {limit} bytes")]
+    ExtensionTooLarge {
+        member: String,
+        kind: &'static str,
+        size: u64,
+        limit: u64,
+    },
 
     /// A layer could be opened but reading it failed part way (truncated, corrupt stream).
     #[error("layer {layer} is truncated or corrupt: {source}")]

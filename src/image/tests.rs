@@ -1036,9 +1036,10 @@ fn commit_refuses_existing_destination_and_cleans_up() {
         .collect();
     names.sort();
     assert_eq!(names, vec!["config.json", "rootfs"]);
+    // Private to root: the store is not traversable by local users (issue 10 #2).
     assert_eq!(
         std::fs::metadata(&dest2).unwrap().permissions().mode() & 0o777,
-        0o755
+        0o700
     );
     let e = load_config(&env.tmp.path().join("nope"))
         .unwrap_err()
@@ -1178,4 +1179,136 @@ fn file_capability_xattr_kept() {
         );
         assert_eq!(&buf[..cap.len()], &cap[..]);
     }
+}
+
+// ---------- bounded extension records (issue 10 #6) ----------
+
+/// A raw header of `kind` claiming `size` bytes, followed by `data` (which may be shorter:
+/// the guard must refuse at the header, before the data).
+fn raw_record(kind: tar::EntryType, name: &str, size: u64, data: &[u8]) -> Vec<u8> {
+    let mut out = header(kind, name, None, size, 0o644).as_bytes().to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().next_multiple_of(512), 0);
+    out
+}
+
+#[test]
+fn huge_extension_records_refused_before_reading() {
+    use tar::EntryType as T;
+    let env = Env::new();
+    for (kind, what) in [
+        (T::GNULongName, "GNU long name"),
+        (T::GNULongLink, "GNU long link"),
+        (T::XHeader, "PAX extended header"),
+        (T::XGlobalHeader, "PAX global header"),
+    ] {
+        // 1 GiB claimed, 4 KiB present: reading it whole would fail only at the end.
+        let mut l = raw_record(kind, "././@LongLink", 1 << 30, &[b'a'; 4096]);
+        l.extend_from_slice(&[0; 1024]);
+        for upload in [
+            classic(default_cfg(), vec![l.clone()]),
+            classic(default_cfg(), vec![gzip(&l)]),
+        ] {
+            let e = env.err(&upload);
+            assert!(
+                e.contains(what) && e.contains("1073741824 bytes exceeds the limit of 65536"),
+                "{e}"
+            );
+        }
+        // The same record as a member of the outer archive.
+        let mut up = raw_record(kind, "././@LongLink", 1 << 30, &[b'a'; 4096]);
+        up.extend_from_slice(&classic(default_cfg(), vec![basic_layer()]));
+        let e = env.err(&up);
+        assert!(e.contains("the upload") && e.contains(what), "{e}");
+    }
+}
+
+/// PAX `size` overrides the header's: the guard must follow the same entry boundaries
+/// as the tar crate, or a record could hide in what it takes for data.
+#[test]
+fn pax_size_override_is_followed() {
+    use tar::EntryType as T;
+    let env = Env::new();
+    let pax = |size: u64| {
+        let rec = format!("size={size}\n");
+        let rec = format!(
+            "{} {rec}",
+            rec.len() + 1 + (rec.len() + 3).to_string().len()
+        );
+        raw_record(T::XHeader, "pax", rec.len() as u64, rec.as_bytes())
+    };
+    let huge = raw_record(T::GNULongName, "././@LongLink", 1 << 30, &[]);
+    // Header says 1024 bytes of data (holding the huge record), PAX says 0: it is a header.
+    let mut l = pax(0);
+    l.extend(raw_record(T::Regular, "f", 1024, &[]));
+    l.extend(&huge);
+    l.extend_from_slice(&[0; 1024]);
+    let e = env.err(&classic(default_cfg(), vec![l]));
+    assert!(e.contains("GNU long name"), "{e}");
+    // Header says 0, PAX says 512: the huge record is the file's data.
+    let mut l = pax(512);
+    l.extend(raw_record(T::Regular, "f", 0, &[]));
+    l.extend(&huge);
+    l.extend_from_slice(&[0; 1024]);
+    let r = env.ok(&classic(default_cfg(), vec![l]));
+    assert_eq!(std::fs::metadata(r.join("f")).unwrap().len(), 512);
+}
+
+// ---------- WorkingDir and command under /proc or /sys (issue 10 #1) ----------
+
+#[test]
+fn workdir_and_command_under_kernel_fs_refused() {
+    let env = Env::new();
+    let refused = [
+        serde_json::json!({"WorkingDir": "/proc/self/cwd"}),
+        serde_json::json!({"WorkingDir": "/proc"}),
+        serde_json::json!({"WorkingDir": "//sys//fs/"}),
+        serde_json::json!({"WorkingDir": "/srv/../proc/1/root"}),
+        serde_json::json!({"WorkingDir": "/./../sys"}),
+        serde_json::json!({"WorkingDir": "proc/self"}),
+        serde_json::json!({"Entrypoint": ["/proc/self/exe"]}),
+        serde_json::json!({"Cmd": ["/sys/kernel/x", "arg"]}),
+        serde_json::json!({"WorkingDir": "/app", "Cmd": ["../proc/self/exe"]}),
+        serde_json::json!({"WorkingDir": "/app", "Cmd": ["./../../proc/self/exe"]}),
+    ];
+    for cfg in refused {
+        let e = cfg_of(&env, cfg.clone(), &[]).err().map(|e| e.to_string());
+        assert!(
+            e.as_ref()
+                .is_some_and(|e| e.contains("lies under /proc or /sys")),
+            "{cfg}: {e:?}"
+        );
+        env.assert_no_staging();
+    }
+    let allowed = [
+        serde_json::json!({"WorkingDir": "/process"}),
+        serde_json::json!({"WorkingDir": "/srv/proc"}),
+        serde_json::json!({"WorkingDir": "/sysroot", "Cmd": ["proc"]}),
+        serde_json::json!({"Cmd": ["sh", "/proc/self/status"]}),
+    ];
+    for cfg in allowed {
+        assert!(cfg_of(&env, cfg.clone(), &[]).is_ok(), "{cfg}");
+    }
+}
+
+#[test]
+fn normalize_resolves_like_the_kernel() {
+    use super::config::normalize;
+    assert_eq!(normalize("/", "/a//b/./c/"), "/a/b/c");
+    assert_eq!(normalize("/", "/../../a"), "/a");
+    assert_eq!(normalize("/srv/app", "../x"), "/srv/x");
+    assert_eq!(normalize("/srv", "x/.."), "/srv");
+}
+
+// ---------- modes (issue 10 #2, #10) ----------
+
+#[test]
+fn image_dir_and_config_are_private() {
+    let env = Env::new();
+    let s = env
+        .install(&classic(default_cfg(), vec![basic_layer()]))
+        .unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!(mode(s.path()), 0o700);
+    assert_eq!(mode(&s.path().join(CONFIG_FILE)), 0o600);
 }
