@@ -53,18 +53,18 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 // --- HTTP as a plain client sees it ------------------------------------------------------
 
 /// What a client got: the bytes up to the close, how the connection ended, how long it took.
-struct Reply {
+pub(crate) struct Reply {
     text: String,
     error: Option<io::Error>,
     took: Duration,
 }
 
 impl Reply {
-    fn status(&self) -> Option<u16> {
+    pub(crate) fn status(&self) -> Option<u16> {
         self.text.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
     }
 
-    fn body(&self) -> &str {
+    pub(crate) fn body(&self) -> &str {
         self.text.split_once("\r\n\r\n").map_or("", |(_, b)| b)
     }
 
@@ -156,7 +156,7 @@ fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
 // --- one test's faasd ---------------------------------------------------------------------
 
 /// One test's private slice of everything faasd touches, kept across restarts of the daemon.
-struct Setup {
+pub(crate) struct Setup {
     n: u8,
     dir: PathBuf,
     cgroup_parent: String,
@@ -171,7 +171,7 @@ enum Via {
 }
 
 impl Setup {
-    fn new(flags: &[&str]) -> Result<Self, Failed> {
+    pub(crate) fn new(flags: &[&str]) -> Result<Self, Failed> {
         // 10.0.0.0/24, the default, belongs to the in-process daemon test.
         static NEXT: AtomicU8 = AtomicU8::new(101);
         let dir = support::state_dir().join(unique("e2e"));
@@ -184,7 +184,7 @@ impl Setup {
         })
     }
 
-    fn state(&self) -> PathBuf {
+    pub(crate) fn state(&self) -> PathBuf {
         self.dir.join("state")
     }
 
@@ -201,7 +201,7 @@ impl Setup {
     }
 
     /// Starts faasd and waits until its control API answers /healthz.
-    fn start(&self) -> Result<Faasd<'_>, Failed> {
+    pub(crate) fn start(&self) -> Result<Faasd<'_>, Failed> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -233,12 +233,12 @@ impl Setup {
     }
 
     /// `msg` plus the end of faasd's log, which is usually what explains a failure.
-    fn fail(&self, msg: impl std::fmt::Display) -> Failed {
+    pub(crate) fn fail(&self, msg: impl std::fmt::Display) -> Failed {
         let log = fs::read_to_string(self.log()).unwrap_or_default();
         format!("{msg}\n--- faasd log (end) ---\n{}", last_lines(&log, 40)).into()
     }
 
-    fn check(&self, cond: bool, msg: impl std::fmt::Display) -> TestResult {
+    pub(crate) fn check(&self, cond: bool, msg: impl std::fmt::Display) -> TestResult {
         if cond {
             Ok(())
         } else {
@@ -258,7 +258,7 @@ impl Setup {
     }
 
     /// `POST /api/new` the way the prototype's client does it.
-    fn upload(&self, name: &str, body: &[u8]) -> io::Result<Reply> {
+    pub(crate) fn upload(&self, name: &str, body: &[u8]) -> io::Result<Reply> {
         let head = format!(
             "POST /api/new HTTP/1.1\r\nX-Image-Name: {name}\r\nContent-Length: {}",
             body.len()
@@ -267,7 +267,7 @@ impl Setup {
     }
 
     /// `GET /api/list`, parsed.
-    fn list(&self) -> Result<Value, Failed> {
+    pub(crate) fn list(&self) -> Result<Value, Failed> {
         let r = self.control("GET /api/list HTTP/1.1", b"")?;
         self.check(r.status() == Some(200), format!("/api/list answered {r}"))?;
         Ok(serde_json::from_str(r.body())?)
@@ -406,7 +406,7 @@ impl Setup {
     }
 
     /// No function at all, and no trace of one: for a daemon that only saw failed deploys.
-    fn check_no_function(&self, after: &str) -> TestResult {
+    pub(crate) fn check_no_function(&self, after: &str) -> TestResult {
         let (images, list, addresses) = (self.entries("images"), self.list()?, self.addresses()?);
         self.check(
             images.is_empty() && list == json!({}) && addresses.is_empty(),
@@ -420,19 +420,28 @@ impl Drop for Setup {
     /// Whatever a failed test left: containers, the cgroup parent, the state directory.
     fn drop(&mut self) {
         support::remove_cgroup_parent(&self.cgroup_parent);
+        // faasd leaves its store's nosuid bind mount for its next start.
+        let _ = nix::mount::umount2(
+            &self.state().join("images"),
+            nix::mount::MntFlags::MNT_DETACH,
+        );
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
 /// A running faasd; SIGKILLed on drop so that a failing test never leaks a daemon.
-struct Faasd<'a> {
+pub(crate) struct Faasd<'a> {
     s: &'a Setup,
     child: Child,
 }
 
 impl Faasd<'_> {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM, then waits for the exit.
-    fn stop(&mut self) -> Result<ExitStatus, Failed> {
+    pub(crate) fn stop(&mut self) -> Result<ExitStatus, Failed> {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)?;
         let mut status = None;
         eventually(Duration::from_secs(20), || {

@@ -7,6 +7,7 @@
 
 mod daemon;
 mod e2e;
+mod image_security;
 mod runtime;
 mod support;
 
@@ -31,6 +32,7 @@ fn main() {
         .into_iter()
         .chain(daemon::tests())
         .chain(e2e::tests())
+        .chain(image_security::tests())
         .map(|t| t.with_ignored_flag(!root))
         .collect();
     libtest_mimic::run(&args, trials).exit();
