@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::digest;
 use super::error::ImageError;
 use super::limits::{Limits, NameBytes};
 use super::tar_guard::{oversized, TarGuard, MAX_EXTENSION};
@@ -229,6 +230,7 @@ impl Archive {
         self.open(name)
             .and_then(|mut r| r.read_to_end(&mut buf))
             .map_err(ImageError::Spool)?;
+        digest::verify_bytes(kind, name, &buf)?;
         Ok(buf)
     }
 
@@ -370,23 +372,23 @@ fn not_a_tar(e: io::Error) -> ImageError {
     }
 }
 
-/// `sha256:abcd...` -> `blobs/sha256/abcd...`, refusing digests that are not plain tokens.
+/// `sha256:<hex>` -> `blobs/sha256/<hex>`, refusing other algorithms and malformed digests.
 fn blob_path(from: &str, digest: &str) -> Result<String, ImageError> {
     let bad = || ImageError::BadManifest {
         file: from.to_string(),
         reason: format!("invalid digest {digest:?}"),
     };
     let (alg, hex) = digest.split_once(':').ok_or_else(bad)?;
-    let ok_alg = !alg.is_empty()
-        && alg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+._-".contains(&b));
-    let ok_hex = !hex.is_empty()
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"=_-".contains(&b));
-    if !ok_alg || !ok_hex {
+    if alg != "sha256" {
+        return Err(ImageError::BadManifest {
+            file: from.to_string(),
+            reason: format!("digest {digest:?}: only sha256 digests are supported"),
+        });
+    }
+    // 64 lowercase hex digits: the path then always carries a digest to verify.
+    let path = format!("blobs/sha256/{hex}");
+    if digest::named_digest(&path).is_none() {
         return Err(bad());
     }
-    Ok(format!("blobs/{alg}/{hex}"))
+    Ok(path)
 }

@@ -59,6 +59,14 @@ pub enum ImageError {
         name: String,
     },
 
+    /// A blob's content does not hash to the digest its manifest names it by.
+    #[error("{kind} {name} does not match its digest: its content is sha256:{actual}")]
+    DigestMismatch {
+        kind: &'static str,
+        name: String,
+        actual: String,
+    },
+
     /// The image config JSON cannot be parsed.
     #[error("image config {name} is invalid: {reason}")]
     BadConfig { name: String, reason: String },

@@ -10,6 +10,7 @@
 
 mod archive;
 mod config;
+mod digest;
 mod error;
 mod fsutil;
 mod layer;
@@ -172,8 +173,9 @@ pub fn install(
 
     let usage = limits::Usage::default();
     for name in &plan.layers {
-        let blob = ar.open(name).map_err(ImageError::Spool)?;
-        layer::apply_layer(&root, name, blob, limits, &usage)?;
+        let mut blob = digest::Hashing::new(ar.open(name).map_err(ImageError::Spool)?);
+        layer::apply_layer(&root, name, &mut blob, limits, &usage)?;
+        blob.verify("layer", name)?;
     }
     drop(ar);
     let _ = std::fs::remove_file(&spool_path);

@@ -146,17 +146,30 @@ fn classic(cfg: Vec<u8>, layers: Vec<Vec<u8>>) -> Vec<u8> {
 /// OCI layout (Docker 25+): blobs/sha256/..., index.json, oci-layout, manifest.json.
 /// `with_docker_manifest = false` leaves out manifest.json (pure OCI archive).
 fn oci(cfg: Vec<u8>, layers: Vec<Vec<u8>>, with_docker_manifest: bool) -> Vec<u8> {
-    let digest = |i: usize| format!("{:064x}", 0xabc0 + i);
+    outer(&oci_members(cfg, layers, with_docker_manifest))
+}
+
+/// The sha256 of `data`, lowercase hex.
+fn sha(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(data))
+}
+
+fn oci_members(
+    cfg: Vec<u8>,
+    layers: Vec<Vec<u8>>,
+    with_docker_manifest: bool,
+) -> Vec<(String, Vec<u8>)> {
     let mut m = vec![(
         "oci-layout".to_string(),
         br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
     )];
-    let cfg_d = digest(999);
+    let cfg_d = sha(&cfg);
     m.push((format!("blobs/sha256/{cfg_d}"), cfg));
     let mut descs = vec![];
     let mut paths = vec![];
-    for (i, l) in layers.into_iter().enumerate() {
-        let d = digest(i);
+    for l in layers {
+        let d = sha(&l);
         descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{d}"), "size": l.len()}));
         paths.push(format!("blobs/sha256/{d}"));
         m.push((format!("blobs/sha256/{d}"), l));
@@ -164,11 +177,9 @@ fn oci(cfg: Vec<u8>, layers: Vec<Vec<u8>>, with_docker_manifest: bool) -> Vec<u8
     let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{cfg_d}"), "size": 1},
         "layers": descs});
-    let man_d = digest(777);
-    m.push((
-        format!("blobs/sha256/{man_d}"),
-        serde_json::to_vec(&manifest).unwrap(),
-    ));
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    let man_d = sha(&manifest);
+    m.push((format!("blobs/sha256/{man_d}"), manifest));
     let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{man_d}"), "size": 1}]});
     m.push(("index.json".into(), serde_json::to_vec(&index).unwrap()));
@@ -176,7 +187,7 @@ fn oci(cfg: Vec<u8>, layers: Vec<Vec<u8>>, with_docker_manifest: bool) -> Vec<u8
         let dm = serde_json::json!([{"Config": format!("blobs/sha256/{cfg_d}"), "RepoTags": ["t:latest"], "Layers": paths}]);
         m.push(("manifest.json".into(), serde_json::to_vec(&dm).unwrap()));
     }
-    outer(&m)
+    m
 }
 
 struct Env {
@@ -854,7 +865,7 @@ fn missing_oci_layer_blob_rejected() {
     let env = Env::new();
     let mut up = oci(default_cfg(), vec![basic_layer()], false);
     // rename the layer blob so the manifest's digest points nowhere
-    let needle = format!("blobs/sha256/{:064x}", 0xabc0);
+    let needle = format!("blobs/sha256/{}", sha(&basic_layer()));
     let pos = up
         .windows(needle.len())
         .position(|w| w == needle.as_bytes())
@@ -907,18 +918,13 @@ fn truncated_upload_rejected() {
 #[test]
 fn layer_not_tar_rejected() {
     let env = Env::new();
-    let e = env.err(&oci(
-        default_cfg(),
-        vec![
-            b"this is not a tar file, just some text that is long enough to be a block? no"
-                .repeat(10),
-        ],
-        true,
-    ));
+    let text =
+        b"this is not a tar file, just some text that is long enough to be a block? no".repeat(10);
+    let e = env.err(&oci(default_cfg(), vec![text.clone()], true));
     assert!(
         e.contains(&format!(
-            "layer blobs/sha256/{:064x} is not a tar archive",
-            0xabc0
+            "layer blobs/sha256/{} is not a tar archive",
+            sha(&text)
         )),
         "{e}"
     );
@@ -1311,4 +1317,92 @@ fn image_dir_and_config_are_private() {
     let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
     assert_eq!(mode(s.path()), 0o700);
     assert_eq!(mode(&s.path().join(CONFIG_FILE)), 0o600);
+}
+
+// ---------- digests (issue 11 #5) ----------
+
+/// Replaces member `name`'s content with `with`.
+fn swap(members: &mut [(String, Vec<u8>)], name: &str, with: Vec<u8>) {
+    let m = members.iter_mut().find(|(n, _)| n == name).unwrap();
+    m.1 = with;
+}
+
+#[test]
+fn tampered_layer_and_config_refused_in_both_layouts() {
+    let env = Env::new();
+    let good = basic_layer();
+    // Still a valid layer, one byte of a file changed.
+    let evil = layer(&[
+        E::Dir("bin", 0o755),
+        E::File("test-handler".into(), b"\x7fELG".to_vec(), 0o755),
+        sym("bin/sh", "busybox"),
+    ]);
+    let cfg = default_cfg();
+    let evil_cfg = config_json(serde_json::json!({"Cmd": ["/bin/sh", "-c", "evil"]}));
+    let layer_name = format!("blobs/sha256/{}", sha(&good));
+    let cfg_name = format!("blobs/sha256/{}", sha(&cfg));
+    // false: OCI index.json -> manifest; true: Docker 25+ manifest.json naming the blobs.
+    for docker_manifest in [false, true] {
+        let members = oci_members(cfg.clone(), vec![good.clone()], docker_manifest);
+        env.ok(&outer(&members));
+        std::fs::remove_dir_all(env.tmp.path().join("img")).unwrap();
+
+        let mut m = members.clone();
+        swap(&mut m, &layer_name, gzip(&evil));
+        let e = env.err(&outer(&m));
+        assert!(
+            e.contains(&format!("layer {layer_name} does not match its digest")),
+            "{e}"
+        );
+        let mut m = members.clone();
+        swap(&mut m, &layer_name, evil.clone());
+        let e = env.err(&outer(&m));
+        assert!(
+            e.contains(&format!("its content is sha256:{}", sha(&evil))),
+            "{e}"
+        );
+
+        let mut m = members;
+        swap(&mut m, &cfg_name, evil_cfg.clone());
+        let e = env.err(&outer(&m));
+        assert!(
+            e.contains(&format!("config {cfg_name} does not match its digest")),
+            "{e}"
+        );
+    }
+    // Classic layout: the config is <sha256>.json; <id>/layer.tar names carry no digest.
+    let classic_members = |cfg_data: Vec<u8>| {
+        let cfg_file = format!("{}.json", sha(&cfg));
+        let manifest = serde_json::json!([{"Config": cfg_file, "Layers": ["1/layer.tar"]}]);
+        vec![
+            (cfg_file, cfg_data),
+            ("1/layer.tar".to_string(), evil.clone()),
+            (
+                "manifest.json".to_string(),
+                serde_json::to_vec(&manifest).unwrap(),
+            ),
+        ]
+    };
+    env.ok(&outer(&classic_members(cfg.clone())));
+    let e = env.err(&outer(&classic_members(evil_cfg)));
+    assert!(
+        e.contains(&format!(
+            "config {}.json does not match its digest",
+            sha(&cfg)
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn oci_digests_must_be_sha256_hex() {
+    let env = Env::new();
+    for digest in ["sha512:abcd", "sha256:ABC", "sha256:abc"] {
+        let idx = serde_json::json!({"manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest}]});
+        let e = env.err(&outer(&[(
+            "index.json".into(),
+            serde_json::to_vec(&idx).unwrap(),
+        )]));
+        assert!(e.contains("digest"), "{digest}: {e}");
+    }
 }
