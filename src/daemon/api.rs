@@ -36,6 +36,7 @@ impl From<DaemonError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             DaemonError::Image(ie) => image_status(ie),
+            DaemonError::StoreFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())

@@ -12,6 +12,7 @@ mod registry;
 mod request;
 mod state_dir;
 mod store_mount;
+mod store_quota;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
@@ -59,6 +60,8 @@ pub enum DaemonError {
         limit: usize,
         waited: std::time::Duration,
     },
+    #[error("the image store is full: this image does not fit in the --store-max-gb quota of {max_mib} MiB ({used_mib} MiB in use)")]
+    StoreFull { max_mib: u64, used_mib: u64 },
     #[error("listening on {addr} failed: {source}")]
     Listen {
         addr: SocketAddr,
@@ -109,6 +112,7 @@ pub struct Daemon {
     global_slots: Arc<Semaphore>,
     /// Installs running at once (each within image::install's memory budget).
     installs: Arc<Semaphore>,
+    store: Arc<store_quota::StoreQuota>,
     /// Cancelled at shutdown: listeners stop accepting.
     stop_accepting: CancellationToken,
     /// Cancelled when the shutdown grace ends: in-flight requests are torn down.
@@ -164,6 +168,10 @@ impl Daemon {
             metrics: Metrics::default(),
             global_slots: Arc::new(Semaphore::new(cfg.max_containers)),
             installs: Arc::new(Semaphore::new(MAX_INSTALLS)),
+            store: Arc::new(store_quota::StoreQuota::new(
+                cfg.store_max_gb,
+                &cfg.state_dir,
+            )?),
             stop_accepting: CancellationToken::new(),
             kill_requests: CancellationToken::new(),
             requests: TaskTracker::new(),
@@ -310,9 +318,30 @@ impl Daemon {
             })?
             .expect("the install semaphore is never closed");
         let images = self.cfg.images_dir();
+        let store = self.store.clone();
         let staged = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            image::install(upload, &images, &limits)
+            let share = store.reserve(&images, limits.max_bytes)?;
+            let store_bound = share.bytes < limits.max_bytes;
+            let limits = image::Limits {
+                max_bytes: share.bytes,
+                ..limits
+            };
+            // The install's share of the store, or the spool bounded by it, ran out.
+            let out_of_share = |e: &ImageError| {
+                store_bound
+                    && match e {
+                        ImageError::LimitExceeded { limit, .. } => *limit == share.bytes,
+                        ImageError::UploadTooLarge { .. } => true,
+                        _ => false,
+                    }
+            };
+            match image::install(upload, &images, &limits) {
+                Err(e) if out_of_share(&e) => {
+                    Err(store.full(store_quota::disk_usage(&images).unwrap_or(0)))
+                }
+                r => r.map_err(DaemonError::from),
+            }
         })
         .await
         .expect("install task panicked")?;

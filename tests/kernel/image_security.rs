@@ -26,6 +26,7 @@ pub fn tests() -> Vec<Trial> {
         setuid_binary_in_store_grants_nothing,
         env_values_stay_private,
         huge_long_name_upload_bounded,
+        store_quota_refuses_and_leaves_nothing,
     ]
 }
 
@@ -272,4 +273,30 @@ fn huge_long_name_upload_bounded() -> TestResult {
         ),
     )?;
     s.check_no_function("the long-name upload")
+}
+
+/// Issue 10 #9: with `--store-max-gb 0.01` (10 MiB), a 12 MiB image is refused with 507
+/// naming the quota and leaves nothing; a small image still deploys and serves after it.
+fn store_quota_refuses_and_leaves_nothing() -> TestResult {
+    // Incompressible, so that no filesystem makes it smaller than it is.
+    let mut big = vec![0u8; 12 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in big.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let image = docker_save(json!({"Cmd": ["/h"]}), &layer(&[("big", 0o644, &big)]));
+    let s = Setup::new(&["--store-max-gb", "0.01"])?;
+    let _d = s.start()?;
+    let r = s.upload("big", &image)?;
+    s.check(
+        r.status() == Some(507) && r.body().contains("--store-max-gb quota of 10 MiB"),
+        format!("a 12 MiB image in a 10 MiB store answered {r}"),
+    )?;
+    s.check_no_function("the image over the store quota")?;
+    let small = fs::read(crate::support::image("test-handler.tar")?)?;
+    let r = s.upload("small", &small)?;
+    s.check(r.status() == Some(200), format!("a small image after it answered {r}"))
 }
