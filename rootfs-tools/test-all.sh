@@ -45,6 +45,14 @@ kernel_tests=$(cargo test --release --test kernel --no-run 2>&1 | grep -o 'targe
 [ -x "$kernel_tests" ] || { echo "cannot find the kernel test binary" >&2; exit 1; }
 bash rootfs-tools/run-vmtest.sh "$kernel_tests"
 
+step "kernel tests refuse to pass without root"
+# A non-root run must fail loudly, not go green with every kernel test ignored.
+if out=$(setpriv --reuid=65534 --regid=65534 --clear-groups "$kernel_tests" 2>&1); then
+  echo "the kernel tests passed as an unprivileged user: they must refuse" >&2; exit 1
+fi
+grep -q "kernel tests need root" <<<"$out" || { echo "unexpected non-root failure: $out" >&2; exit 1; }
+echo "refused as expected: $(head -1 <<<"$out")"
+
 step "end to end: faasd serving the test handler"
 bash rootfs-tools/demo.sh
 
