@@ -50,13 +50,13 @@ pub(crate) fn mount_options(mountinfo: &str, dir: &Path) -> Option<Vec<String>> 
     let want = dir.as_os_str().as_encoded_bytes();
     mountinfo
         .lines()
-        .filter_map(|line| {
+        .rev()
+        .find_map(|line| {
             let mut fields = line.split(' ');
             let point = fields.nth(4)?;
             let options = fields.next()?;
             (unescape(point) == want).then(|| options.split(',').map(str::to_string).collect())
         })
-        .last()
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
