@@ -32,9 +32,7 @@ impl From<DaemonError> for ApiError {
         let status = match &e {
             DaemonError::InvalidName(_) => StatusCode::BAD_REQUEST,
             DaemonError::NotFound(_) => StatusCode::NOT_FOUND,
-            DaemonError::PoolExhausted(_) | DaemonError::InstallsBusy { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            DaemonError::PoolExhausted(_) => StatusCode::SERVICE_UNAVAILABLE,
             DaemonError::Image(ie) => image_status(ie),
             DaemonError::StoreFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -47,6 +45,7 @@ impl From<DaemonError> for ApiError {
 fn image_status(e: &ImageError) -> StatusCode {
     match e {
         ImageError::UploadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        ImageError::InstallsBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
         ImageError::Staging { .. }
         | ImageError::WriteConfig { .. }
         | ImageError::Commit { .. }

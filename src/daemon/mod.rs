@@ -55,11 +55,6 @@ pub enum DaemonError {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Backend(#[from] BackendError),
-    #[error("{limit} images are being installed already; retry in a while (waited {waited:?})")]
-    InstallsBusy {
-        limit: usize,
-        waited: std::time::Duration,
-    },
     #[error("the image store is full: this image does not fit in the --store-max-gb quota of {max_mib} MiB ({used_mib} MiB in use)")]
     StoreFull { max_mib: u64, used_mib: u64 },
     #[error("listening on {addr} failed: {source}")]
@@ -309,18 +304,21 @@ impl Daemon {
             return Err(DaemonError::InvalidName(name.to_string()));
         }
         // The upload streams into a staging directory without holding any lock; the
-        // permit goes with the blocking task, which outlives a client that hangs up.
-        let permit = tokio::time::timeout(INSTALL_WAIT, self.installs.clone().acquire_owned())
-            .await
-            .map_err(|_| DaemonError::InstallsBusy {
-                limit: MAX_INSTALLS,
-                waited: INSTALL_WAIT,
-            })?
-            .expect("the install semaphore is never closed");
+        // install permit is taken once it is spooled (a stalled upload holds none) and goes
+        // with the blocking task, which outlives a client that hangs up.
+        let installs = self.installs.clone();
+        let rt = tokio::runtime::Handle::current();
+        let gate = move || {
+            rt.block_on(tokio::time::timeout(INSTALL_WAIT, installs.acquire_owned()))
+                .map_err(|_| ImageError::InstallsBusy {
+                    limit: MAX_INSTALLS,
+                    waited: INSTALL_WAIT,
+                })
+                .map(|p| p.expect("the install semaphore is never closed"))
+        };
         let images = self.cfg.images_dir();
         let store = self.store.clone();
         let staged = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
             let share = store.reserve(&images, limits.max_bytes)?;
             let store_bound = share.bytes < limits.max_bytes;
             let limits = image::Limits {
@@ -336,7 +334,7 @@ impl Daemon {
                         _ => false,
                     }
             };
-            match image::install(upload, &images, &limits) {
+            match image::install_gated(upload, &images, &limits, gate) {
                 Err(e) if out_of_share(&e) => {
                     Err(store.full(store_quota::disk_usage(&images).unwrap_or(0)))
                 }

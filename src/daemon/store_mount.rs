@@ -48,15 +48,12 @@ pub enum StoreMountError {
 /// (already canonical), or `None` when `dir` is not a mount point.
 pub(crate) fn mount_options(mountinfo: &str, dir: &Path) -> Option<Vec<String>> {
     let want = dir.as_os_str().as_encoded_bytes();
-    mountinfo
-        .lines()
-        .rev()
-        .find_map(|line| {
-            let mut fields = line.split(' ');
-            let point = fields.nth(4)?;
-            let options = fields.next()?;
-            (unescape(point) == want).then(|| options.split(',').map(str::to_string).collect())
-        })
+    mountinfo.lines().rev().find_map(|line| {
+        let mut fields = line.split(' ');
+        let point = fields.nth(4)?;
+        let options = fields.next()?;
+        (unescape(point) == want).then(|| options.split(',').map(str::to_string).collect())
+    })
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.

@@ -19,6 +19,13 @@ pub enum ImageError {
     #[error("the upload is larger than {limit} bytes, the limit for one image")]
     UploadTooLarge { limit: u64 },
 
+    /// The bound on installs running at once held for too long.
+    #[error("{limit} images are being installed already; retry in a while (waited {waited:?})")]
+    InstallsBusy {
+        limit: usize,
+        waited: std::time::Duration,
+    },
+
     /// The upload itself is not a (complete) tar archive.
     #[error("the upload is not a docker-save tar archive: {reason}")]
     NotATar { reason: String },

@@ -146,9 +146,21 @@ pub fn install(
     work_dir: &Path,
     limits: &Limits,
 ) -> Result<StagedImage, ImageError> {
+    install_gated(upload, work_dir, limits, || Ok(()))
+}
+
+/// [`install`], calling `gate` once the upload is spooled and holding what it returns
+/// until the install ends: a bound on concurrent installs that slow uploads do not hold.
+pub fn install_gated<G>(
+    upload: impl Read,
+    work_dir: &Path,
+    limits: &Limits,
+    gate: impl FnOnce() -> Result<G, ImageError>,
+) -> Result<StagedImage, ImageError> {
     let mut staged = new_staging(work_dir)?;
     let spool_path = staged.dir.join(SPOOL_FILE);
     let spool = archive::spool(upload, &spool_path, limits.max_upload())?;
+    let _held = gate()?;
     let ar = archive::Archive::index(spool, limits)?;
     let plan = ar.plan()?;
     let parsed = config::parse_config(&plan.config_name, &plan.config)?;

@@ -1406,3 +1406,33 @@ fn oci_digests_must_be_sha256_hex() {
         assert!(e.contains("digest"), "{digest}: {e}");
     }
 }
+
+// ---------- the install gate (issue 10 #6) ----------
+
+#[test]
+fn gate_runs_after_the_spool_and_its_refusal_leaves_nothing() {
+    let env = Env::new();
+    let up = classic(default_cfg(), vec![basic_layer()]);
+    let work = env.work();
+    let e = install_gated(&up[..], &work, &Limits::default(), || {
+        // The whole upload is on disk before an install slot is asked for.
+        let staging = std::fs::read_dir(&work)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        assert_eq!(
+            std::fs::metadata(staging.join(SPOOL_FILE)).unwrap().len(),
+            up.len() as u64
+        );
+        Err::<(), _>(ImageError::InstallsBusy {
+            limit: 2,
+            waited: std::time::Duration::from_secs(30),
+        })
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("2 images are being installed already"), "{e}");
+    env.assert_no_staging();
+}
