@@ -1,8 +1,6 @@
 //! The control API (axum): the prototype's endpoints, unchanged, plus undeploy, health
 //! and metrics.
 
-use std::io::{self, Read};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -12,11 +10,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use futures::TryStreamExt;
 use serde_json::{json, Value};
-use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use super::{Daemon, DaemonError};
+use super::{http_server, upload, valid_name, Daemon, DaemonError};
 use crate::image::{ImageError, Limits};
 
 struct ApiError(StatusCode, String);
@@ -101,6 +97,8 @@ async fn new_function(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
+    // Every check that needs no body comes first: its answer reaches the client through
+    // the lingering close (http_server.rs) while the body is still on its way.
     let name = headers
         .get("x-image-name")
         .and_then(|v| v.to_str().ok())
@@ -111,61 +109,46 @@ async fn new_function(
             )
         })?
         .to_string();
+    if !valid_name(&name) {
+        return Err(DaemonError::InvalidName(name).into());
+    }
     let max = d.cfg.max_upload_mb << 20;
+    let too_large = || {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the upload is larger than {max} bytes, the limit for one image"),
+        )
+    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max) {
-        return Err(ApiError(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the upload is larger than {max} bytes, the limit for one image"),
-        ));
+        return Err(too_large());
     }
-    let stream = body.into_data_stream().map_err(io::Error::other);
-    let upload = CappedReader::new(SyncIoBridge::new(StreamReader::new(stream)), max);
-    let too_large = upload.exceeded.clone();
-    let limits = Limits::default();
-    match d.deploy(&name, upload, limits).await {
+    let wait = d.cfg.queue_timeout();
+    let _slot = match tokio::time::timeout(wait, d.upload_slots.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => permit,
+        _ => {
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{} uploads are in progress, the limit (--max-uploads); none ended within {wait:?}: try again later",
+                    d.cfg.max_uploads
+                ),
+            ))
+        }
+    };
+    let idle = d.cfg.body_timeout();
+    let (upload, verdict) = upload::reader(body, max, idle);
+    match d.deploy(&name, upload, Limits::default()).await {
         Ok(done) => Ok(Json(json!(done))),
-        Err(_) if too_large.load(Ordering::Relaxed) => Err(ApiError(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the upload is larger than {max} bytes, the limit for one image"),
+        Err(_) if verdict.too_large() => Err(too_large()),
+        Err(_) if verdict.stalled() => Err(ApiError(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the upload stalled: no data for {idle:?} (--body-timeout); nothing was kept"),
         )),
         Err(e) => Err(e.into()),
-    }
-}
-
-/// Fails the read once more than `max` bytes have come through, and says so.
-struct CappedReader<R> {
-    inner: R,
-    left: u64,
-    exceeded: Arc<AtomicBool>,
-}
-
-impl<R> CappedReader<R> {
-    fn new(inner: R, max: u64) -> Self {
-        CappedReader {
-            inner,
-            left: max,
-            exceeded: Arc::new(AtomicBool::new(false)),
-        }
-    }
-}
-
-impl<R: Read> Read for CappedReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        match self.left.checked_sub(n as u64) {
-            Some(left) => {
-                self.left = left;
-                Ok(n)
-            }
-            None => {
-                self.exceeded.store(true, Ordering::Relaxed);
-                Err(io::Error::other("upload size limit exceeded"))
-            }
-        }
     }
 }
 
@@ -232,9 +215,7 @@ pub async fn serve_api(d: Arc<Daemon>) -> Result<(), DaemonError> {
         .await
         .map_err(|source| DaemonError::Listen { addr, source })?;
     tracing::info!(%addr, "control API listening");
-    let stop = d.stop_accepting.clone();
-    axum::serve(listener, router(d))
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-        .map_err(|source| DaemonError::Listen { addr, source })
+    let (stop, header_timeout) = (d.stop_accepting.clone(), d.cfg.header_timeout());
+    http_server::serve(listener, router(d), header_timeout, stop).await;
+    Ok(())
 }

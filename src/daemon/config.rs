@@ -64,6 +64,25 @@ pub struct Config {
     /// filesystem holding the state dir.
     #[arg(long, env = "FAASD_STORE_MAX_GB")]
     pub store_max_gb: Option<f64>,
+    /// Uploads being received at once; more wait up to --queue-timeout, then get 503.
+    #[arg(long, env = "FAASD_MAX_UPLOADS", default_value_t = 4)]
+    pub max_uploads: usize,
+    /// Seconds a control API client has to send a request's headers (slowloris, idle
+    /// keep-alive connections); then the connection is closed.
+    #[arg(long, env = "FAASD_HEADER_TIMEOUT", default_value_t = 10.0)]
+    pub header_timeout: f64,
+    /// Seconds an upload may go without sending a byte; then it fails with 408 and its
+    /// staging directory is removed.
+    #[arg(long, env = "FAASD_BODY_TIMEOUT", default_value_t = 30.0)]
+    pub body_timeout: f64,
+    /// Memory limit of all containers together, in MiB, set on the parent cgroup
+    /// (default: 75% of the machine's memory).
+    #[arg(long, env = "FAASD_MEMORY_TOTAL_MB")]
+    pub memory_total_mb: Option<u64>,
+    /// Process limit of all containers together, set on the parent cgroup
+    /// (default: --max-containers x --pids-max, at most half the kernel's threads-max).
+    #[arg(long, env = "FAASD_PIDS_TOTAL")]
+    pub pids_total: Option<u64>,
     /// File holding a bearer token that every control API request must present.
     #[arg(long, env = "FAASD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
@@ -104,6 +123,14 @@ impl Config {
 
     pub fn queue_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.queue_timeout)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.header_timeout)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.body_timeout)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

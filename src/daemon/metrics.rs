@@ -1,5 +1,6 @@
 //! Prometheus metrics of the request path (prometheus-client does the text format).
 
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -20,6 +21,9 @@ pub struct FailureLabels {
     pub reason: String,
 }
 
+/// A gauge of seconds.
+pub type SecondsGauge = Gauge<f64, AtomicU64>;
+
 type Histograms = Family<FunctionLabel, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -34,6 +38,8 @@ pub struct Metrics {
     pub in_flight: Family<FunctionLabel, Gauge>,
     pub prewarmed: Family<FunctionLabel, Gauge>,
     pub prewarmed_used: Family<FunctionLabel, Counter>,
+    prewarm_failures: Family<FunctionLabel, Counter>,
+    prewarm_backoff: Family<FunctionLabel, SecondsGauge>,
     pub cold_start: Histograms,
     pub duration: Histograms,
 }
@@ -46,6 +52,8 @@ impl Default for Metrics {
         let in_flight = Family::<FunctionLabel, Gauge>::default();
         let prewarmed = Family::<FunctionLabel, Gauge>::default();
         let prewarmed_used = Family::<FunctionLabel, Counter>::default();
+        let prewarm_failures = Family::<FunctionLabel, Counter>::default();
+        let prewarm_backoff = Family::<FunctionLabel, SecondsGauge>::default();
         let cold_start: Histograms = Family::new_with_constructor(latency_histogram);
         let duration: Histograms = Family::new_with_constructor(latency_histogram);
         registry.register(
@@ -70,6 +78,16 @@ impl Default for Metrics {
             prewarmed_used.clone(),
         );
         registry.register(
+            "prewarm_failures",
+            "Prewarmed containers that failed to start or whose handler exited while waiting",
+            prewarm_failures.clone(),
+        );
+        registry.register(
+            "prewarm_backoff_seconds",
+            "Pause before the next prewarm attempt after consecutive failures (0: none)",
+            prewarm_backoff.clone(),
+        );
+        registry.register(
             "cold_start_seconds",
             "From accepting the connection to the handler holding it",
             cold_start.clone(),
@@ -86,6 +104,8 @@ impl Default for Metrics {
             in_flight,
             prewarmed,
             prewarmed_used,
+            prewarm_failures,
+            prewarm_backoff,
             cold_start,
             duration,
         }
@@ -96,6 +116,16 @@ impl Metrics {
     pub fn label(function: &str) -> FunctionLabel {
         FunctionLabel {
             function: function.to_string(),
+        }
+    }
+
+    /// The prewarm metrics of one function.
+    pub fn prewarm(&self, function: &str) -> PrewarmMetrics {
+        let label = Self::label(function);
+        PrewarmMetrics {
+            waiting: self.prewarmed.get_or_create(&label).clone(),
+            failures: self.prewarm_failures.get_or_create(&label).clone(),
+            backoff: self.prewarm_backoff.get_or_create(&label).clone(),
         }
     }
 
@@ -119,4 +149,11 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         out
     }
+}
+
+/// What /metrics shows of one function's prewarmed containers.
+pub struct PrewarmMetrics {
+    pub waiting: Gauge,
+    pub failures: Counter,
+    pub backoff: SecondsGauge,
 }

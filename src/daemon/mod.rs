@@ -4,6 +4,7 @@
 mod api;
 pub mod config;
 mod function;
+mod http_server;
 pub mod loopback;
 mod metrics;
 mod pool;
@@ -13,6 +14,8 @@ mod request;
 mod state_dir;
 mod store_mount;
 mod store_quota;
+mod totals;
+mod upload;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
@@ -72,6 +75,10 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     StoreMount(#[from] store_mount::StoreMountError),
+    #[error(transparent)]
+    Totals(#[from] totals::TotalsError),
+    #[error(transparent)]
+    InstallThread(#[from] upload::InstallThreadError),
     #[error("reading the token file {path} failed: {source}")]
     Token {
         path: PathBuf,
@@ -108,6 +115,8 @@ pub struct Daemon {
     /// Installs running at once (each within image::install's memory budget).
     installs: Arc<Semaphore>,
     store: Arc<store_quota::StoreQuota>,
+    /// Uploads being received (the control API waits a bounded time for one).
+    upload_slots: Arc<Semaphore>,
     /// Cancelled at shutdown: listeners stop accepting.
     stop_accepting: CancellationToken,
     /// Cancelled when the shutdown grace ends: in-flight requests are torn down.
@@ -134,6 +143,8 @@ impl Daemon {
     /// Prepares the state directory, clears what a crashed predecessor left, and brings
     /// every registered function back (address, listener).
     pub async fn start(cfg: Config) -> Result<Arc<Self>, DaemonError> {
+        // Refused before anything is created: a bad combination leaves no trace.
+        let totals = totals::resolve(&cfg)?;
         state_dir::prepare(&cfg)?;
         let token = match &cfg.token_file {
             Some(path) => Some(
@@ -155,6 +166,13 @@ impl Daemon {
             &cfg.runc_root(),
         )?;
         recover(&cfg, &backend)?;
+        runtime::limit_cgroup_parent(&cfg.cgroup_parent, &totals)?;
+        tracing::info!(
+            memory_total_mb = totals.memory_bytes >> 20,
+            pids_total = totals.pids_max,
+            "limits of all containers together set on cgroup {}",
+            cfg.cgroup_parent
+        );
         let daemon = Arc::new(Daemon {
             backend,
             lo: Loopback::open().await?,
@@ -167,6 +185,7 @@ impl Daemon {
                 cfg.store_max_gb,
                 &cfg.state_dir,
             )?),
+            upload_slots: Arc::new(Semaphore::new(cfg.max_uploads)),
             stop_accepting: CancellationToken::new(),
             kill_requests: CancellationToken::new(),
             requests: TaskTracker::new(),
@@ -236,12 +255,7 @@ impl Daemon {
             image,
             self.cfg.max_per_function,
             stop,
-            prewarm::Prewarmed::new(
-                self.metrics
-                    .prewarmed
-                    .get_or_create(&Metrics::label(name))
-                    .clone(),
-            ),
+            prewarm::Prewarmed::new(self.metrics.prewarm(name)),
         ));
         self.functions
             .write()
@@ -305,20 +319,23 @@ impl Daemon {
         }
         // The upload streams into a staging directory without holding any lock; the
         // install permit is taken once it is spooled (a stalled upload holds none) and goes
-        // with the blocking task, which outlives a client that hangs up.
+        // with the install thread, which outlives a client that hangs up.
         let installs = self.installs.clone();
         let rt = tokio::runtime::Handle::current();
         let gate = move || {
-            rt.block_on(tokio::time::timeout(INSTALL_WAIT, installs.acquire_owned()))
-                .map_err(|_| ImageError::InstallsBusy {
-                    limit: MAX_INSTALLS,
-                    waited: INSTALL_WAIT,
-                })
-                .map(|p| p.expect("the install semaphore is never closed"))
+            // On the install thread, outside the runtime: the timer is made inside block_on.
+            rt.block_on(async {
+                tokio::time::timeout(INSTALL_WAIT, installs.acquire_owned()).await
+            })
+            .map_err(|_| ImageError::InstallsBusy {
+                limit: MAX_INSTALLS,
+                waited: INSTALL_WAIT,
+            })
+            .map(|p| p.expect("the install semaphore is never closed"))
         };
         let images = self.cfg.images_dir();
         let store = self.store.clone();
-        let staged = tokio::task::spawn_blocking(move || {
+        let staged = upload::on_own_thread(move || {
             let share = store.reserve(&images, limits.max_bytes)?;
             let store_bound = share.bytes < limits.max_bytes;
             let limits = image::Limits {
@@ -341,8 +358,7 @@ impl Daemon {
                 r => r.map_err(DaemonError::from),
             }
         })
-        .await
-        .expect("install task panicked")?;
+        .await??;
         let config = staged.config().clone();
         let mut registry = self.registry.lock().await;
         let dest = self.cfg.images_dir().join(name);

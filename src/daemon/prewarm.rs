@@ -8,37 +8,43 @@
 //! live containers; a redeploy discards the ones of the old image.
 
 use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
 use super::function::{Function, Image};
+use super::metrics::PrewarmMetrics;
 use super::request::{self, Started};
 use super::Daemon;
 
-/// Pause after a failed prewarm, doubled up to MAX_BACKOFF while failures go on (a
-/// handler that crashes must not make us spin).
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Pause before the next attempt after consecutive failures (a start that failed, or a
+/// handler that exited while waiting): doubled from MIN_BACKOFF up to MAX_BACKOFF, reset
+/// when a request takes a live container. A crash-looping handler must not make us spin.
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How often waiting containers are checked for handlers that exited on their own.
-const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Prewarmed {
     ready: Mutex<VecDeque<Started>>,
     /// Signalled when one was taken or discarded.
     wanted: Notify,
-    /// How many are waiting, for /metrics.
-    gauge: Gauge,
+    /// Signalled by `clear` (a redeploy): the backoff of the old image is over.
+    reset: Notify,
+    /// Failures since the last container a request took.
+    failures: AtomicU32,
+    metrics: PrewarmMetrics,
 }
 
 impl Prewarmed {
-    pub fn new(gauge: Gauge) -> Self {
+    pub fn new(metrics: PrewarmMetrics) -> Self {
         Prewarmed {
             ready: Mutex::default(),
             wanted: Notify::new(),
-            gauge,
+            reset: Notify::new(),
+            failures: AtomicU32::new(0),
+            metrics,
         }
     }
 
@@ -46,7 +52,7 @@ impl Prewarmed {
     fn with_ready<T>(&self, f: impl FnOnce(&mut VecDeque<Started>) -> T) -> T {
         let mut ready = self.ready.lock().unwrap();
         let out = f(&mut ready);
-        self.gauge.set(ready.len() as i64);
+        self.metrics.waiting.set(ready.len() as i64);
         out
     }
 
@@ -65,6 +71,11 @@ impl Prewarmed {
             };
             (found, stale)
         });
+        let died = stale.iter().filter(|s| s.container.has_exited()).count();
+        self.failed(died);
+        if found.is_some() {
+            self.failures.store(0, Ordering::Relaxed);
+        }
         // Dropping tears the stale ones down; not under the lock.
         drop(stale);
         self.wanted.notify_one();
@@ -75,9 +86,12 @@ impl Prewarmed {
     pub fn clear(&self) {
         let all: Vec<Started> = self.with_ready(|ready| ready.drain(..).collect());
         drop(all);
+        self.failures.store(0, Ordering::Relaxed);
+        self.reset.notify_one();
         self.wanted.notify_one();
     }
 
+    /// Discards the containers whose handler exited while waiting.
     fn prune(&self) {
         let dead: VecDeque<Started> = self.with_ready(|ready| {
             let (alive, dead) = ready.drain(..).partition(|s| !s.container.has_exited());
@@ -87,6 +101,30 @@ impl Prewarmed {
         if !dead.is_empty() {
             tracing::warn!("{} prewarmed handlers exited while waiting", dead.len());
         }
+        self.failed(dead.len());
+    }
+
+    fn failed(&self, n: usize) {
+        if n > 0 {
+            self.metrics.failures.inc_by(n as u64);
+            self.failures.fetch_add(n as u32, Ordering::Relaxed);
+        }
+    }
+
+    /// The pause the failures so far call for, if any.
+    fn backoff(&self) -> Option<Duration> {
+        let failures = self.failures.load(Ordering::Relaxed);
+        let doublings = failures.checked_sub(1)?.min(16);
+        Some((MIN_BACKOFF * (1 << doublings)).min(MAX_BACKOFF))
+    }
+
+    /// Process fds of the waiting containers, to notice at once when one exits.
+    fn exit_watches(&self) -> Vec<OwnedFd> {
+        let ready = self.ready.lock().unwrap();
+        ready
+            .iter()
+            .filter_map(|s| s.container.pidfd().try_clone_to_owned().ok())
+            .collect()
     }
 
     fn len(&self) -> usize {
@@ -94,16 +132,48 @@ impl Prewarmed {
     }
 }
 
+/// Resolves when one of `pidfds` reports its process's exit (never, when there are none
+/// or the kernel cannot tell: then the next request's `take` finds the dead ones).
+async fn any_exit(pidfds: Vec<OwnedFd>) {
+    let exits: Vec<_> = pidfds
+        .into_iter()
+        .map(|fd| {
+            Box::pin(async move {
+                if !matches!(
+                    crate::pidfd::exited(fd.as_fd(), Duration::MAX).await,
+                    Ok(true)
+                ) {
+                    std::future::pending::<()>().await;
+                }
+            })
+        })
+        .collect();
+    if exits.is_empty() {
+        std::future::pending::<()>().await;
+    }
+    futures::future::select_all(exits).await;
+}
+
 /// Keeps `n` containers of `f` waiting until the function stops.
 pub async fn keep_ready(d: Arc<Daemon>, f: Arc<Function>, n: usize) {
-    let mut backoff = MIN_BACKOFF;
+    let p = &f.prewarmed;
     loop {
-        while f.prewarmed.len() >= n {
+        while p.len() >= n {
             tokio::select! {
-                _ = f.prewarmed.wanted.notified() => {}
-                _ = tokio::time::sleep(PRUNE_EVERY) => f.prewarmed.prune(),
+                _ = p.wanted.notified() => {}
+                _ = any_exit(p.exit_watches()) => {}
                 _ = f.stop.cancelled() => return,
             }
+            p.prune();
+        }
+        if let Some(backoff) = p.backoff() {
+            p.metrics.backoff.set(backoff.as_secs_f64());
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = p.reset.notified() => {}
+                _ = f.stop.cancelled() => return,
+            }
+            p.metrics.backoff.set(0.0);
         }
         let id = d.next_request_id(&f.name);
         let started = tokio::select! {
@@ -112,18 +182,11 @@ pub async fn keep_ready(d: Arc<Daemon>, f: Arc<Function>, n: usize) {
             _ = f.stop.cancelled() => return,
         };
         match started {
-            Ok(s) if !f.stop.is_cancelled() => {
-                f.prewarmed.with_ready(|ready| ready.push_back(s));
-                backoff = MIN_BACKOFF;
-            }
+            Ok(s) if !f.stop.is_cancelled() => p.with_ready(|ready| ready.push_back(s)),
             Ok(_) => return,
             Err(e) => {
-                tracing::warn!(function = %f.name, "prewarming failed, retrying in {backoff:?}: {e}");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = f.stop.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                tracing::warn!(function = %f.name, "prewarming failed: {e}");
+                p.failed(1);
             }
         }
     }

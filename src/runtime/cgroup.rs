@@ -106,15 +106,22 @@ impl ContainerCgroup {
     /// Reads the limits back from the kernel: a controller that is not enabled in the
     /// parent's subtree_control silently has no files, and we refuse to run unlimited.
     fn verify_limits(&self, res: &Resources) -> Result<()> {
-        let (mem_file, pids_file) = if self.cgroup.v2() {
-            ("memory.max", "pids.max")
+        self.verify(&[
+            (self.memory_limit_file(), res.memory_bytes),
+            ("pids.max", res.pids_max as u64),
+        ])
+    }
+
+    fn memory_limit_file(&self) -> &'static str {
+        if self.cgroup.v2() {
+            "memory.max"
         } else {
-            ("memory.limit_in_bytes", "pids.max")
-        };
-        for (file, want) in [
-            (mem_file, res.memory_bytes),
-            (pids_file, res.pids_max as u64),
-        ] {
+            "memory.limit_in_bytes"
+        }
+    }
+
+    fn verify(&self, limits: &[(&str, u64)]) -> Result<()> {
+        for &(file, want) in limits {
             let got = self.read_file(file)?;
             if got.trim().parse::<u64>().ok() != Some(want) {
                 return Err(RuntimeError::CgroupSetup {
@@ -270,6 +277,33 @@ fn remove_dir_retrying(dir: &Path, deadline: Instant) -> Result<()> {
             }
         }
     }
+}
+
+/// Limits of all containers together, set on their parent cgroup: the kernel charges every
+/// container's memory and processes to it as well (hierarchically, on v1 and v2), so many
+/// containers each within its own limit still cannot take the whole machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParentLimits {
+    pub memory_bytes: u64,
+    pub pids_max: u64,
+}
+
+/// Creates the parent cgroup (if needed) with `limits`, and reads them back.
+pub fn limit_parent(parent: &str, limits: &ParentLimits) -> Result<()> {
+    let controllers = CONTROLLERS.iter().map(|c| c.to_string()).collect();
+    let cgroup = Cgroup::new_with_specified_controllers(hierarchy(), parent, Some(controllers))
+        .map_err(|e| setup_error(parent, "create", e))?;
+    let wrap = ContainerCgroup { cgroup };
+    let mem: &MemController = wrap.controller(parent, "memory")?;
+    mem.set_limit(limits.memory_bytes as i64)
+        .map_err(|e| setup_error(parent, "set total memory limit", e))?;
+    let pids: &PidController = wrap.controller(parent, "pids")?;
+    pids.set_pid_max(MaxValue::Value(limits.pids_max as i64))
+        .map_err(|e| setup_error(parent, "set total pids limit", e))?;
+    wrap.verify(&[
+        (wrap.memory_limit_file(), limits.memory_bytes),
+        ("pids.max", limits.pids_max),
+    ])
 }
 
 /// Directories of the parent cgroup in every hierarchy of our controllers.

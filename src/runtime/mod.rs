@@ -27,7 +27,10 @@ use std::time::Duration;
 use seccompiler::BpfProgram;
 use serde::{Deserialize, Serialize};
 
-pub use cgroup::{children as cgroup_children, sweep as sweep_cgroups};
+pub use cgroup::{
+    children as cgroup_children, limit_parent as limit_cgroup_parent, sweep as sweep_cgroups,
+    ParentLimits,
+};
 pub use child::Step;
 pub use container::{Container, Exit, ExitStatus};
 pub use error::{Result, RuntimeError};

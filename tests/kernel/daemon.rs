@@ -45,7 +45,7 @@ fn http_get(ip: &str, path: &str) -> std::io::Result<String> {
 }
 
 /// A daemon config with its own state dir, cgroup parent and address pool.
-fn config(state: &Path, backend: &str, subnet: &str, extra: &[&str]) -> Config {
+pub(crate) fn config(state: &Path, backend: &str, subnet: &str, extra: &[&str]) -> Config {
     let mut args = vec![
         "faasd",
         "--state-dir",

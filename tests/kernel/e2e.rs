@@ -46,9 +46,9 @@ pub fn tests() -> Vec<Trial> {
 
 /// Headroom on every time bound: the tests must not be flaky on a loaded machine or under
 /// the VM's CPU emulation, only catch what hangs.
-const SLACK: Duration = Duration::from_secs(5);
+pub(crate) const SLACK: Duration = Duration::from_secs(5);
 /// How long a client waits for an answer before calling it a hang.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 // --- HTTP as a plain client sees it ------------------------------------------------------
 
@@ -69,7 +69,7 @@ impl Reply {
     }
 
     /// Whether the connection was still open, silent, when the client gave up.
-    fn timed_out(&self) -> bool {
+    pub(crate) fn timed_out(&self) -> bool {
         matches!(
             self.error.as_ref().map(io::Error::kind),
             Some(io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
@@ -89,7 +89,7 @@ impl std::fmt::Display for Reply {
 
 /// Sends `request` and reads until the server closes (or READ_TIMEOUT); a reset connection
 /// is an outcome to look at, not an error.
-fn exchange(addr: impl ToSocketAddrs, request: &[u8]) -> io::Result<Reply> {
+pub(crate) fn exchange(addr: impl ToSocketAddrs, request: &[u8]) -> io::Result<Reply> {
     let start = Instant::now();
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(READ_TIMEOUT))?;
@@ -140,7 +140,7 @@ fn ensure_ok(what: &str, out: &Output) -> TestResult {
 }
 
 /// Polls `cond` until it holds or `within` has passed; returns whether it held.
-fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub(crate) fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     loop {
         if cond() {
@@ -159,13 +159,13 @@ fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub(crate) struct Setup {
     n: u8,
     dir: PathBuf,
-    cgroup_parent: String,
+    pub(crate) cgroup_parent: String,
     flags: Vec<String>,
 }
 
 /// How `faas new` gets the tarball.
 #[derive(Clone, Copy)]
-enum Via {
+pub(crate) enum Via {
     File,
     Stdin,
 }
@@ -188,15 +188,15 @@ impl Setup {
         self.dir.join("state")
     }
 
-    fn log(&self) -> PathBuf {
+    pub(crate) fn log(&self) -> PathBuf {
         self.dir.join("faasd.log")
     }
 
-    fn ip(&self, host: u8) -> Ipv4Addr {
+    pub(crate) fn ip(&self, host: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, self.n, 0, host)
     }
 
-    fn control_addr(&self) -> String {
+    pub(crate) fn control_addr(&self) -> String {
         format!("127.0.{}.1:8080", self.n)
     }
 
@@ -247,7 +247,7 @@ impl Setup {
     }
 
     /// One request to the control API; `head` is the request line and any headers.
-    fn control(&self, head: &str, body: &[u8]) -> io::Result<Reply> {
+    pub(crate) fn control(&self, head: &str, body: &[u8]) -> io::Result<Reply> {
         let mut req = format!(
             "{head}\r\nHost: {}\r\nConnection: close\r\n\r\n",
             self.control_addr()
@@ -307,7 +307,7 @@ impl Setup {
     }
 
     /// `faas new NAME` with test image `file`; checks the "Deployed" line, returns the IP.
-    fn deploy(&self, name: &str, file: &str, via: Via) -> Result<Ipv4Addr, Failed> {
+    pub(crate) fn deploy(&self, name: &str, file: &str, via: Via) -> Result<Ipv4Addr, Failed> {
         let path = image(file)?;
         let out = match via {
             Via::File => self.faas(&["new", name, "-f", path.to_str().unwrap()], None)?,
@@ -328,14 +328,14 @@ impl Setup {
     }
 
     /// GET `path` from a function's address; only failing to connect or send is an error.
-    fn get(&self, ip: Ipv4Addr, path: &str) -> Result<Reply, Failed> {
+    pub(crate) fn get(&self, ip: Ipv4Addr, path: &str) -> Result<Reply, Failed> {
         let req = format!("GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n");
         exchange((ip, 80), req.as_bytes())
             .map_err(|e| self.fail(format!("GET http://{ip}{path}: {e}")))
     }
 
     /// Fails unless `ip` answers as the test handlers do: the greeting and the request line.
-    fn expect_hello(&self, ip: Ipv4Addr, path: &str) -> TestResult {
+    pub(crate) fn expect_hello(&self, ip: Ipv4Addr, path: &str) -> TestResult {
         let r = self.get(ip, path)?;
         self.check(
             r.status() == Some(200)
@@ -357,7 +357,7 @@ impl Setup {
         ips.iter().map(|ip| (*ip, "lo:faas".to_string())).collect()
     }
 
-    fn entries(&self, sub: &str) -> Vec<String> {
+    pub(crate) fn entries(&self, sub: &str) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(self.state().join(sub))
             .into_iter()
             .flatten()
@@ -390,7 +390,7 @@ impl Setup {
 
     /// Waits (briefly: teardown follows the client's answer) until no request has left a
     /// bundle, a container cgroup or a process behind.
-    fn check_no_request_left(&self) -> TestResult {
+    pub(crate) fn check_no_request_left(&self) -> TestResult {
         let clean = eventually(SLACK, || {
             self.bundles().is_empty() && self.containers().is_empty() && self.processes().is_empty()
         });

@@ -5,6 +5,7 @@
 //! mount namespace of its own, so that addresses such as 10.0.0.x and every mount the tests
 //! make stay inside it and vanish with it.
 
+mod api_security;
 mod daemon;
 mod e2e;
 mod image_security;
@@ -32,6 +33,7 @@ fn main() {
         .into_iter()
         .chain(daemon::tests())
         .chain(e2e::tests())
+        .chain(api_security::tests())
         .chain(image_security::tests())
         .map(|t| t.with_ignored_flag(!root))
         .collect();
