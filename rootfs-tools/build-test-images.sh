@@ -3,7 +3,8 @@
 #   OUTDIR/test-handler.tar      classic layout: /test-handler (static C), /bin/busybox, /bin/sh
 #   OUTDIR/test-handler-oci.tar  the same rootfs, OCI layout (Docker 25+), gzip layers
 #   OUTDIR/test-handler-MODE.tar the same rootfs with command ["/test-handler", "MODE"], for
-#                                MODE in serve, crash, noconnect, hang (misbehaving handlers)
+#                                MODE in serve, crash, noconnect, hang (misbehaving handlers),
+#                                probe (reports what it could reach: tty, io_uring)
 #   OUTDIR/python-handler.tar    python3.11 from Debian packages + /test_handler.py
 # Downloads (apt-get download) are cached in OUTDIR/.debs; reruns are fast and idempotent.
 # Needs a Debian 12 machine (run as root, after `apt-get update`).
@@ -86,7 +87,7 @@ say "writing $OUT/test-handler.tar"
 say "writing $OUT/test-handler-oci.tar"
 "${MKIMAGE[@]}" --rootfs "$ROOT" --cmd '["/test-handler"]' \
     --env PATH=/bin --tag test-handler-oci:latest --layout oci --compress gzip -o "$OUT/test-handler-oci.tar"
-for mode in serve crash noconnect hang; do
+for mode in serve crash noconnect hang probe; do
     say "writing $OUT/test-handler-$mode.tar"
     "${MKIMAGE[@]}" --rootfs "$ROOT" --cmd "[\"/test-handler\", \"$mode\"]" \
         --env PATH=/bin --tag "test-handler-$mode:latest" --layout classic --compress none \

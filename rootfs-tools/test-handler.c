@@ -12,6 +12,9 @@
  *   noconnect       sleep forever without connecting
  *   hang            connect, receive the fd, then sleep forever
  *   true            exit 0 at once
+ *   probe           serve, and append what the handler could do to the host: its session,
+ *                   /dev/tty, TIOCSTI on /dev/tty and on its stdio, io_uring_setup
+ *                   (lines "name=ok" or "name=errno N")
  *
  * Build: gcc -static -O2 -o test-handler test-handler.c
  */
@@ -20,8 +23,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
+#include <termios.h>
 #include <unistd.h>
 
 #define CONTROL_SOCK "/control.sock"
@@ -94,7 +101,39 @@ static void write_all(int fd, const char *p, size_t len) {
     }
 }
 
-static void serve(int conn) {
+/* Appends "name=ok\n" or "name=errno N\n" for a result rc (< 0: failed with errno). */
+static void result(char *out, size_t size, const char *name, long rc) {
+    size_t len = strlen(out);
+    if (rc < 0)
+        snprintf(out + len, size - len, "%s=errno %d\n", name, errno);
+    else
+        snprintf(out + len, size - len, "%s=ok\n", name);
+}
+
+/* TIOCSTI of a whole line into fd's terminal: the attack on the operator's shell. */
+static long inject(int fd) {
+    for (const char *c = "echo faasd-tiocsti-injected\n"; *c; c++)
+        if (ioctl(fd, TIOCSTI, c) < 0)
+            return -1;
+    return 0;
+}
+
+static void probe(char *out, size_t size) {
+    snprintf(out, size, "sid=%d\npid=%d\n", (int)getsid(0), (int)getpid());
+    int tty = open("/dev/tty", O_RDWR | O_CLOEXEC);
+    result(out, size, "dev_tty", tty);
+    if (tty >= 0)
+        result(out, size, "tiocsti_dev_tty", inject(tty));
+    const char *names[] = {"tiocsti_stdin", "tiocsti_stdout", "tiocsti_stderr"};
+    for (int fd = 0; fd < 3; fd++)
+        result(out, size, names[fd], inject(fd));
+    char params[120]; /* struct io_uring_params */
+    memset(params, 0, sizeof params);
+    long ring = syscall(425 /* io_uring_setup */, 1, params);
+    result(out, size, "io_uring_setup", ring);
+}
+
+static void serve(int conn, const char *extra) {
     char req[8192];
     size_t len = 0;
     while (len < sizeof req - 1) {
@@ -118,6 +157,7 @@ static void serve(int conn) {
     write_all(conn, head, sizeof head - 1);
     write_all(conn, req, line);
     write_all(conn, "\n", 1);
+    write_all(conn, extra, strlen(extra));
     if (close(conn) < 0)
         die("close");
 }
@@ -128,8 +168,10 @@ int main(int argc, char **argv) {
         return 0;
     if (strcmp(mode, "noconnect") == 0)
         sleep_forever();
-    if (strcmp(mode, "serve") != 0 && strcmp(mode, "crash") != 0 && strcmp(mode, "hang") != 0) {
-        fprintf(stderr, "test-handler: unknown mode %s (serve, crash, noconnect, hang, true)\n", mode);
+    if (strcmp(mode, "serve") != 0 && strcmp(mode, "crash") != 0 && strcmp(mode, "hang") != 0 &&
+        strcmp(mode, "probe") != 0) {
+        fprintf(stderr, "test-handler: unknown mode %s (serve, crash, noconnect, hang, probe, true)\n",
+                mode);
         return 2;
     }
     int s = connect_control();
@@ -139,6 +181,9 @@ int main(int argc, char **argv) {
     if (strcmp(mode, "hang") == 0)
         sleep_forever();
     close(s);
-    serve(conn);
+    static char extra[4096];
+    if (strcmp(mode, "probe") == 0)
+        probe(extra, sizeof extra);
+    serve(conn, extra);
     return 0;
 }

@@ -11,29 +11,36 @@
 //! each child setting it.
 //!
 //! Ordering constraints, in the order `run` takes them:
+//! - first the kept fds move to 0.. and every other inherited fd is closed (kept_fds.rs),
+//!   before any path lookup could follow one through /proc/self/fd;
+//! - a new session: the daemon's controlling terminal is not the container's;
 //! - the pre-made network namespace (if any) while we still have CAP_SYS_ADMIN;
 //! - cgroup before anything allocates or forks, and before the cgroup namespace, so the
 //!   namespace is rooted at the container's own cgroup;
 //! - mounts before pivot_root (their sources live in the host's tree), pivot_root before
-//!   chdir to the working directory;
+//!   opening the working directory, from the container's own root;
 //! - the bounding set is dropped before setuid (it needs CAP_SETPCAP);
-//! - fds are marked close-on-exec after stdio is in place;
 //! - seccomp last: it denies mount/pivot_root/unshare, which the steps above need.
 
 use std::ffi::CString;
 use std::fmt;
+use std::marker::PhantomData;
 use std::os::fd::RawFd;
 
-use caps::{CapSet, Capability, CapsHashSet};
 use seccompiler::BpfProgram;
 
+use super::kept_fds::{self, KeptFds};
+use super::rootfs::{WORKDIR_FLAGS, WORKDIR_RESOLVE};
 use super::timeline::{Clock, Mark};
 
 /// The setup steps, as reported back to the parent on failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Step {
-    JoinNetns = 1,
+    KeepFds = 1,
+    CloseFds,
+    NewSession,
+    JoinNetns,
     JoinCgroup,
     UnshareCgroupNamespace,
     MakeMountsPrivate,
@@ -41,21 +48,23 @@ pub enum Step {
     PivotRoot,
     DetachOldRoot,
     SetHostname,
+    OpenWorkdir,
     Chdir,
     WorkdirOutsideRoot,
-    Stdio,
     SetGroups,
     SetGid,
     DropBoundingCaps,
     SetUid,
     SetCaps,
-    CloseFds,
     Seccomp,
     Exec,
 }
 
 impl Step {
-    const ALL: [Step; 19] = [
+    const ALL: [Step; 21] = [
+        Step::KeepFds,
+        Step::CloseFds,
+        Step::NewSession,
         Step::JoinNetns,
         Step::JoinCgroup,
         Step::UnshareCgroupNamespace,
@@ -64,15 +73,14 @@ impl Step {
         Step::PivotRoot,
         Step::DetachOldRoot,
         Step::SetHostname,
+        Step::OpenWorkdir,
         Step::Chdir,
         Step::WorkdirOutsideRoot,
-        Step::Stdio,
         Step::SetGroups,
         Step::SetGid,
         Step::DropBoundingCaps,
         Step::SetUid,
         Step::SetCaps,
-        Step::CloseFds,
         Step::Seccomp,
         Step::Exec,
     ];
@@ -85,6 +93,9 @@ impl Step {
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
+            Step::KeepFds => "move the kept fds into place",
+            Step::CloseFds => "close inherited fds",
+            Step::NewSession => "start a new session",
             Step::JoinNetns => "join the pre-made network namespace",
             Step::JoinCgroup => "join cgroup",
             Step::UnshareCgroupNamespace => "unshare cgroup namespace",
@@ -93,15 +104,14 @@ impl fmt::Display for Step {
             Step::PivotRoot => "pivot_root",
             Step::DetachOldRoot => "detach old root",
             Step::SetHostname => "set hostname",
+            Step::OpenWorkdir => "open the working directory",
             Step::Chdir => "chdir to working directory",
             Step::WorkdirOutsideRoot => "working directory outside the root",
-            Step::Stdio => "set up stdio",
             Step::SetGroups => "setgroups",
             Step::SetGid => "setgid",
             Step::DropBoundingCaps => "drop bounding capabilities",
             Step::SetUid => "setuid",
             Step::SetCaps => "set capabilities",
-            Step::CloseFds => "close inherited fds",
             Step::Seccomp => "install seccomp filter",
             Step::Exec => "exec",
         };
@@ -145,34 +155,55 @@ pub enum MountOp {
     },
 }
 
-/// The capability sets to leave the process with.
+/// The capability sets to leave the process with, as the kernel's numbers and masks.
 pub struct CapPlan {
-    pub bounding_drop: Vec<Capability>,
-    pub keep: CapsHashSet,
-    pub none: CapsHashSet,
+    /// Capability numbers to drop from the bounding set.
+    pub bounding_drop: Vec<u32>,
+    /// Effective and permitted set of a root process; a non-root one keeps none.
+    pub keep: u64,
+}
+
+/// A NUL-terminated array of pointers into C strings (argv, envp), which borrows the
+/// strings so that they cannot be dropped or moved while the array exists.
+pub struct CStrArray<'a> {
+    ptrs: Vec<*const libc::c_char>,
+    _strings: PhantomData<&'a [CString]>,
+}
+
+impl<'a> CStrArray<'a> {
+    pub fn new(strings: &'a [CString]) -> Self {
+        let ptrs = strings
+            .iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        CStrArray {
+            ptrs,
+            _strings: PhantomData,
+        }
+    }
+
+    fn as_ptr(&self) -> *const *const libc::c_char {
+        self.ptrs.as_ptr()
+    }
 }
 
 /// Everything the child needs, prepared before clone so the child never allocates.
+/// Every pointer and fd in it borrows from an owner in the parent (`'a`).
 pub struct ChildPlan<'a> {
-    pub error_pipe: RawFd,
-    /// A pre-made empty network namespace to join; None: the clone made a new one.
-    pub netns: Option<RawFd>,
-    /// Pre-opened files that move the writer into its cgroup, one per hierarchy.
-    pub cgroup_join: Vec<RawFd>,
+    pub fds: KeptFds<'a>,
     pub new_root: CString,
     pub mounts: Vec<MountOp>,
     pub hostname: CString,
+    /// The canonical working directory inside the container (see rootfs::resolve_workdir).
     pub workdir: CString,
-    pub dev_null: CString,
-    pub stdout: RawFd,
-    pub stderr: RawFd,
     pub uid: libc::uid_t,
     pub gid: libc::gid_t,
     pub caps: &'static CapPlan,
     pub seccomp: &'static [BpfProgram],
     pub exe: CString,
-    pub argv: Vec<*const libc::c_char>,
-    pub envp: Vec<*const libc::c_char>,
+    pub argv: CStrArray<'a>,
+    pub envp: CStrArray<'a>,
     /// Where the child records when each phase ended.
     pub clock: &'a Clock,
 }
@@ -182,7 +213,7 @@ struct Failure(Step, u32, i32);
 
 type StepResult = Result<(), Failure>;
 
-fn errno() -> i32 {
+pub(super) fn errno() -> i32 {
     // SAFETY: __errno_location returns the calling thread's errno slot; always valid.
     unsafe { *libc::__errno_location() }
 }
@@ -202,32 +233,54 @@ fn check_detail(rc: libc::c_long, step: Step, detail: u32) -> StepResult {
 /// Entry point of the cloned child. Never returns.
 pub fn run(plan: &ChildPlan, mask: &libc::sigset_t) -> ! {
     reset_signal_handlers();
+    plan.clock.mark(Mark::ChildStarted);
+    if let Err(e) = plan.fds.install() {
+        report(e.pipe, Failure(e.step, 0, e.errno))
+    }
     let failure = match setup(plan) {
         Ok(()) => exec(plan, mask),
         Err(f) => f,
     };
-    report(plan.error_pipe, failure)
+    report(kept_fds::ERROR_PIPE, failure)
+}
+
+/// One past the highest signal number (the kernel's _NSIG on x86_64 and most others).
+const NSIG: libc::c_int = 65;
+
+/// The kernel's struct sigaction, for the raw rt_sigaction syscall.
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// Signals whose handlers the child resets: all of 1.._NSIG, glibc's reserved ones
+/// included, but SIGKILL and SIGSTOP, which have none.
+fn resettable_signals() -> impl Iterator<Item = libc::c_int> {
+    (1..NSIG).filter(|&s| s != libc::SIGKILL && s != libc::SIGSTOP)
 }
 
 /// Our handlers must never run in the child, which shares our memory until its exec:
 /// every caught signal goes back to its default action (exec would do the same), while
-/// all signals are still blocked.
+/// all signals are still blocked. The raw syscall, because glibc's sigaction refuses its
+/// own reserved signals (SIGCANCEL, SIGSETXID), whose handlers would otherwise stay.
 fn reset_signal_handlers() {
-    for sig in 1..libc::SIGRTMAX() {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
-        }
-        // SAFETY: sigaction with a zeroed out-parameter, then with SIG_DFL; glibc refuses
-        // its reserved signals with EINVAL, which is fine to ignore.
+    for sig in resettable_signals() {
+        // SAFETY: rt_sigaction with a zeroed out-parameter of the kernel's layout, then
+        // with SIG_DFL; sigsetsize is the kernel's 8 bytes.
         unsafe {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
-                && old.sa_sigaction != libc::SIG_DFL
-                && old.sa_sigaction != libc::SIG_IGN
+            let mut old: KernelSigaction = std::mem::zeroed();
+            let size = std::mem::size_of::<u64>();
+            let no_act = std::ptr::null::<KernelSigaction>();
+            if libc::syscall(libc::SYS_rt_sigaction, sig, no_act, &mut old, size) == 0
+                && old.handler != libc::SIG_DFL
+                && old.handler != libc::SIG_IGN
             {
-                let mut dfl: libc::sigaction = std::mem::zeroed();
-                dfl.sa_sigaction = libc::SIG_DFL;
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                let dfl: KernelSigaction = std::mem::zeroed();
+                let no_old = std::ptr::null_mut::<KernelSigaction>();
+                libc::syscall(libc::SYS_rt_sigaction, sig, &dfl, no_old, size);
             }
         }
     }
@@ -247,7 +300,10 @@ fn report(pipe: RawFd, Failure(step, detail, err): Failure) -> ! {
 }
 
 fn setup(plan: &ChildPlan) -> StepResult {
-    plan.clock.mark(Mark::ChildStarted);
+    // Not a process-group leader (a fresh child), so setsid cannot fail with EPERM; the
+    // daemon's controlling terminal stays behind (no TIOCSTI into the operator's shell).
+    // SAFETY: setsid takes no arguments.
+    check(unsafe { libc::setsid() } as _, Step::NewSession)?;
     join_netns(plan)?;
     plan.clock.mark(Mark::NetnsJoined);
     join_cgroup(plan)?;
@@ -256,9 +312,7 @@ fn setup(plan: &ChildPlan) -> StepResult {
     plan.clock.mark(Mark::RootPivoted);
     set_hostname(plan)?;
     enter_workdir(plan)?;
-    set_stdio(plan)?;
     drop_privileges(plan)?;
-    close_inherited_fds()?;
     plan.clock.mark(Mark::PrivilegesDropped);
     install_seccomp(plan)?;
     plan.clock.mark(Mark::SeccompInstalled);
@@ -266,7 +320,7 @@ fn setup(plan: &ChildPlan) -> StepResult {
 }
 
 fn join_netns(plan: &ChildPlan) -> StepResult {
-    let Some(fd) = plan.netns else {
+    let Some(fd) = plan.fds.netns() else {
         return Ok(());
     };
     // SAFETY: setns on an fd the parent opened for us, naming a network namespace.
@@ -280,7 +334,7 @@ fn join_netns(plan: &ChildPlan) -> StepResult {
 }
 
 fn join_cgroup(plan: &ChildPlan) -> StepResult {
-    for &fd in &plan.cgroup_join {
+    for fd in plan.fds.cgroup_join() {
         // SAFETY: "0" names the writer; fd is an open cgroup.procs (v2) or tasks (v1) of ours.
         check(
             unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } as _,
@@ -420,46 +474,50 @@ fn set_hostname(plan: &ChildPlan) -> StepResult {
 }
 
 fn enter_workdir(plan: &ChildPlan) -> StepResult {
-    // SAFETY: prepared C string.
-    check(
-        unsafe { libc::chdir(plan.workdir.as_ptr()) } as _,
-        Step::Chdir,
-    )?;
-    // The kernel prefixes an unreachable cwd with "(unreachable)" (CVE-2024-21626: a
-    // leaked host directory fd as cwd); after pivot_root every reachable path starts "/".
-    let mut buf = [0u8; 256];
+    // From the container's root (our cwd after pivot_root), so the directory is on the
+    // container's own mounts whatever the path says.
+    // SAFETY: open_how is plain data, all-zero its default; the path is a prepared C string.
+    let fd = unsafe {
+        let mut how: libc::open_how = std::mem::zeroed();
+        how.flags = WORKDIR_FLAGS as u64;
+        how.resolve = WORKDIR_RESOLVE;
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            plan.workdir.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    check(fd, Step::OpenWorkdir)?;
+    // SAFETY: fchdir then close of the fd just opened.
+    let rc = unsafe { libc::fchdir(fd as RawFd) };
+    let chdir = check(rc as _, Step::Chdir);
+    // SAFETY: as above.
+    unsafe { libc::close(fd as RawFd) };
+    chdir?;
+    // Belt and braces: the kernel prefixes a cwd outside our root with "(unreachable)"
+    // (CVE-2024-21626), and any failure, ERANGE included, is refused.
+    let mut buf = [0u8; libc::PATH_MAX as usize];
     // SAFETY: the raw syscall writes at most buf.len() bytes into buf.
     let n = unsafe { libc::syscall(libc::SYS_getcwd, buf.as_mut_ptr(), buf.len()) };
-    if n > 0 && buf[0] != b'/' {
-        return Err(Failure(Step::WorkdirOutsideRoot, 0, libc::EPERM));
-    }
-    // ERANGE (a very long path) is not an escape; other errors are.
-    if n < 0 && errno() != libc::ERANGE {
+    if n < 0 {
         return Err(Failure(Step::WorkdirOutsideRoot, 0, errno()));
+    }
+    // The raw getcwd returns the length with the NUL.
+    if buf.get(..n as usize) != Some(plan.workdir.as_bytes_with_nul()) {
+        return Err(Failure(Step::WorkdirOutsideRoot, 0, libc::EXDEV));
     }
     Ok(())
 }
 
-fn set_stdio(plan: &ChildPlan) -> StepResult {
-    // SAFETY: open/dup2/close on fds we own; dev_null is a prepared C string.
-    unsafe {
-        let null = libc::open(plan.dev_null.as_ptr(), libc::O_RDWR);
-        check(null as _, Step::Stdio)?;
-        check(libc::dup2(null, 0) as _, Step::Stdio)?;
-        if null != 0 {
-            libc::close(null);
-        }
-        check(libc::dup2(plan.stdout, 1) as _, Step::Stdio)?;
-        check(libc::dup2(plan.stderr, 2) as _, Step::Stdio)
-    }
-}
-
 fn drop_privileges(plan: &ChildPlan) -> StepResult {
-    let caps_err = |step| move |_| Failure(step, 0, libc::EPERM);
-    // caps' success paths are plain prctl/capget/capset calls on prepared sets; only its
-    // error paths allocate, and those end in _exit after reporting.
     for &cap in &plan.caps.bounding_drop {
-        caps::drop(None, CapSet::Bounding, cap).map_err(caps_err(Step::DropBoundingCaps))?;
+        // SAFETY: prctl with integer arguments.
+        check(
+            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } as _,
+            Step::DropBoundingCaps,
+        )?;
     }
     let groups = [plan.gid];
     // Raw syscalls, not glibc's wrappers: in a threaded process those broadcast the change
@@ -482,31 +540,56 @@ fn drop_privileges(plan: &ChildPlan) -> StepResult {
     }
     // A non-root uid has lost its permitted set in setresuid already; root keeps the
     // default set. Inheritable and ambient stay empty (CVE-2022-29162).
-    let keep = if plan.uid == 0 {
-        &plan.caps.keep
-    } else {
-        &plan.caps.none
-    };
-    caps::set(None, CapSet::Inheritable, &plan.caps.none).map_err(caps_err(Step::SetCaps))?;
-    caps::set(None, CapSet::Effective, keep).map_err(caps_err(Step::SetCaps))?;
-    caps::set(None, CapSet::Permitted, keep).map_err(caps_err(Step::SetCaps))?;
-    caps::clear(None, CapSet::Ambient).map_err(caps_err(Step::SetCaps))
-}
-
-fn close_inherited_fds() -> StepResult {
-    // Every fd of the daemon above stdio (listeners, other requests' sockets, the error
-    // pipe) closes at exec; the error pipe stays usable until then.
-    // SAFETY: close_range with constant arguments.
+    let keep = if plan.uid == 0 { plan.caps.keep } else { 0 };
+    set_caps(keep)?;
+    // SAFETY: prctl with integer arguments.
     check(
         unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
             )
-        },
-        Step::CloseFds,
+        } as _,
+        Step::SetCaps,
+    )
+}
+
+/// The kernel's capability header and data (version 3: two 32-bit words per set).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// capset(2) of the calling thread: effective = permitted = `keep`, inheritable empty.
+fn set_caps(keep: u64) -> StepResult {
+    let header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let word = |i: u32| CapData {
+        effective: (keep >> (32 * i)) as u32,
+        permitted: (keep >> (32 * i)) as u32,
+        inheritable: 0,
+    };
+    let data = [word(0), word(1)];
+    // SAFETY: capset with a version-3 header and its two data words, on the stack.
+    check(
+        unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) },
+        Step::SetCaps,
     )
 }
 
@@ -531,4 +614,49 @@ fn exec(plan: &ChildPlan, mask: &libc::sigset_t) -> Failure {
 pub fn decode(msg: &[u8; 12]) -> (Option<Step>, u32, i32) {
     let word = |i: usize| u32::from_ne_bytes(msg[i..i + 4].try_into().unwrap());
     (Step::from_u32(word(0)), word(4), word(8) as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cstr_array_points_into_its_strings_and_ends_with_null() {
+        let strings = [CString::new("a").unwrap(), CString::new("bc").unwrap()];
+        let array = CStrArray::new(&strings);
+        // SAFETY: the array borrows `strings`, which are alive; it holds 3 pointers.
+        let ptrs = unsafe { std::slice::from_raw_parts(array.as_ptr(), 3) };
+        assert_eq!(ptrs[0], strings[0].as_ptr());
+        assert_eq!(ptrs[1], strings[1].as_ptr());
+        assert!(ptrs[2].is_null());
+    }
+
+    #[test]
+    fn signal_reset_covers_every_signal_up_to_sigrtmax() {
+        let signals: Vec<libc::c_int> = resettable_signals().collect();
+        assert_eq!(signals.first(), Some(&1));
+        assert_eq!(signals.last(), Some(&libc::SIGRTMAX()));
+        assert!(signals.contains(&libc::SIGRTMIN()) && signals.contains(&32));
+        assert!(!signals.contains(&libc::SIGKILL) && !signals.contains(&libc::SIGSTOP));
+    }
+
+    extern "C" fn ignore(_: libc::c_int) {}
+
+    #[test]
+    fn signal_reset_restores_default_of_a_caught_sigrtmax() {
+        let sig = libc::SIGRTMAX();
+        // SAFETY: installs a no-op handler on SIGRTMAX, which nothing in the tests uses.
+        unsafe { libc::signal(sig, ignore as *const () as libc::sighandler_t) };
+        reset_signal_handlers();
+        // SAFETY: reads the disposition back (SIG_DFL leaves it as is).
+        let now = unsafe { libc::signal(sig, libc::SIG_DFL) };
+        assert_eq!(now, libc::SIG_DFL);
+    }
+
+    #[test]
+    fn step_codes_round_trip() {
+        for step in Step::ALL {
+            assert_eq!(Step::from_u32(step as u32), Some(step));
+        }
+    }
 }

@@ -23,6 +23,14 @@ pub enum RuntimeError {
     NulByte { what: &'static str, value: String },
     #[error("working directory {0:?} must be absolute")]
     RelativeWorkdir(String),
+    #[error("working directory {path:?} cannot be entered in the image: {source}")]
+    Workdir {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("too many fds for the container's first process: {0}")]
+    TooManyFds(usize),
     #[error("control socket {0} is missing")]
     ControlSocketMissing(PathBuf),
     #[error("cgroup {path}: {op} failed: {source}")]
@@ -53,8 +61,11 @@ pub enum RuntimeError {
         #[source]
         source: io::Error,
     },
-    #[error("container setup did not finish within {0:?}")]
-    SetupTimeout(std::time::Duration),
+    #[error("container setup did not finish within {after:?}: killed while at '{stuck_in}'")]
+    SetupTimeout {
+        after: std::time::Duration,
+        stuck_in: &'static str,
+    },
 }
 
 impl RuntimeError {

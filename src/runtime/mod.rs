@@ -10,16 +10,18 @@ mod cgroup;
 mod child;
 mod container;
 mod error;
+mod kept_fds;
 mod netns_pool;
 mod privileges;
 mod process;
 mod rootfs;
 mod seccomp;
 mod timeline;
+mod watchdog;
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -37,10 +39,11 @@ pub use error::{Result, RuntimeError};
 pub use rootfs::{Kind as MountPointKind, MOUNT_POINTS};
 pub use timeline::{Timeline, PHASES as SETUP_PHASES};
 
-use child::{CapPlan, ChildPlan};
+use child::{CStrArray, CapPlan, ChildPlan};
+use kept_fds::KeptFds;
 use timeline::{Clock, Mark};
 
-/// How long the child may take from clone to exec before we give up on it.
+/// How long the child may take from clone to exec before it is killed.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Per-container resource limits.
@@ -85,6 +88,7 @@ pub struct ContainerSpec<'a> {
 pub struct Runtime {
     cgroup_parent: String,
     netns_pool: Option<netns_pool::NetnsPool>,
+    setup_timeout: Duration,
 }
 
 static CAPS: OnceLock<CapPlan> = OnceLock::new();
@@ -102,7 +106,14 @@ impl Runtime {
         Ok(Runtime {
             cgroup_parent: cgroup_parent.trim_matches('/').to_string(),
             netns_pool: None,
+            setup_timeout: SETUP_TIMEOUT,
         })
+    }
+
+    /// How long a container may take from clone to exec before it is killed (default 10 s).
+    pub fn with_setup_timeout(mut self, timeout: Duration) -> Self {
+        self.setup_timeout = timeout;
+        self
     }
 
     /// Keeps `size` empty network namespaces made in advance (see netns_pool.rs); 0 makes
@@ -134,6 +145,7 @@ impl Runtime {
             }
         }
         rootfs::check_mount_points(spec.rootfs)?;
+        let workdir = rootfs::resolve_workdir(spec.rootfs, spec.workdir)?;
         let exe = rootfs::resolve_command(spec.rootfs, argv0, spec.env)?;
         let argv = to_cstrings("argument", spec.argv)?;
         let env = to_cstrings("environment variable", spec.env)?;
@@ -150,34 +162,45 @@ impl Runtime {
         })?;
         let mounts = rootfs::mount_plan(spec.rootfs, spec.control_socket)?;
         let netns = self.netns_pool.as_ref().and_then(|p| p.take());
+        let join_fds: Vec<BorrowedFd> = join_files.iter().map(|f| f.as_fd()).collect();
+        let stdio = [
+            dev_null.as_fd(),
+            spec.stdout.unwrap_or(dev_null.as_fd()),
+            spec.stderr.unwrap_or(dev_null.as_fd()),
+        ];
         let plan = ChildPlan {
-            error_pipe: pipe_w.as_raw_fd(),
-            netns: netns.as_ref().map(|fd| fd.as_raw_fd()),
-            cgroup_join: join_files.iter().map(|f| f.as_raw_fd()).collect(),
+            fds: KeptFds::new(
+                stdio,
+                pipe_w.as_fd(),
+                netns.as_ref().map(|fd| fd.as_fd()),
+                &join_fds,
+            )?,
             new_root: rootfs::cstring("rootfs", spec.rootfs)?,
             mounts,
             hostname: rootfs::cstring("hostname", spec.hostname)?,
-            workdir: rootfs::cstring("working directory", spec.workdir)?,
-            dev_null: CString::from(c"/dev/null"),
-            stdout: spec.stdout.map_or(dev_null.as_raw_fd(), |f| f.as_raw_fd()),
-            stderr: spec.stderr.map_or(dev_null.as_raw_fd(), |f| f.as_raw_fd()),
+            workdir,
             uid: spec.uid,
             gid: spec.gid,
             caps: CAPS.get().expect("initialised in Runtime::new"),
             seccomp: SECCOMP.get().expect("initialised in Runtime::new"),
             exe: rootfs::cstring("command", &exe)?,
-            argv: null_terminated(&argv),
-            envp: null_terminated(&env),
+            argv: CStrArray::new(&argv),
+            envp: CStrArray::new(&env),
             clock: &clock,
         };
         clock.mark(Mark::Prepared);
 
-        let spawned = process::clone_child(&plan).map_err(|source| RuntimeError::Sys {
-            op: "clone",
-            source,
+        let spawned = process::clone_child(&plan, self.setup_timeout).map_err(|source| {
+            RuntimeError::Sys {
+                op: "clone",
+                source,
+            }
         });
-        // The child holds its own copies now; ours must close so the pipe reports EOF at exec.
+        // The child has exec'd or exited (CLONE_VFORK): the plan and the fds it borrowed
+        // are ours again, and ours must close so the pipe reports EOF at exec.
+        let mounts = plan.mounts;
         drop(pipe_w);
+        drop(join_fds);
         drop(join_files);
         drop(netns);
         let spawned = match spawned {
@@ -187,9 +210,16 @@ impl Runtime {
                 return Err(e);
             }
         };
+        let killed_in_setup = spawned.killed_in_setup;
         let mut container = Container::new(spawned.pid, spawned.pidfd, cgroup);
         // On any error below, dropping `container` kills, reaps and removes its cgroup.
-        match process::await_setup(&pipe_r, SETUP_TIMEOUT) {
+        if killed_in_setup {
+            return Err(RuntimeError::SetupTimeout {
+                after: self.setup_timeout,
+                stuck_in: clock.current_phase(),
+            });
+        }
+        match process::await_setup(&pipe_r, self.setup_timeout) {
             Ok(Some(process::SetupResult::Exec)) => {
                 clock.mark(Mark::ExecSeen);
                 container.set_timeline(clock.timeline());
@@ -199,8 +229,11 @@ impl Runtime {
                 step,
                 detail,
                 errno,
-            })) => Err(child_error(&plan, &exe, step, detail, errno)),
-            Ok(None) => Err(RuntimeError::SetupTimeout(SETUP_TIMEOUT)),
+            })) => Err(child_error(&mounts, &exe, step, detail, errno)),
+            Ok(None) => Err(RuntimeError::SetupTimeout {
+                after: self.setup_timeout,
+                stuck_in: clock.current_phase(),
+            }),
             Err(source) => Err(RuntimeError::Sys {
                 op: "read the error pipe",
                 source,
@@ -226,11 +259,16 @@ fn keep_non_dumpable() -> Result<()> {
     Ok(())
 }
 
-fn child_error(plan: &ChildPlan, exe: &str, step: Step, detail: u32, errno: i32) -> RuntimeError {
+fn child_error(
+    mounts: &[child::MountOp],
+    exe: &str,
+    step: Step,
+    detail: u32,
+    errno: i32,
+) -> RuntimeError {
     let source = io::Error::from_raw_os_error(errno);
     let detail = match step {
-        Step::Mount => plan
-            .mounts
+        Step::Mount => mounts
             .get(detail as usize)
             .map(rootfs::describe)
             .unwrap_or_default(),
@@ -251,13 +289,4 @@ fn child_error(plan: &ChildPlan, exe: &str, step: Step, detail: u32, errno: i32)
 
 fn to_cstrings(what: &'static str, items: &[String]) -> Result<Vec<CString>> {
     items.iter().map(|s| rootfs::cstring(what, s)).collect()
-}
-
-/// argv/envp arrays pointing into `items`, which must outlive them.
-fn null_terminated(items: &[CString]) -> Vec<*const libc::c_char> {
-    items
-        .iter()
-        .map(|s| s.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect()
 }

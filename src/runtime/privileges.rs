@@ -21,14 +21,17 @@ const KEEP: &[Capability] = &[
     Capability::CAP_KILL,
 ];
 
+/// The plan in the kernel's terms (numbers and masks), so that the child applies it with
+/// raw prctl/capset calls: the caps crate allocates its errors and loses the errno.
 pub fn cap_plan() -> CapPlan {
     let keep: CapsHashSet = KEEP.iter().copied().collect();
     // Only capabilities this kernel knows can be dropped from the bounding set.
     let known = caps::runtime::thread_all_supported();
-    let bounding_drop = known.difference(&keep).copied().collect();
     CapPlan {
-        bounding_drop,
-        keep,
-        none: CapsHashSet::new(),
+        bounding_drop: known
+            .difference(&keep)
+            .map(|c| u32::from(c.index()))
+            .collect(),
+        keep: keep.iter().fold(0, |mask, c| mask | c.bitmask()),
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::child::{self, ChildPlan, Step};
+use super::watchdog::Deadline;
 
 /// Namespaces made at clone time; the cgroup namespace comes later, after the child has
 /// joined its cgroup, so that it is rooted there. The network namespace is made here only
@@ -30,6 +31,8 @@ const GUARD_SIZE: usize = 4096;
 pub struct Spawned {
     pub pid: i32,
     pub pidfd: OwnedFd,
+    /// The setup deadline passed and the watchdog killed the child before its exec.
+    pub killed_in_setup: bool,
 }
 
 /// What the error pipe said.
@@ -120,21 +123,21 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
 }
 
 /// Clones the container's first process, which runs [`child::run`] on `plan`; returns
-/// once it has exec'd or exited (CLONE_VFORK). `plan` must hold the write end of the
-/// error pipe.
-pub fn clone_child(plan: &ChildPlan) -> io::Result<Spawned> {
+/// once it has exec'd or exited (CLONE_VFORK), or was killed `deadline` after the clone
+/// began. `plan` must hold the write end of the error pipe.
+pub fn clone_child(plan: &ChildPlan, deadline: Duration) -> io::Result<Spawned> {
     let stack = ChildStack::take()?;
     // SAFETY: zeroed sigset_t is a valid out-parameter.
     let mut arg = ChildArg {
         plan,
         mask: unsafe { std::mem::zeroed() },
     };
-    let mut pidfd: libc::c_int = -1;
+    let deadline = Deadline::arm(deadline);
     let flags = libc::CLONE_VM
         | libc::CLONE_VFORK
         | libc::CLONE_PIDFD
         | NAMESPACES
-        | if plan.netns.is_some() {
+        | if plan.fds.netns().is_some() {
             0
         } else {
             libc::CLONE_NEWNET
@@ -148,26 +151,30 @@ pub fn clone_child(plan: &ChildPlan) -> io::Result<Spawned> {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut arg.mask);
         // SAFETY: the stack is ours and outlives the child's use of it (we are suspended
-        // until its exec); CLONE_PIDFD stores the pidfd through the parent_tid argument.
+        // until its exec); CLONE_PIDFD stores the pidfd through the parent_tid argument,
+        // into the deadline's slot, which lives until disarm.
         let pid = libc::clone(
             child_entry,
             stack.top(),
             flags,
             &mut arg as *mut ChildArg as *mut libc::c_void,
-            &mut pidfd as *mut libc::c_int,
+            deadline.pidfd_slot(),
         );
         let err = io::Error::last_os_error();
         libc::pthread_sigmask(libc::SIG_SETMASK, &arg.mask, std::ptr::null_mut());
         if pid < 0 {
+            deadline.disarm();
             return Err(err);
         }
         pid
     };
+    let (pidfd, killed_in_setup) = deadline.disarm();
     stack.give_back();
     Ok(Spawned {
         pid,
         // SAFETY: CLONE_PIDFD stored a new pidfd that nothing else owns.
         pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
+        killed_in_setup,
     })
 }
 

@@ -12,6 +12,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io;
 use std::path::Path;
 
 use super::child::MountOp;
@@ -57,14 +58,14 @@ const READ_ONLY: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-/// (name, mode, major, minor) of the device nodes every container gets.
+/// (name, major, minor) of the device nodes every container gets. No /dev/tty: nothing
+/// attaches a terminal to a container, and a handler must never reach the operator's.
 const DEVICES: &[(&str, u32, u32)] = &[
     ("null", 1, 3),
     ("zero", 1, 5),
     ("full", 1, 7),
     ("random", 1, 8),
     ("urandom", 1, 9),
-    ("tty", 5, 0),
 ];
 
 const DEV_LINKS: &[(&str, &str)] = &[
@@ -77,12 +78,12 @@ const DEV_LINKS: &[(&str, &str)] = &[
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Opens `rel` beneath `root` without following any symlink, and returns its metadata.
-fn open_beneath(root: &File, rel: &str, resolve: u64) -> std::io::Result<std::fs::Metadata> {
-    let path = CString::new(rel).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+/// openat2 of `rel` under `root` with `flags` (O_CLOEXEC added) and `resolve`.
+fn openat2(root: &File, rel: &str, flags: libc::c_int, resolve: u64) -> io::Result<OwnedFd> {
+    let path = CString::new(rel).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: open_how is plain data; all-zero is its documented default.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
     how.resolve = resolve;
     // SAFETY: valid dirfd, NUL-terminated path and an open_how of the size we pass.
     let fd = unsafe {
@@ -95,11 +96,15 @@ fn open_beneath(root: &File, rel: &str, resolve: u64) -> std::io::Result<std::fs
         )
     };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: openat2 returned a new fd that nothing else owns.
-    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-    file.metadata()
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Opens `rel` beneath `root` as an O_PATH fd and returns its metadata.
+fn open_beneath(root: &File, rel: &str, resolve: u64) -> io::Result<std::fs::Metadata> {
+    File::from(openat2(root, rel, libc::O_PATH, resolve)?).metadata()
 }
 
 fn open_root(rootfs: &Path) -> Result<File> {
@@ -137,6 +142,50 @@ pub fn check_mount_points(rootfs: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How the child opens its working directory from the container's root, after
+/// pivot_root: the path is the canonical one [`resolve_workdir`] found, so no symlink is
+/// left to follow, and a magic link (/proc/self/fd/N, /proc/N/cwd) is refused outright.
+pub const WORKDIR_RESOLVE: u64 =
+    libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_SYMLINKS;
+pub const WORKDIR_FLAGS: libc::c_int = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+
+/// Resolves the image's working directory inside `rootfs` (symlinks resolved as if the
+/// rootfs were /, no magic links) and returns its canonical absolute path in the
+/// container, which the child opens again from its own root and checks getcwd against.
+/// The fd opened here is on the host's mount and is never given to the child: a cwd
+/// outside the container's mount tree is the escape this prevents.
+pub fn resolve_workdir(rootfs: &Path, workdir: &str) -> Result<CString> {
+    let root = open_root(rootfs)?;
+    let fail = |source| RuntimeError::Workdir {
+        path: workdir.to_string(),
+        source,
+    };
+    let rel = match workdir.trim_start_matches('/') {
+        "" => ".",
+        rel => rel,
+    };
+    let dir = openat2(
+        &root,
+        rel,
+        libc::O_PATH | libc::O_DIRECTORY,
+        libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    )
+    .map_err(fail)?;
+    let host_path = |fd: &dyn AsRawFd| {
+        std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|source| {
+            RuntimeError::Sys {
+                op: "readlink the working directory",
+                source,
+            }
+        })
+    };
+    let (root_path, dir_path) = (host_path(&root)?, host_path(&dir)?);
+    let inside = dir_path
+        .strip_prefix(&root_path)
+        .map_err(|_| fail(io::Error::other("it resolves outside the image")))?;
+    cstring("working directory", Path::new("/").join(inside))
 }
 
 /// Finds `cmd` in the image the way execvp would inside the container (PATH from `env`),

@@ -35,11 +35,11 @@ pub const PHASES: [&str; MARKS - 1] = [
     "cgroup creation",
     "mount plan, fds",
     "clone (namespaces)",
-    "join the pre-made netns",
+    "kept fds, setsid, join the pre-made netns",
     "join cgroup",
     "mounts",
     "pivot_root",
-    "hostname, stdio, ids, caps, fds",
+    "hostname, workdir, ids, caps",
     "seccomp",
     "exec",
 ];
@@ -57,6 +57,12 @@ impl Clock {
     }
 
     /// Read once the child has exec'd; the error pipe's close orders its stores before.
+    /// The phase that began at the last recorded mark: where a stuck child is.
+    pub fn current_phase(&self) -> &'static str {
+        let last = self.at.iter().rposition(|t| t.load(Ordering::Relaxed) != 0);
+        PHASES[last.unwrap_or(0).min(PHASES.len() - 1)]
+    }
+
     pub fn timeline(&self) -> Timeline {
         Timeline {
             at: std::array::from_fn(|i| self.at[i].load(Ordering::Relaxed)),

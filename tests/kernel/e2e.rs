@@ -202,11 +202,21 @@ impl Setup {
 
     /// Starts faasd and waits until its control API answers /healthz.
     pub(crate) fn start(&self) -> Result<Faasd<'_>, Failed> {
+        self.start_with(|_| {})
+    }
+
+    /// `start`, with `prepare` adjusting the command first (e.g. a controlling terminal).
+    pub(crate) fn start_with(
+        &self,
+        prepare: impl FnOnce(&mut Command),
+    ) -> Result<Faasd<'_>, Failed> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log())?;
-        let child = Command::new(env!("CARGO_BIN_EXE_faasd"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_faasd"));
+        prepare(&mut command);
+        let child = command
             .arg("--state-dir")
             .arg(self.state())
             .args(["--listen", &self.control_addr()])
@@ -436,8 +446,8 @@ pub(crate) struct Faasd<'a> {
 }
 
 impl Faasd<'_> {
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
+    pub(crate) fn pid(&self) -> i32 {
+        self.child.id() as i32
     }
 
     /// SIGTERM, then waits for the exit.

@@ -221,7 +221,7 @@ fn env_values_stay_private() -> TestResult {
 }
 
 /// The largest resident size faasd reached, from /proc/<pid>/status.
-fn vm_hwm_kib(pid: u32) -> Result<u64, Failed> {
+fn vm_hwm_kib(pid: i32) -> Result<u64, Failed> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

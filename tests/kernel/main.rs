@@ -6,6 +6,7 @@
 //! make stay inside it and vanish with it.
 
 mod api_security;
+mod child_security;
 mod daemon;
 mod e2e;
 mod image_security;
@@ -33,6 +34,7 @@ fn main() {
         .into_iter()
         .chain(daemon::tests())
         .chain(e2e::tests())
+        .chain(child_security::tests())
         .chain(api_security::tests())
         .chain(image_security::tests())
         .map(|t| t.with_ignored_flag(!root))

@@ -181,13 +181,14 @@ pub fn ensure(cond: bool, msg: impl std::fmt::Display) -> TestResult {
 }
 
 /// Every tarball the tests deploy, all made by rootfs-tools/build-test-images.sh.
-const IMAGES: [&str; 7] = [
+const IMAGES: [&str; 8] = [
     "test-handler.tar",
     "test-handler-oci.tar",
     "test-handler-serve.tar",
     "test-handler-crash.tar",
     "test-handler-noconnect.tar",
     "test-handler-hang.tar",
+    "test-handler-probe.tar",
     "python-handler.tar",
 ];
 
