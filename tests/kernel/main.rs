@@ -9,6 +9,7 @@ mod api_security;
 mod child_security;
 mod daemon;
 mod e2e;
+mod image_security;
 mod net_isolation;
 mod runtime;
 mod support;
@@ -37,6 +38,7 @@ fn main() {
         .chain(net_isolation::tests())
         .chain(child_security::tests())
         .chain(api_security::tests())
+        .chain(image_security::tests())
         .map(|t| t.with_ignored_flag(!root))
         .collect();
     libtest_mimic::run(&args, trials).exit();
