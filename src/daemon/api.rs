@@ -31,6 +31,7 @@ impl From<DaemonError> for ApiError {
             DaemonError::Removing(_) => StatusCode::CONFLICT,
             DaemonError::PoolExhausted(_) => StatusCode::SERVICE_UNAVAILABLE,
             DaemonError::Image(ie) => image_status(ie),
+            DaemonError::StoreFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
@@ -41,6 +42,7 @@ impl From<DaemonError> for ApiError {
 fn image_status(e: &ImageError) -> StatusCode {
     match e {
         ImageError::UploadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        ImageError::InstallsBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
         ImageError::Staging { .. }
         | ImageError::WriteConfig { .. }
         | ImageError::Commit { .. }
@@ -173,7 +175,8 @@ async fn list(State(d): State<Arc<Daemon>>) -> Json<Value> {
                 "ip": r.ip,
                 "rootfs": rootfs,
                 "cmd": r.config.cmd,
-                "env": r.config.env,
+                // Names only: values are often secrets, and the list needs no token.
+                "env": env_names(&r.config.env),
                 "workdir": r.config.working_dir,
                 "user": format!("{}:{}", r.config.uid, r.config.gid),
                 "resources": r.resources,
@@ -182,6 +185,13 @@ async fn list(State(d): State<Arc<Daemon>>) -> Json<Value> {
         })
         .collect();
     Json(Value::Object(out))
+}
+
+/// `KEY=value` -> `KEY`.
+fn env_names(env: &[String]) -> Vec<&str> {
+    env.iter()
+        .map(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k))
+        .collect()
 }
 
 async fn remove_function(

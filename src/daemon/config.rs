@@ -64,6 +64,10 @@ pub struct Config {
     /// Largest accepted image upload, in MiB (larger: 413).
     #[arg(long, env = "FAASD_MAX_UPLOAD_MB", default_value_t = 2048)]
     pub max_upload_mb: u64,
+    /// Disk space all images together may use, in GiB (more: 507); default half the
+    /// filesystem holding the state dir.
+    #[arg(long, env = "FAASD_STORE_MAX_GB")]
+    pub store_max_gb: Option<f64>,
     /// Uploads being received at once; more wait up to --queue-timeout, then get 503.
     #[arg(long, env = "FAASD_MAX_UPLOADS", default_value_t = 4)]
     pub max_uploads: usize,

@@ -13,6 +13,9 @@ mod pool;
 mod prewarm;
 mod registry;
 mod request;
+mod state_dir;
+mod store_mount;
+mod store_quota;
 mod totals;
 mod upload;
 
@@ -59,6 +62,8 @@ pub enum DaemonError {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error("the image store is full: this image does not fit in the --store-max-gb quota of {max_mib} MiB ({used_mib} MiB in use)")]
+    StoreFull { max_mib: u64, used_mib: u64 },
     #[error("listening on {addr} failed: {source}")]
     Listen {
         addr: SocketAddr,
@@ -74,6 +79,8 @@ pub enum DaemonError {
     },
     #[error("raising RLIMIT_NOFILE failed: {0}")]
     FdLimit(#[source] nix::Error),
+    #[error(transparent)]
+    StoreMount(#[from] store_mount::StoreMountError),
     #[error(transparent)]
     Totals(#[from] totals::TotalsError),
     #[error(transparent)]
@@ -111,6 +118,9 @@ pub struct Daemon {
     functions: RwLock<BTreeMap<String, Arc<Function>>>,
     metrics: Metrics,
     global_slots: Arc<Semaphore>,
+    /// Installs running at once (each within image::install's memory budget).
+    installs: Arc<Semaphore>,
+    store: Arc<store_quota::StoreQuota>,
     /// Uploads being received (the control API waits a bounded time for one).
     upload_slots: Arc<Semaphore>,
     /// Cancelled at shutdown: listeners stop accepting.
@@ -127,6 +137,11 @@ pub struct Daemon {
     token: Option<String>,
 }
 
+/// Image installs at once: each is bound by the disk and a core (2 here), and holds up
+/// to its memory budget.
+const MAX_INSTALLS: usize = 2;
+/// How long a deploy waits for an install slot before it gets 503.
+const INSTALL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How much longer than a request may take an undeploy waits for its requests.
 const DRAIN_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -166,9 +181,7 @@ impl Daemon {
     pub async fn start(cfg: Config) -> Result<Arc<Self>, DaemonError> {
         // Refused before anything is created: a bad combination leaves no trace.
         let totals = totals::resolve(&cfg)?;
-        for dir in [cfg.state_dir.clone(), cfg.images_dir(), cfg.bundles_dir()] {
-            std::fs::create_dir_all(&dir).map_err(fs_err("create", &dir))?;
-        }
+        state_dir::prepare(&cfg)?;
         let token = match &cfg.token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
@@ -209,6 +222,11 @@ impl Daemon {
             functions: RwLock::new(BTreeMap::new()),
             metrics: Metrics::default(),
             global_slots: Arc::new(Semaphore::new(cfg.max_containers)),
+            installs: Arc::new(Semaphore::new(MAX_INSTALLS)),
+            store: Arc::new(store_quota::StoreQuota::new(
+                cfg.store_max_gb,
+                &cfg.state_dir,
+            )?),
             upload_slots: Arc::new(Semaphore::new(cfg.max_uploads)),
             stop_accepting: CancellationToken::new(),
             kill_requests: CancellationToken::new(),
@@ -368,10 +386,48 @@ impl Daemon {
         if !valid_name(name) {
             return Err(DaemonError::InvalidName(name.to_string()));
         }
-        // The upload streams into a staging directory without holding any lock.
+        // The upload streams into a staging directory without holding any lock; the
+        // install permit is taken once it is spooled (a stalled upload holds none) and goes
+        // with the install thread, which outlives a client that hangs up.
+        let installs = self.installs.clone();
+        let rt = tokio::runtime::Handle::current();
+        let gate = move || {
+            // On the install thread, outside the runtime: the timer is made inside block_on.
+            rt.block_on(async {
+                tokio::time::timeout(INSTALL_WAIT, installs.acquire_owned()).await
+            })
+            .map_err(|_| ImageError::InstallsBusy {
+                limit: MAX_INSTALLS,
+                waited: INSTALL_WAIT,
+            })
+            .map(|p| p.expect("the install semaphore is never closed"))
+        };
         let images = self.cfg.images_dir();
-        let staged =
-            upload::on_own_thread(move || image::install(upload, &images, &limits)).await??;
+        let store = self.store.clone();
+        let staged = upload::on_own_thread(move || {
+            let share = store.reserve(&images, limits.max_bytes)?;
+            let store_bound = share.bytes < limits.max_bytes;
+            let limits = image::Limits {
+                max_bytes: share.bytes,
+                ..limits
+            };
+            // The install's share of the store, or the spool bounded by it, ran out.
+            let out_of_share = |e: &ImageError| {
+                store_bound
+                    && match e {
+                        ImageError::LimitExceeded { limit, .. } => *limit == share.bytes,
+                        ImageError::UploadTooLarge { .. } => true,
+                        _ => false,
+                    }
+            };
+            match image::install_gated(upload, &images, &limits, gate) {
+                Err(e) if out_of_share(&e) => {
+                    Err(store.full(store_quota::disk_usage(&images).unwrap_or(0)))
+                }
+                r => r.map_err(DaemonError::from),
+            }
+        })
+        .await??;
         let config = staged.config().clone();
         let mut registry = self.registry.lock().await;
         if self.removing.lock().unwrap().contains(name) {

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -119,7 +120,17 @@ impl Registry {
         })
         .map_err(io::Error::other)
         .map_err(err)?;
-        let mut f = File::create(&tmp).map_err(err)?;
+        // 0600: the records hold every function's env. set_permissions too, for a stale
+        // tmp file an older daemon left wider.
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        f.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(err)?;
         f.write_all(&body).map_err(err)?;
         f.sync_all().map_err(err)?;
         fs::rename(&tmp, &self.path).map_err(err)?;

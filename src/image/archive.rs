@@ -9,11 +9,14 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::digest;
 use super::error::ImageError;
-use super::limits::Limits;
+use super::limits::{Limits, NameBytes};
+use super::tar_guard::{oversized, TarGuard, MAX_EXTENSION};
 
-/// Largest manifest / index / config document we read into memory.
-const MAX_DOC: u64 = 64 << 20;
+/// Largest manifest / index / config document we read into memory (real ones are a few
+/// KiB; this bounds the per-install memory, see [`super::install`]).
+const MAX_DOC: u64 = 4 << 20;
 /// Maximum number of symlinks followed when resolving an archive member.
 const MAX_LINK_HOPS: usize = 16;
 
@@ -126,15 +129,12 @@ impl Archive {
         }
         let mut members = HashMap::new();
         let mut count: u64 = 0;
+        let mut name_bytes = NameBytes::default();
         {
-            let mut ar = tar::Archive::new(&mut file);
-            let entries = ar.entries_with_seek().map_err(|e| ImageError::NotATar {
-                reason: e.to_string(),
-            })?;
+            let mut ar = tar::Archive::new(TarGuard::new(&mut file));
+            let entries = ar.entries_with_seek().map_err(not_a_tar)?;
             for entry in entries {
-                let entry = entry.map_err(|e| ImageError::NotATar {
-                    reason: e.to_string(),
-                })?;
+                let entry = entry.map_err(not_a_tar)?;
                 count += 1;
                 if count > limits.max_entries {
                     return Err(ImageError::LimitExceeded {
@@ -176,6 +176,7 @@ impl Archive {
                 } else {
                     continue;
                 };
+                name_bytes.add(name.as_bytes())?;
                 members.insert(name, member);
             }
         }
@@ -229,6 +230,7 @@ impl Archive {
         self.open(name)
             .and_then(|mut r| r.read_to_end(&mut buf))
             .map_err(ImageError::Spool)?;
+        digest::verify_bytes(kind, name, &buf)?;
         Ok(buf)
     }
 
@@ -356,23 +358,37 @@ impl Archive {
     }
 }
 
-/// `sha256:abcd...` -> `blobs/sha256/abcd...`, refusing digests that are not plain tokens.
+fn not_a_tar(e: io::Error) -> ImageError {
+    match oversized(&e) {
+        Some(o) => ImageError::ExtensionTooLarge {
+            member: "the upload".into(),
+            kind: o.kind,
+            size: o.size,
+            limit: MAX_EXTENSION,
+        },
+        None => ImageError::NotATar {
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// `sha256:<hex>` -> `blobs/sha256/<hex>`, refusing other algorithms and malformed digests.
 fn blob_path(from: &str, digest: &str) -> Result<String, ImageError> {
     let bad = || ImageError::BadManifest {
         file: from.to_string(),
         reason: format!("invalid digest {digest:?}"),
     };
     let (alg, hex) = digest.split_once(':').ok_or_else(bad)?;
-    let ok_alg = !alg.is_empty()
-        && alg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+._-".contains(&b));
-    let ok_hex = !hex.is_empty()
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"=_-".contains(&b));
-    if !ok_alg || !ok_hex {
+    if alg != "sha256" {
+        return Err(ImageError::BadManifest {
+            file: from.to_string(),
+            reason: format!("digest {digest:?}: only sha256 digests are supported"),
+        });
+    }
+    // 64 lowercase hex digits: the path then always carries a digest to verify.
+    let path = format!("blobs/sha256/{hex}");
+    if digest::named_digest(&path).is_none() {
         return Err(bad());
     }
-    Ok(format!("blobs/{alg}/{hex}"))
+    Ok(path)
 }

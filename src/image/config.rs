@@ -83,12 +83,74 @@ pub(crate) fn parse_config(name: &str, doc: &[u8]) -> Result<ParsedConfig, Image
     } else {
         format!("/{wd}")
     };
+    refuse_kernel_fs(
+        name,
+        "WorkingDir",
+        &working_dir,
+        &normalize("/", &working_dir),
+    )?;
+    // A bare name is looked up in the image's PATH at run time, where /proc and /sys are
+    // empty directories; a path with a slash is taken as it is, from WorkingDir.
+    if cmd[0].contains('/') {
+        refuse_kernel_fs(
+            name,
+            "Entrypoint/Cmd",
+            &cmd[0],
+            &normalize(&working_dir, &cmd[0]),
+        )?;
+    }
     Ok(ParsedConfig {
         cmd,
         env: c.env.unwrap_or_default(),
         working_dir,
         user: c.user.unwrap_or_default(),
     })
+}
+
+/// The kernel filesystems every container gets: a process started there reaches past the
+/// image through magic links (`/proc/self/exe`, `/proc/<pid>/cwd`, ...).
+const KERNEL_FS: [&str; 2] = ["/proc", "/sys"];
+
+/// `path` made absolute against `base` (itself absolute), with `.`, `..` and duplicate
+/// slashes resolved the way the kernel walks them from `/` (`..` of `/` is `/`).
+pub(crate) fn normalize(base: &str, path: &str) -> String {
+    let joined = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("{base}/{path}")
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for c in joined.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+fn refuse_kernel_fs(
+    name: &str,
+    field: &'static str,
+    path: &str,
+    normalized: &str,
+) -> Result<(), ImageError> {
+    let under = |fs: &str| {
+        normalized
+            .strip_prefix(fs)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    if KERNEL_FS.iter().any(|fs| under(fs)) {
+        return Err(ImageError::KernelFsPath {
+            name: name.into(),
+            field,
+            path: path.into(),
+        });
+    }
+    Ok(())
 }
 
 const MAX_DB: u64 = 16 << 20;

@@ -19,6 +19,13 @@ pub enum ImageError {
     #[error("the upload is larger than {limit} bytes, the limit for one image")]
     UploadTooLarge { limit: u64 },
 
+    /// The bound on installs running at once held for too long.
+    #[error("{limit} images are being installed already; retry in a while (waited {waited:?})")]
+    InstallsBusy {
+        limit: usize,
+        waited: std::time::Duration,
+    },
+
     /// The upload itself is not a (complete) tar archive.
     #[error("the upload is not a docker-save tar archive: {reason}")]
     NotATar { reason: String },
@@ -59,9 +66,25 @@ pub enum ImageError {
         name: String,
     },
 
+    /// A blob's content does not hash to the digest its manifest names it by.
+    #[error("{kind} {name} does not match its digest: its content is sha256:{actual}")]
+    DigestMismatch {
+        kind: &'static str,
+        name: String,
+        actual: String,
+    },
+
     /// The image config JSON cannot be parsed.
     #[error("image config {name} is invalid: {reason}")]
     BadConfig { name: String, reason: String },
+
+    /// WorkingDir or the command lies under /proc or /sys.
+    #[error("image config {name}: {field} {path:?} lies under /proc or /sys, where a function may not start")]
+    KernelFsPath {
+        name: String,
+        field: &'static str,
+        path: String,
+    },
 
     /// A layer blob is compressed with an unsupported algorithm.
     #[error(
@@ -72,6 +95,15 @@ pub enum ImageError {
     /// A layer blob does not start like a tar archive.
     #[error("layer {layer} is not a tar archive: {reason}")]
     LayerNotTar { layer: String, reason: String },
+
+    /// A tar extension record (long name, long link, PAX header) is larger than we read.
+    #[error("{member}: a {kind} record of {size} bytes exceeds the limit of {limit} bytes")]
+    ExtensionTooLarge {
+        member: String,
+        kind: &'static str,
+        size: u64,
+        limit: u64,
+    },
 
     /// A layer could be opened but reading it failed part way (truncated, corrupt stream).
     #[error("layer {layer} is truncated or corrupt: {source}")]

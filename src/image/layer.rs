@@ -18,7 +18,12 @@ use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, Unlin
 
 use super::error::ImageError;
 use super::fsutil::{kind_at, list_dir, open_dir_in_root, open_subdir, remove_all_at};
-use super::limits::{CountingReader, Limits, Usage};
+use super::limits::{CountingReader, Limits, NameBytes, Usage};
+use super::tar_guard::{oversized, TarGuard, MAX_EXTENSION};
+
+/// zstd's window is the decoder's largest allocation: 16 MiB covers levels 1-19 (the
+/// crate's default would let a layer make us allocate 128 MiB).
+const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 
 const WH_PREFIX: &[u8] = b".wh.";
 const WH_OPAQUE: &[u8] = b".wh..wh..opq";
@@ -86,25 +91,29 @@ pub(crate) fn apply_layer(
     let decoded: Box<dyn Read + '_> = match detect(head, layer)? {
         Compression::None => Box::new(buffered),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(
-            |e| ImageError::LayerCorrupt {
+        Compression::Zstd => {
+            let corrupt = |e| ImageError::LayerCorrupt {
                 layer: layer.into(),
                 source: e,
-            },
-        )?),
+            };
+            let mut d = zstd::stream::read::Decoder::with_buffer(buffered).map_err(corrupt)?;
+            d.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(corrupt)?;
+            Box::new(d)
+        }
     };
     let counting = CountingReader {
         inner: decoded,
         usage,
         limit: limits.max_bytes,
     };
-    let mut ar = tar::Archive::new(counting);
+    let mut ar = tar::Archive::new(TarGuard::new(counting));
     let mut ex = Extractor {
         root,
         layer,
         limits,
         usage,
         seen: HashSet::new(),
+        seen_bytes: NameBytes::default(),
         cache: None,
         is_root: nix::unistd::geteuid().is_root(),
         warned_chown: false,
@@ -127,6 +136,7 @@ struct Extractor<'a> {
     usage: &'a Usage,
     /// Paths written by this layer (whiteouts only hide what lower layers wrote).
     seen: HashSet<Vec<u8>>,
+    seen_bytes: NameBytes,
     /// The last resolved parent directory; dropped whenever something is removed or a
     /// symlink is created (either could change what a path resolves to).
     cache: Option<(Vec<u8>, OwnedFd)>,
@@ -138,7 +148,14 @@ struct Extractor<'a> {
 
 impl Extractor<'_> {
     fn read_error(&self, e: io::Error) -> ImageError {
-        if self.usage.bytes_exceeded(self.limits) {
+        if let Some(o) = oversized(&e) {
+            ImageError::ExtensionTooLarge {
+                member: format!("layer {}", self.layer),
+                kind: o.kind,
+                size: o.size,
+                limit: MAX_EXTENSION,
+            }
+        } else if self.usage.bytes_exceeded(self.limits) {
             Usage::bytes_error(self.limits)
         } else if !self.started {
             ImageError::LayerNotTar {
@@ -323,6 +340,7 @@ impl Extractor<'_> {
                 return Ok(());
             }
         }
+        self.seen_bytes.add(&full)?;
         self.seen.insert(full);
         Ok(())
     }

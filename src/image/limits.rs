@@ -76,6 +76,28 @@ impl Usage {
     }
 }
 
+/// Bytes of entry names kept in memory at once: the outer archive's index, or the paths
+/// one layer wrote (for its whiteouts). Without it, 500,000 entries with 64 KiB names
+/// would hold gigabytes.
+pub(crate) const MAX_NAME_BYTES: u64 = 16 << 20;
+
+/// Counts the bytes of the names kept, against [`MAX_NAME_BYTES`].
+#[derive(Debug, Default)]
+pub(crate) struct NameBytes(u64);
+
+impl NameBytes {
+    pub fn add(&mut self, name: &[u8]) -> Result<(), ImageError> {
+        self.0 += name.len() as u64;
+        if self.0 > MAX_NAME_BYTES {
+            return Err(ImageError::LimitExceeded {
+                what: "bytes of entry names kept in memory",
+                limit: MAX_NAME_BYTES,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A reader that counts every byte it yields against `usage.bytes` and fails once the
 /// budget is exceeded (the caller recognizes the failure with [`Usage::bytes_exceeded`]).
 pub(crate) struct CountingReader<'a, R> {

@@ -10,16 +10,19 @@
 
 mod archive;
 mod config;
+mod digest;
 mod error;
 mod fsutil;
 mod layer;
 mod limits;
 mod rootfs;
+mod tar_guard;
 #[cfg(test)]
 mod tests;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -132,14 +135,32 @@ use std::os::unix::fs::DirBuilderExt;
 /// Streams `upload` (a `docker save` tarball, either layout) into a new staging directory
 /// created inside `work_dir` (which must be on the same filesystem as the final
 /// destination). Neither the upload nor a layer is ever held in memory.
+///
+/// Memory budget of one install, whatever the upload: copy buffers ~0.7 MiB; the archive
+/// index and one layer's written paths at most 16 MiB of names each (plus their map
+/// entries); manifest, index and config at most 4 MiB each; a zstd window at most 16 MiB
+/// (gzip: 32 KiB); tar extension records at most 64 KiB each. Worst case about 80 MiB,
+/// a real image a few MiB; the daemon runs a bounded number of installs at once.
 pub fn install(
     upload: impl Read,
     work_dir: &Path,
     limits: &Limits,
 ) -> Result<StagedImage, ImageError> {
+    install_gated(upload, work_dir, limits, || Ok(()))
+}
+
+/// [`install`], calling `gate` once the upload is spooled and holding what it returns
+/// until the install ends: a bound on concurrent installs that slow uploads do not hold.
+pub fn install_gated<G>(
+    upload: impl Read,
+    work_dir: &Path,
+    limits: &Limits,
+    gate: impl FnOnce() -> Result<G, ImageError>,
+) -> Result<StagedImage, ImageError> {
     let mut staged = new_staging(work_dir)?;
     let spool_path = staged.dir.join(SPOOL_FILE);
     let spool = archive::spool(upload, &spool_path, limits.max_upload())?;
+    let _held = gate()?;
     let ar = archive::Archive::index(spool, limits)?;
     let plan = ar.plan()?;
     let parsed = config::parse_config(&plan.config_name, &plan.config)?;
@@ -164,8 +185,9 @@ pub fn install(
 
     let usage = limits::Usage::default();
     for name in &plan.layers {
-        let blob = ar.open(name).map_err(ImageError::Spool)?;
-        layer::apply_layer(&root, name, blob, limits, &usage)?;
+        let mut blob = digest::Hashing::new(ar.open(name).map_err(ImageError::Spool)?);
+        layer::apply_layer(&root, name, &mut blob, limits, &usage)?;
+        blob.verify("layer", name)?;
     }
     drop(ar);
     let _ = std::fs::remove_file(&spool_path);
@@ -181,18 +203,17 @@ pub fn install(
     };
     let cfg_path = staged.dir.join(CONFIG_FILE);
     let json = serde_json::to_vec_pretty(&staged.config).expect("ImageConfig serializes");
-    std::fs::write(&cfg_path, json).map_err(|e| ImageError::WriteConfig {
-        path: cfg_path,
-        source: e,
-    })?;
-    std::fs::set_permissions(
-        &staged.dir,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .map_err(|e| ImageError::Staging {
-        dir: staged.dir.clone(),
-        source: e,
-    })?;
+    // 0600 in a 0700 directory: the config holds the function's env.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&cfg_path)
+        .and_then(|mut f| f.write_all(&json))
+        .map_err(|e| ImageError::WriteConfig {
+            path: cfg_path,
+            source: e,
+        })?;
     Ok(staged)
 }
 

@@ -146,17 +146,30 @@ fn classic(cfg: Vec<u8>, layers: Vec<Vec<u8>>) -> Vec<u8> {
 /// OCI layout (Docker 25+): blobs/sha256/..., index.json, oci-layout, manifest.json.
 /// `with_docker_manifest = false` leaves out manifest.json (pure OCI archive).
 fn oci(cfg: Vec<u8>, layers: Vec<Vec<u8>>, with_docker_manifest: bool) -> Vec<u8> {
-    let digest = |i: usize| format!("{:064x}", 0xabc0 + i);
+    outer(&oci_members(cfg, layers, with_docker_manifest))
+}
+
+/// The sha256 of `data`, lowercase hex.
+fn sha(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(data))
+}
+
+fn oci_members(
+    cfg: Vec<u8>,
+    layers: Vec<Vec<u8>>,
+    with_docker_manifest: bool,
+) -> Vec<(String, Vec<u8>)> {
     let mut m = vec![(
         "oci-layout".to_string(),
         br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
     )];
-    let cfg_d = digest(999);
+    let cfg_d = sha(&cfg);
     m.push((format!("blobs/sha256/{cfg_d}"), cfg));
     let mut descs = vec![];
     let mut paths = vec![];
-    for (i, l) in layers.into_iter().enumerate() {
-        let d = digest(i);
+    for l in layers {
+        let d = sha(&l);
         descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{d}"), "size": l.len()}));
         paths.push(format!("blobs/sha256/{d}"));
         m.push((format!("blobs/sha256/{d}"), l));
@@ -164,11 +177,9 @@ fn oci(cfg: Vec<u8>, layers: Vec<Vec<u8>>, with_docker_manifest: bool) -> Vec<u8
     let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{cfg_d}"), "size": 1},
         "layers": descs});
-    let man_d = digest(777);
-    m.push((
-        format!("blobs/sha256/{man_d}"),
-        serde_json::to_vec(&manifest).unwrap(),
-    ));
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    let man_d = sha(&manifest);
+    m.push((format!("blobs/sha256/{man_d}"), manifest));
     let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{man_d}"), "size": 1}]});
     m.push(("index.json".into(), serde_json::to_vec(&index).unwrap()));
@@ -176,7 +187,7 @@ fn oci(cfg: Vec<u8>, layers: Vec<Vec<u8>>, with_docker_manifest: bool) -> Vec<u8
         let dm = serde_json::json!([{"Config": format!("blobs/sha256/{cfg_d}"), "RepoTags": ["t:latest"], "Layers": paths}]);
         m.push(("manifest.json".into(), serde_json::to_vec(&dm).unwrap()));
     }
-    outer(&m)
+    m
 }
 
 struct Env {
@@ -854,7 +865,7 @@ fn missing_oci_layer_blob_rejected() {
     let env = Env::new();
     let mut up = oci(default_cfg(), vec![basic_layer()], false);
     // rename the layer blob so the manifest's digest points nowhere
-    let needle = format!("blobs/sha256/{:064x}", 0xabc0);
+    let needle = format!("blobs/sha256/{}", sha(&basic_layer()));
     let pos = up
         .windows(needle.len())
         .position(|w| w == needle.as_bytes())
@@ -907,18 +918,13 @@ fn truncated_upload_rejected() {
 #[test]
 fn layer_not_tar_rejected() {
     let env = Env::new();
-    let e = env.err(&oci(
-        default_cfg(),
-        vec![
-            b"this is not a tar file, just some text that is long enough to be a block? no"
-                .repeat(10),
-        ],
-        true,
-    ));
+    let text =
+        b"this is not a tar file, just some text that is long enough to be a block? no".repeat(10);
+    let e = env.err(&oci(default_cfg(), vec![text.clone()], true));
     assert!(
         e.contains(&format!(
-            "layer blobs/sha256/{:064x} is not a tar archive",
-            0xabc0
+            "layer blobs/sha256/{} is not a tar archive",
+            sha(&text)
         )),
         "{e}"
     );
@@ -1036,9 +1042,10 @@ fn commit_refuses_existing_destination_and_cleans_up() {
         .collect();
     names.sort();
     assert_eq!(names, vec!["config.json", "rootfs"]);
+    // Private to root: the store is not traversable by local users (issue 10 #2).
     assert_eq!(
         std::fs::metadata(&dest2).unwrap().permissions().mode() & 0o777,
-        0o755
+        0o700
     );
     let e = load_config(&env.tmp.path().join("nope"))
         .unwrap_err()
@@ -1178,4 +1185,254 @@ fn file_capability_xattr_kept() {
         );
         assert_eq!(&buf[..cap.len()], &cap[..]);
     }
+}
+
+// ---------- bounded extension records (issue 10 #6) ----------
+
+/// A raw header of `kind` claiming `size` bytes, followed by `data` (which may be shorter:
+/// the guard must refuse at the header, before the data).
+fn raw_record(kind: tar::EntryType, name: &str, size: u64, data: &[u8]) -> Vec<u8> {
+    let mut out = header(kind, name, None, size, 0o644).as_bytes().to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().next_multiple_of(512), 0);
+    out
+}
+
+#[test]
+fn huge_extension_records_refused_before_reading() {
+    use tar::EntryType as T;
+    let env = Env::new();
+    for (kind, what) in [
+        (T::GNULongName, "GNU long name"),
+        (T::GNULongLink, "GNU long link"),
+        (T::XHeader, "PAX extended header"),
+        (T::XGlobalHeader, "PAX global header"),
+    ] {
+        // 1 GiB claimed, 4 KiB present: reading it whole would fail only at the end.
+        let mut l = raw_record(kind, "././@LongLink", 1 << 30, &[b'a'; 4096]);
+        l.extend_from_slice(&[0; 1024]);
+        for upload in [
+            classic(default_cfg(), vec![l.clone()]),
+            classic(default_cfg(), vec![gzip(&l)]),
+        ] {
+            let e = env.err(&upload);
+            assert!(
+                e.contains(what) && e.contains("1073741824 bytes exceeds the limit of 65536"),
+                "{e}"
+            );
+        }
+        // The same record as a member of the outer archive.
+        let mut up = raw_record(kind, "././@LongLink", 1 << 30, &[b'a'; 4096]);
+        up.extend_from_slice(&classic(default_cfg(), vec![basic_layer()]));
+        let e = env.err(&up);
+        assert!(e.contains("the upload") && e.contains(what), "{e}");
+    }
+}
+
+/// PAX `size` overrides the header's: the guard must follow the same entry boundaries
+/// as the tar crate, or a record could hide in what it takes for data.
+#[test]
+fn pax_size_override_is_followed() {
+    use tar::EntryType as T;
+    let env = Env::new();
+    let pax = |size: u64| {
+        let rec = format!("size={size}\n");
+        let rec = format!(
+            "{} {rec}",
+            rec.len() + 1 + (rec.len() + 3).to_string().len()
+        );
+        raw_record(T::XHeader, "pax", rec.len() as u64, rec.as_bytes())
+    };
+    let huge = raw_record(T::GNULongName, "././@LongLink", 1 << 30, &[]);
+    // Header says 1024 bytes of data (holding the huge record), PAX says 0: it is a header.
+    let mut l = pax(0);
+    l.extend(raw_record(T::Regular, "f", 1024, &[]));
+    l.extend(&huge);
+    l.extend_from_slice(&[0; 1024]);
+    let e = env.err(&classic(default_cfg(), vec![l]));
+    assert!(e.contains("GNU long name"), "{e}");
+    // Header says 0, PAX says 512: the huge record is the file's data.
+    let mut l = pax(512);
+    l.extend(raw_record(T::Regular, "f", 0, &[]));
+    l.extend(&huge);
+    l.extend_from_slice(&[0; 1024]);
+    let r = env.ok(&classic(default_cfg(), vec![l]));
+    assert_eq!(std::fs::metadata(r.join("f")).unwrap().len(), 512);
+}
+
+// ---------- WorkingDir and command under /proc or /sys (issue 10 #1) ----------
+
+#[test]
+fn workdir_and_command_under_kernel_fs_refused() {
+    let env = Env::new();
+    let refused = [
+        serde_json::json!({"WorkingDir": "/proc/self/cwd"}),
+        serde_json::json!({"WorkingDir": "/proc"}),
+        serde_json::json!({"WorkingDir": "//sys//fs/"}),
+        serde_json::json!({"WorkingDir": "/srv/../proc/1/root"}),
+        serde_json::json!({"WorkingDir": "/./../sys"}),
+        serde_json::json!({"WorkingDir": "proc/self"}),
+        serde_json::json!({"Entrypoint": ["/proc/self/exe"]}),
+        serde_json::json!({"Cmd": ["/sys/kernel/x", "arg"]}),
+        serde_json::json!({"WorkingDir": "/app", "Cmd": ["../proc/self/exe"]}),
+        serde_json::json!({"WorkingDir": "/app", "Cmd": ["./../../proc/self/exe"]}),
+    ];
+    for cfg in refused {
+        let e = cfg_of(&env, cfg.clone(), &[]).err().map(|e| e.to_string());
+        assert!(
+            e.as_ref()
+                .is_some_and(|e| e.contains("lies under /proc or /sys")),
+            "{cfg}: {e:?}"
+        );
+        env.assert_no_staging();
+    }
+    let allowed = [
+        serde_json::json!({"WorkingDir": "/process"}),
+        serde_json::json!({"WorkingDir": "/srv/proc"}),
+        serde_json::json!({"WorkingDir": "/sysroot", "Cmd": ["proc"]}),
+        serde_json::json!({"Cmd": ["sh", "/proc/self/status"]}),
+    ];
+    for cfg in allowed {
+        assert!(cfg_of(&env, cfg.clone(), &[]).is_ok(), "{cfg}");
+    }
+}
+
+#[test]
+fn normalize_resolves_like_the_kernel() {
+    use super::config::normalize;
+    assert_eq!(normalize("/", "/a//b/./c/"), "/a/b/c");
+    assert_eq!(normalize("/", "/../../a"), "/a");
+    assert_eq!(normalize("/srv/app", "../x"), "/srv/x");
+    assert_eq!(normalize("/srv", "x/.."), "/srv");
+}
+
+// ---------- modes (issue 10 #2, #10) ----------
+
+#[test]
+fn image_dir_and_config_are_private() {
+    let env = Env::new();
+    let s = env
+        .install(&classic(default_cfg(), vec![basic_layer()]))
+        .unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!(mode(s.path()), 0o700);
+    assert_eq!(mode(&s.path().join(CONFIG_FILE)), 0o600);
+}
+
+// ---------- digests (issue 11 #5) ----------
+
+/// Replaces member `name`'s content with `with`.
+fn swap(members: &mut [(String, Vec<u8>)], name: &str, with: Vec<u8>) {
+    let m = members.iter_mut().find(|(n, _)| n == name).unwrap();
+    m.1 = with;
+}
+
+#[test]
+fn tampered_layer_and_config_refused_in_both_layouts() {
+    let env = Env::new();
+    let good = basic_layer();
+    // Still a valid layer, one byte of a file changed.
+    let evil = layer(&[
+        E::Dir("bin", 0o755),
+        E::File("test-handler".into(), b"\x7fELG".to_vec(), 0o755),
+        sym("bin/sh", "busybox"),
+    ]);
+    let cfg = default_cfg();
+    let evil_cfg = config_json(serde_json::json!({"Cmd": ["/bin/sh", "-c", "evil"]}));
+    let layer_name = format!("blobs/sha256/{}", sha(&good));
+    let cfg_name = format!("blobs/sha256/{}", sha(&cfg));
+    // false: OCI index.json -> manifest; true: Docker 25+ manifest.json naming the blobs.
+    for docker_manifest in [false, true] {
+        let members = oci_members(cfg.clone(), vec![good.clone()], docker_manifest);
+        env.ok(&outer(&members));
+        std::fs::remove_dir_all(env.tmp.path().join("img")).unwrap();
+
+        let mut m = members.clone();
+        swap(&mut m, &layer_name, gzip(&evil));
+        let e = env.err(&outer(&m));
+        assert!(
+            e.contains(&format!("layer {layer_name} does not match its digest")),
+            "{e}"
+        );
+        let mut m = members.clone();
+        swap(&mut m, &layer_name, evil.clone());
+        let e = env.err(&outer(&m));
+        assert!(
+            e.contains(&format!("its content is sha256:{}", sha(&evil))),
+            "{e}"
+        );
+
+        let mut m = members;
+        swap(&mut m, &cfg_name, evil_cfg.clone());
+        let e = env.err(&outer(&m));
+        assert!(
+            e.contains(&format!("config {cfg_name} does not match its digest")),
+            "{e}"
+        );
+    }
+    // Classic layout: the config is <sha256>.json; <id>/layer.tar names carry no digest.
+    let classic_members = |cfg_data: Vec<u8>| {
+        let cfg_file = format!("{}.json", sha(&cfg));
+        let manifest = serde_json::json!([{"Config": cfg_file, "Layers": ["1/layer.tar"]}]);
+        vec![
+            (cfg_file, cfg_data),
+            ("1/layer.tar".to_string(), evil.clone()),
+            (
+                "manifest.json".to_string(),
+                serde_json::to_vec(&manifest).unwrap(),
+            ),
+        ]
+    };
+    env.ok(&outer(&classic_members(cfg.clone())));
+    let e = env.err(&outer(&classic_members(evil_cfg)));
+    assert!(
+        e.contains(&format!(
+            "config {}.json does not match its digest",
+            sha(&cfg)
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn oci_digests_must_be_sha256_hex() {
+    let env = Env::new();
+    for digest in ["sha512:abcd", "sha256:ABC", "sha256:abc"] {
+        let idx = serde_json::json!({"manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest}]});
+        let e = env.err(&outer(&[(
+            "index.json".into(),
+            serde_json::to_vec(&idx).unwrap(),
+        )]));
+        assert!(e.contains("digest"), "{digest}: {e}");
+    }
+}
+
+// ---------- the install gate (issue 10 #6) ----------
+
+#[test]
+fn gate_runs_after_the_spool_and_its_refusal_leaves_nothing() {
+    let env = Env::new();
+    let up = classic(default_cfg(), vec![basic_layer()]);
+    let work = env.work();
+    let e = install_gated(&up[..], &work, &Limits::default(), || {
+        // The whole upload is on disk before an install slot is asked for.
+        let staging = std::fs::read_dir(&work)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        assert_eq!(
+            std::fs::metadata(staging.join(SPOOL_FILE)).unwrap().len(),
+            up.len() as u64
+        );
+        Err::<(), _>(ImageError::InstallsBusy {
+            limit: 2,
+            waited: std::time::Duration::from_secs(30),
+        })
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("2 images are being installed already"), "{e}");
+    env.assert_no_staging();
 }

@@ -5,9 +5,10 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -225,27 +226,45 @@ fn container_holds_only_stdio_fds() -> TestResult {
 
 // --- the operator's terminal ----------------------------------------------------------------
 
-/// A pseudo-terminal, master and slave.
+/// A pseudo-terminal, master and slave, from a devpts instance of the test's own (the
+/// harness runs in a private mount namespace): the vmtest guest mounts no devpts, and this
+/// way the test needs none of the machine's.
 fn openpty() -> Result<(OwnedFd, OwnedFd), Failed> {
-    let (mut master, mut slave): (RawFd, RawFd) = (-1, -1);
-    // SAFETY: openpty writes two fds; the name, termios and winsize are optional.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
+    let dir = support::state_dir().join(support::unique("devpts"));
+    fs::create_dir_all(&dir)?;
+    nix::mount::mount(
+        Some("devpts"),
+        &dir,
+        Some("devpts"),
+        nix::mount::MsFlags::empty(),
+        Some("newinstance,ptmxmode=0600,mode=0600"),
+    )
+    .map_err(|e| format!("mount devpts on {}: {e}", dir.display()))?;
+    let master = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(dir.join("ptmx"))
+        .map_err(|e| format!("open {}/ptmx: {e}", dir.display()))?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int; TIOCGPTPEER returns a new fd for the slave side
+    // (Linux 4.13+), opened without a path lookup, close-on-exec like the master.
+    let slave = unsafe {
+        if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) < 0 {
+            return Err(format!("unlock pty: {}", std::io::Error::last_os_error()).into());
+        }
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
         )
     };
-    ensure(rc == 0, format!("openpty: {}", std::io::Error::last_os_error()))?;
-    // Close-on-exec, so that no other process the tests start inherits them.
-    for fd in [master, slave] {
-        // SAFETY: fcntl with integer arguments on fds we own.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    }
-    // SAFETY: fresh fds nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) })
+    ensure(slave >= 0, format!("TIOCGPTPEER: {}", std::io::Error::last_os_error()))?;
+    // The open master keeps the instance alive; the mount point is no longer needed.
+    nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| format!("umount {}: {e}", dir.display()))?;
+    // SAFETY: a fresh fd nothing else owns.
+    Ok((master.into(), unsafe { OwnedFd::from_raw_fd(slave) }))
 }
 
 /// Bytes waiting to be read on `fd` (FIONREAD).

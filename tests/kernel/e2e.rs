@@ -429,7 +429,7 @@ impl Setup {
     }
 
     /// No function at all, and no trace of one: for a daemon that only saw failed deploys.
-    fn check_no_function(&self, after: &str) -> TestResult {
+    pub(crate) fn check_no_function(&self, after: &str) -> TestResult {
         let (images, list, addresses) = (self.entries("images"), self.list()?, self.addresses()?);
         self.check(
             images.is_empty() && list == json!({}) && addresses.is_empty(),
@@ -443,6 +443,11 @@ impl Drop for Setup {
     /// Whatever a failed test left: containers, the cgroup parent, the state directory.
     fn drop(&mut self) {
         support::remove_cgroup_parent(&self.cgroup_parent);
+        // faasd leaves its store's nosuid bind mount for its next start.
+        let _ = nix::mount::umount2(
+            &self.state().join("images"),
+            nix::mount::MntFlags::MNT_DETACH,
+        );
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -459,7 +464,7 @@ impl Faasd<'_> {
     }
 
     /// SIGTERM, then waits for the exit.
-    fn stop(&mut self) -> Result<ExitStatus, Failed> {
+    pub(crate) fn stop(&mut self) -> Result<ExitStatus, Failed> {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)?;
         let mut status = None;
         eventually(Duration::from_secs(20), || {
@@ -488,7 +493,8 @@ impl Drop for Faasd<'_> {
 // --- the tests ------------------------------------------------------------------------------
 
 fn python_handler_via_faas_new() -> TestResult {
-    let s = Setup::new(&[])?;
+    // The interpreter's start takes seconds in the emulated (TCG) VM on a busy host.
+    let s = Setup::new(&["--connect-timeout", "30"])?;
     let _d = s.start()?;
     let ip = s.deploy("py", "python-handler.tar", Via::Stdin)?;
     s.check(ip == s.ip(10), format!("first address is {ip}, not .10"))?;

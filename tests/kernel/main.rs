@@ -9,6 +9,7 @@ mod api_security;
 mod child_security;
 mod daemon;
 mod e2e;
+mod image_security;
 mod net_isolation;
 mod request_security;
 mod runtime;
@@ -39,6 +40,7 @@ fn main() {
         .chain(child_security::tests())
         .chain(request_security::tests())
         .chain(api_security::tests())
+        .chain(image_security::tests())
         .map(|t| t.with_ignored_flag(!root))
         .collect();
     libtest_mimic::run(&args, trials).exit();
