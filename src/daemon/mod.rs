@@ -405,27 +405,30 @@ impl Daemon {
         let images = self.cfg.images_dir();
         let store = self.store.clone();
         let staged = upload::on_own_thread(move || {
-            let share = store.reserve(&images, limits.max_bytes)?;
-            let store_bound = share.bytes < limits.max_bytes;
+            let budget = store.budget(&images, limits.max_bytes)?;
+            let store_bound = budget < limits.max_bytes;
             let limits = image::Limits {
-                max_bytes: share.bytes,
+                max_bytes: budget,
                 ..limits
             };
             // The install's share of the store, or the spool bounded by it, ran out.
-            let out_of_share = |e: &ImageError| {
+            let out_of_budget = |e: &ImageError| {
                 store_bound
                     && match e {
-                        ImageError::LimitExceeded { limit, .. } => *limit == share.bytes,
+                        ImageError::LimitExceeded { limit, .. } => *limit == budget,
                         ImageError::UploadTooLarge { .. } => true,
                         _ => false,
                     }
             };
-            match image::install_gated(upload, &images, &limits, gate) {
-                Err(e) if out_of_share(&e) => {
+            let staged = match image::install_gated(upload, &images, &limits, gate) {
+                Err(e) if out_of_budget(&e) => {
                     Err(store.full(store_quota::disk_usage(&images).unwrap_or(0)))
                 }
                 r => r.map_err(DaemonError::from),
-            }
+            }?;
+            // Installs that ran beside this one may have used the store up meanwhile.
+            store.check(&images)?;
+            Ok::<_, DaemonError>(staged)
         })
         .await??;
         let config = staged.config().clone();

