@@ -171,15 +171,18 @@ static void serve(int conn, const char *extra) {
 }
 
 /* Writes 1 GiB to stdout in 64 KiB writes, stopping early after 20 s (a slow machine). */
-static void flood(int lines) {
+/* Writes up to 1 GiB (for at most 20 s) to stdout; returns how much it wrote. */
+static long flood(int lines) {
     static char buf[65536];
     memset(buf, 'x', sizeof buf);
     if (lines)
         for (size_t i = 99; i < sizeof buf; i += 100)
             buf[i] = '\n';
     time_t start = time(NULL);
-    for (long total = 0; total < (1L << 30) && time(NULL) - start < 20; total += (long)sizeof buf)
+    long total = 0;
+    for (; total < (1L << 30) && time(NULL) - start < 20; total += (long)sizeof buf)
         write_all(1, buf, sizeof buf);
+    return total;
 }
 
 static void forkbomb(void) {
@@ -228,12 +231,12 @@ int main(int argc, char **argv) {
         forkbomb();
     if (strcmp(mode, "memhog") == 0)
         memhog();
+    static char extra[4096];
     if (strcmp(mode, "flood") == 0 || strcmp(mode, "floodlines") == 0)
-        flood(strcmp(mode, "floodlines") == 0);
+        snprintf(extra, sizeof extra, "flooded=%ld\n", flood(strcmp(mode, "floodlines") == 0));
     if (strcmp(mode, "slow") == 0)
         sleep(2);
     close(s);
-    static char extra[4096];
     if (strcmp(mode, "probe") == 0)
         probe(extra, sizeof extra);
     serve(conn, extra);
