@@ -121,6 +121,8 @@ pub struct Daemon {
     /// Installs running at once (each within image::install's memory budget).
     installs: Arc<Semaphore>,
     store: Arc<store_quota::StoreQuota>,
+    /// The store's nosuid mount if this run made it; removed at a clean stop.
+    store_mount: std::sync::Mutex<Option<store_mount::OurMount>>,
     /// Uploads being received (the control API waits a bounded time for one).
     upload_slots: Arc<Semaphore>,
     /// Cancelled at shutdown: listeners stop accepting.
@@ -213,7 +215,7 @@ impl Daemon {
     pub async fn start(cfg: Config) -> Result<Arc<Self>, DaemonError> {
         // Refused before anything is created: a bad combination leaves no trace.
         let totals = totals::resolve(&cfg)?;
-        state_dir::prepare(&cfg)?;
+        let store_mount = state_dir::prepare(&cfg)?;
         let token = match &cfg.token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
@@ -256,6 +258,7 @@ impl Daemon {
             metrics: Metrics::default(),
             global_slots: Arc::new(Semaphore::new(cfg.max_containers)),
             installs: Arc::new(Semaphore::new(MAX_INSTALLS)),
+            store_mount: std::sync::Mutex::new(store_mount),
             store: Arc::new(store_quota::StoreQuota::new(
                 cfg.store_max_gb,
                 &cfg.state_dir,
@@ -656,6 +659,7 @@ impl Daemon {
         if let Err(e) = recover(&self.cfg, &self.backend) {
             tracing::error!("final cleanup failed: {e}");
         }
+        drop(self.store_mount.lock().unwrap().take());
         tracing::info!("stopped");
     }
 }

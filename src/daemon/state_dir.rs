@@ -14,8 +14,9 @@ pub const DIR_MODE: u32 = 0o700;
 pub const FILE_MODE: u32 = 0o600;
 
 /// Creates (or tightens) the state directory, `images/` and `bundles/`, the registry and
-/// every installed image's directory and config, and mounts the store `nosuid,nodev`.
-pub fn prepare(cfg: &Config) -> Result<(), DaemonError> {
+/// every installed image's directory and config, and mounts the store `nosuid,nodev`
+/// (returning that mount when this call made it).
+pub fn prepare(cfg: &Config) -> Result<Option<store_mount::OurMount>, DaemonError> {
     for dir in [cfg.state_dir.clone(), cfg.images_dir(), cfg.bundles_dir()] {
         DirBuilder::new()
             .recursive(true)
@@ -42,8 +43,7 @@ pub fn prepare(cfg: &Config) -> Result<(), DaemonError> {
             restrict(&config, FILE_MODE)?;
         }
     }
-    store_mount::ensure_nosuid(&images)?;
-    Ok(())
+    Ok(store_mount::ensure_nosuid(&images)?)
 }
 
 fn restrict(path: &Path, mode: u32) -> Result<(), DaemonError> {

@@ -4,14 +4,15 @@
 //! through an fd or a path a local user obtains. Inside containers `no_new_privs` keeps them
 //! inert as well.
 //!
-//! Idempotent: the mount outlives the daemon (a restart, or a crash, finds it in
-//! /proc/self/mountinfo and reuses it); staging, commit and retire renames all stay inside
+//! Idempotent: a start finds an existing one (a crash's, or an operator's) in
+//! /proc/self/mountinfo and reuses it; a clean stop removes the mount this run made, so
+//! that the state dir can be removed like any directory afterwards. Staging, commit and retire renames all stay inside
 //! `images/`, so the mount boundary never splits a rename. The runc backend bind-mounts
 //! rootfs directories from below it, which is unaffected.
 
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, MsFlags};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 /// Why the store could not be put on its own `nosuid,nodev` mount.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +81,7 @@ fn unescape(field: &str) -> Vec<u8> {
 }
 
 /// Puts `images` on a private `nosuid,nodev` bind mount of itself unless it already is one.
-pub fn ensure_nosuid(images: &Path) -> Result<(), StoreMountError> {
+pub fn ensure_nosuid(images: &Path) -> Result<Option<OurMount>, StoreMountError> {
     let dir = images
         .canonicalize()
         .map_err(|source| StoreMountError::Resolve {
@@ -89,9 +90,10 @@ pub fn ensure_nosuid(images: &Path) -> Result<(), StoreMountError> {
         })?;
     let info =
         std::fs::read_to_string("/proc/self/mountinfo").map_err(StoreMountError::MountInfo)?;
+    let mut made_here = false;
     let options = match mount_options(&info, &dir) {
         Some(o) if o.iter().any(|x| x == "nosuid") && o.iter().any(|x| x == "nodev") => {
-            return Ok(())
+            return Ok(None)
         }
         Some(o) => o,
         None => {
@@ -118,6 +120,7 @@ pub fn ensure_nosuid(images: &Path) -> Result<(), StoreMountError> {
                 path: dir.clone(),
                 source,
             })?;
+            made_here = true;
             Vec::new()
         }
     };
@@ -133,7 +136,20 @@ pub fn ensure_nosuid(images: &Path) -> Result<(), StoreMountError> {
             path: dir.clone(),
             source,
         }
-    })
+    })?;
+    Ok(made_here.then_some(OurMount(dir)))
+}
+
+/// The store mount this run made, removed when dropped: at a clean stop, or when the
+/// daemon fails to start after making it.
+pub struct OurMount(PathBuf);
+
+impl Drop for OurMount {
+    fn drop(&mut self) {
+        if let Err(e) = umount2(&self.0, MntFlags::MNT_DETACH) {
+            tracing::warn!("removing the image store mount {} failed: {e}", self.0.display());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -443,7 +443,7 @@ impl Drop for Setup {
     /// Whatever a failed test left: containers, the cgroup parent, the state directory.
     fn drop(&mut self) {
         support::remove_cgroup_parent(&self.cgroup_parent);
-        // faasd leaves its store's nosuid bind mount for its next start.
+        // A faasd killed with SIGKILL leaves its store's nosuid mount (for its next start).
         let _ = nix::mount::umount2(
             &self.state().join("images"),
             nix::mount::MntFlags::MNT_DETACH,
@@ -662,6 +662,15 @@ fn sigterm_removes_only_our_addresses() -> TestResult {
     s.check(
         s.processes().is_empty(),
         format!("processes {:?}", s.processes()),
+    )?;
+    // The store's nosuid mount goes with a clean stop: the state dir removes like any other.
+    let images = s.state().join("images");
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    s.check(
+        !mountinfo
+            .lines()
+            .any(|l| l.split(' ').nth(4) == images.to_str()),
+        format!("{} is still a mount point after SIGTERM", images.display()),
     )?;
     ip_addr("del", manual)
 }
