@@ -3,7 +3,7 @@
 //! logged as a warning when the daemon starts.
 
 use crate::backend::BackendKind;
-use crate::runtime::{net_hook, net_support, NetSupport, LANDLOCK_NET_ABI};
+use crate::runtime::{net_support, NetSupport, LANDLOCK_NET_ABI};
 
 pub struct Guarantee {
     pub what: &'static str,
@@ -21,8 +21,10 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|e| format!("(unknown: {e})"))
 }
 
-/// Why Landlock cannot refuse a handler's TCP connect and bind here, if it cannot.
-fn landlock_net() -> Result<(), String> {
+fn landlock_net(backend: BackendKind) -> Result<(), String> {
+    if backend == BackendKind::Runc {
+        return Err("runc applies no Landlock rules".into());
+    }
     match net_support() {
         NetSupport::Enforced { .. } => Ok(()),
         NetSupport::AbiTooOld { abi } => Err(format!(
@@ -34,19 +36,6 @@ fn landlock_net() -> Result<(), String> {
             std::io::Error::from_raw_os_error(errno)
         )),
     }
-}
-
-/// Whether a handler's connect and bind are refused: by Landlock, else (native runtime,
-/// pure cgroup v2) by the cgroup-bpf hook the daemon attaches at start, probed here.
-fn net_refused(backend: BackendKind) -> Result<(), String> {
-    if backend == BackendKind::Runc {
-        return Err("runc applies no Landlock rules nor cgroup-bpf hook".into());
-    }
-    let landlock = match landlock_net() {
-        Ok(()) => return Ok(()),
-        Err(why) => why,
-    };
-    net_hook::probe().map_err(|e| format!("{landlock}; and no cgroup-bpf fallback: {e}"))
 }
 
 fn native_only(backend: BackendKind) -> Result<(), String> {
@@ -73,9 +62,8 @@ pub fn guarantees(backend: BackendKind) -> Vec<Guarantee> {
             exposure: "a handler can disconnect the client socket it is handed and connect it \
                        to any address the host reaches (the control API on 127.0.0.1 \
                        included) or bind it to a host port from 1024 up",
-            mechanism: "Landlock network rules (ABI 4, Linux 6.7+) or, on cgroup v2, by a \
-                        cgroup-bpf connect/bind hook on faasd's cgroup (Linux 5.7+)",
-            holds: net_refused(backend),
+            mechanism: "Landlock network rules (ABI 4, Linux 6.7+)",
+            holds: landlock_net(backend),
         },
         Guarantee {
             what: "a handler cannot connect the client socket implicitly with TCP Fast \

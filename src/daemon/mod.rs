@@ -137,38 +137,6 @@ pub struct Daemon {
     /// Functions being undeployed, until their requests have drained.
     removing: std::sync::Mutex<HashSet<String>>,
     token: Option<String>,
-    /// The cgroup-bpf connect/bind hook where Landlock cannot refuse those (see
-    /// runtime/net_hook.rs); detached when the daemon exits.
-    _net_hook: Option<runtime::net_hook::NetHook>,
-}
-
-/// Where Landlock has no network rules, the native runtime's containers are kept from
-/// connecting or binding the host sockets they are handed by a cgroup-bpf hook on our own
-/// cgroup, attached once here (nothing per container). Without it they stay exposed, as
-/// the start-up warning says.
-fn net_hook(cfg: &Config) -> Option<runtime::net_hook::NetHook> {
-    let landlock = matches!(runtime::net_support(), runtime::NetSupport::Enforced { .. });
-    if cfg.runtime != crate::backend::BackendKind::Native || landlock {
-        return None;
-    }
-    match runtime::net_hook::attach(&cfg.cgroup_parent) {
-        Ok(hook) => {
-            tracing::info!(
-                "cgroup-bpf connect/bind hook attached on cgroup {}: containers under {} \
-                 cannot connect or bind the host sockets they are handed",
-                hook.cgroup.display(),
-                cfg.cgroup_parent
-            );
-            Some(hook)
-        }
-        Err(e) => {
-            tracing::warn!(
-                "EXPOSED: no cgroup-bpf connect/bind hook ({e}): a handler can disconnect \
-                 the client socket it is handed and connect it anywhere the host reaches"
-            );
-            None
-        }
-    }
 }
 
 /// Image installs at once: each is bound by the disk and a core (2 here), and holds up
@@ -243,7 +211,6 @@ impl Daemon {
             "limits of all containers together set on cgroup {}",
             cfg.cgroup_parent
         );
-        let net_hook = net_hook(&cfg);
         let nofile = admission::raise_nofile().map_err(DaemonError::FdLimit)?;
         tracing::info!(
             nofile,
@@ -272,7 +239,6 @@ impl Daemon {
             per_source: admission::PerSource::new(cfg.max_conns_per_source),
             removing: Default::default(),
             token,
-            _net_hook: net_hook,
             cfg,
         });
         daemon.restore().await;

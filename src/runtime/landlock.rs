@@ -10,8 +10,11 @@
 //! Landlock does not see `listen()`: a disconnected socket still autobinds to an ephemeral
 //! port of its own (the function's) address and listens there until the container ends.
 //!
-//! Older kernels on pure cgroup v2 get a cgroup-bpf connect/bind hook instead (see
-//! net_hook.rs).
+//! No fallback for older kernels yet. A cgroup-bpf `connect4`/`bind4` hook would have to
+//! sit on the daemon's cgroup, not the container's: it runs for the socket's cgroup,
+//! which is its creator's (measured on 6.18: a deny-all hook on the container's cgroup
+//! let the handed socket reconnect; on the daemon's cgroup, deciding by
+//! `bpf_get_current_cgroup_id()`, it refused that reconnect and MSG_FASTOPEN alike).
 //!
 //! The ruleset is made once, in the parent; the child only calls `landlock_restrict_self`
 //! on its fd, a raw syscall that allocates nothing in user space. Raw syscalls rather

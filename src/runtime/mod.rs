@@ -12,7 +12,6 @@ mod container;
 mod error;
 mod kept_fds;
 mod landlock;
-pub mod net_hook;
 mod netns_pool;
 mod privileges;
 mod process;

@@ -12,7 +12,7 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use faasd::runtime::{net_hook, net_support, NetSupport};
+use faasd::runtime::{net_support, NetSupport};
 use libtest_mimic::{Failed, Trial};
 
 use crate::e2e::{eventually, Setup, Via};
@@ -50,46 +50,16 @@ pub fn tests() -> Vec<Trial> {
 /// How long a handler's report may take to reach the daemon's log.
 const REPORT_WAIT: Duration = Duration::from_secs(20);
 
-/// What refuses a handler's TCP connect and bind here, with the error it gets.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Refuser {
-    /// Landlock network rules (6.7+): EACCES.
-    Landlock,
-    /// The cgroup-bpf hook on the daemon's cgroup (pure cgroup v2): EPERM.
-    CgroupBpf,
-}
-
-impl Refuser {
-    fn error(self) -> &'static str {
-        match self {
-            Refuser::Landlock => "Permission denied",
-            Refuser::CgroupBpf => "Operation not permitted",
-        }
-    }
-}
-
-fn refuser_here() -> Result<Refuser, String> {
+/// Whether Landlock network rules are enforced here; if not, says what is skipped.
+fn landlock_net(skipped: &str) -> bool {
     match net_support() {
-        NetSupport::Enforced { .. } => Ok(Refuser::Landlock),
-        other => match net_hook::probe() {
-            Ok(()) => Ok(Refuser::CgroupBpf),
-            Err(e) => Err(format!(
-                "needs Landlock ABI 4, Linux 6.7 ({other:?}) or a cgroup-bpf hook ({e})"
-            )),
-        },
-    }
-}
-
-/// What refuses connect and bind here; if nothing, says what is skipped.
-fn refuser(skipped: &str) -> Option<Refuser> {
-    match refuser_here() {
-        Ok(r) => Some(r),
-        Err(why) => {
+        NetSupport::Enforced { .. } => true,
+        other => {
             eprintln!(
-                "SKIPPED on Linux {}: {skipped} ({why})",
+                "SKIPPED on Linux {}: {skipped} (needs Landlock ABI 4, Linux 6.7; {other:?})",
                 faasd::kernel_check::kernel_release()
             );
-            None
+            false
         }
     }
 }
@@ -151,24 +121,14 @@ fn reconnect_to_the_host() -> TestResult {
     let at = attacker(&s)?;
     let log = fs::read_to_string(s.log())?;
     let warned = log.contains("WARN") && log.contains("EXPOSED") && log.contains("disconnect");
-    let Some(refuser) = refuser("reconnecting the handed-over socket to the host") else {
+    if !landlock_net("reconnecting the handed-over socket to the host") {
         // Where the kernel cannot stop it, the daemon said so at start.
         return s.check(
             warned,
             "no start-up warning about the exposed client socket",
         );
-    };
-    s.check(
-        !warned,
-        format!("a start-up warning though {refuser:?} refuses"),
-    )?;
-    if refuser == Refuser::CgroupBpf {
-        s.check(
-            log.contains("cgroup-bpf connect/bind hook attached"),
-            "the daemon did not attach its cgroup-bpf hook",
-        )?;
     }
-    let denied = refuser.error();
+    s.check(!warned, "a start-up warning though Landlock is enforced")?;
     // A host service of the test's own, on another loopback address.
     let own = Ipv4Addr::new(127, 0, s.n, 2);
     let l = listener(own, 9000)?;
@@ -179,13 +139,19 @@ fn reconnect_to_the_host() -> TestResult {
         (own, 9000),
         &format!("connect {own}:9000"),
     )?;
-    s.check(got == denied, format!("reconnect to {own}:9000: {got}"))?;
+    s.check(
+        got == "Permission denied",
+        format!("reconnect to {own}:9000: {got}"),
+    )?;
     untouched(&s, &l, "the test's own listener")?;
     // The control API, where it would undeploy the victim.
     let api: std::net::SocketAddrV4 = s.control_addr().parse()?;
     let step = format!("connect {api}");
     let got = attack(&s, at, "reconnect", (*api.ip(), api.port()), &step)?;
-    s.check(got == denied, format!("reconnect to the API {api}: {got}"))?;
+    s.check(
+        got == "Permission denied",
+        format!("reconnect to the API {api}: {got}"),
+    )?;
     let list = s.list()?;
     s.check(
         list.get("victim").is_some(),
@@ -199,23 +165,21 @@ fn bind_a_host_port() -> TestResult {
     let _d = s.start()?;
     let at = attacker(&s)?;
     let host = Ipv4Addr::new(127, 0, s.n, 3);
-    // Below 1024: refused on every kernel, CAP_NET_BIND_SERVICE is gone (EACCES), or
-    // before that check by the cgroup-bpf hook (EPERM).
-    let below = match refuser_here() {
-        Ok(Refuser::CgroupBpf) => "Operation not permitted",
-        _ => "Permission denied",
-    };
+    // Below 1024: refused on every kernel, CAP_NET_BIND_SERVICE is gone.
     let got = attack(&s, at, "bind", (host, 23), &format!("bind {host}:23"))?;
-    s.check(got == below, format!("bind {host}:23: {got}"))?;
+    s.check(got == "Permission denied", format!("bind {host}:23: {got}"))?;
     s.check(
         TcpStream::connect((host, 23)).is_err(),
         format!("something listens on {host}:23"),
     )?;
-    let Some(refuser) = refuser("binding the handed-over socket to a host port above 1024") else {
+    if !landlock_net("binding the handed-over socket to a host port above 1024") {
         return Ok(());
-    };
+    }
     let got = attack(&s, at, "bind", (host, 9023), &format!("bind {host}:9023"))?;
-    s.check(got == refuser.error(), format!("bind {host}:9023: {got}"))?;
+    s.check(
+        got == "Permission denied",
+        format!("bind {host}:9023: {got}"),
+    )?;
     // The handler keeps a bound socket listening for 5 s after its report.
     s.check(
         TcpStream::connect((host, 9023)).is_err(),
@@ -314,8 +278,7 @@ fn proc_self_exe() -> TestResult {
 }
 
 /// `faasd --check-kernel` lists each guarantee with whether this kernel gives it, and
-/// fails where one is missing (the runc backend applies no Landlock rules nor cgroup-bpf
-/// hook on any kernel).
+/// fails where one is missing (the runc backend applies no Landlock rules on any kernel).
 fn missing_guarantees_are_reported() -> TestResult {
     let check = |runtime: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_faasd"))
@@ -327,20 +290,17 @@ fn missing_guarantees_are_reported() -> TestResult {
     let landlock_line = text
         .lines()
         .find(|l| l.contains("connect or bind a TCP socket"));
-    let refused = refuser_here();
-    let enforced = refused.is_ok();
+    let enforced = matches!(net_support(), NetSupport::Enforced { .. });
     support::ensure(
         landlock_line.is_some_and(|l| l.contains("[yes]") == enforced)
             && native.status.success() == enforced
-            && text.matches("[yes]").count() >= 3
-            && text.contains("cgroup-bpf connect/bind hook"),
-        format!("--check-kernel (connect/bind refused: {refused:?}): {native:?}\n{text}"),
+            && text.matches("[yes]").count() >= 3,
+        format!("--check-kernel (Landlock net enforced: {enforced}): {native:?}\n{text}"),
     )?;
     let runc = check("runc")?;
     let text = String::from_utf8_lossy(&runc.stdout);
     support::ensure(
-        !runc.status.success()
-            && text.contains("[NO: runc applies no Landlock rules nor cgroup-bpf hook]"),
+        !runc.status.success() && text.contains("[NO: runc applies no Landlock rules]"),
         format!("--check-kernel --runtime runc: {runc:?}"),
     )
 }
