@@ -147,7 +147,10 @@ pub struct OurMount(PathBuf);
 impl Drop for OurMount {
     fn drop(&mut self) {
         if let Err(e) = umount2(&self.0, MntFlags::MNT_DETACH) {
-            tracing::warn!("removing the image store mount {} failed: {e}", self.0.display());
+            tracing::warn!(
+                "removing the image store mount {} failed: {e}",
+                self.0.display()
+            );
         }
     }
 }

@@ -89,7 +89,13 @@ impl<'a> KeptFds<'a> {
     /// and targets, so that no dup3 onto a target can clobber a source still to move.
     pub fn install(&self) -> std::result::Result<(), MoveFailed> {
         let sources = &self.sources[..self.len];
-        let above = sources.iter().copied().max().unwrap_or(0).max(self.len as RawFd) + 1;
+        let above = sources
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(self.len as RawFd)
+            + 1;
         let mut copies = [-1; MAX];
         let err = |step, pipe| MoveFailed {
             step,
@@ -106,7 +112,11 @@ impl<'a> KeptFds<'a> {
         for (target, &copy) in copies[..self.len].iter().enumerate() {
             let target = target as RawFd;
             // stdio survives the exec; the rest is close-on-exec.
-            let flags = if target < ERROR_PIPE { 0 } else { libc::O_CLOEXEC };
+            let flags = if target < ERROR_PIPE {
+                0
+            } else {
+                libc::O_CLOEXEC
+            };
             // SAFETY: dup3 between fds of the child's own table.
             if unsafe { libc::dup3(copy, target, flags) } < 0 {
                 return Err(err(Step::KeepFds, copies[ERROR_PIPE as usize]));

@@ -201,12 +201,11 @@ impl Runtime {
         };
         clock.mark(Mark::Prepared);
 
-        let spawned = process::clone_child(&plan, self.setup_timeout).map_err(|source| {
-            RuntimeError::Sys {
+        let spawned =
+            process::clone_child(&plan, self.setup_timeout).map_err(|source| RuntimeError::Sys {
                 op: "clone",
                 source,
-            }
-        });
+            });
         // The child has exec'd or exited (CLONE_VFORK): the plan and the fds it borrowed
         // are ours again, and ours must close so the pipe reports EOF at exec.
         let mounts = plan.mounts;

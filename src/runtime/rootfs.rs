@@ -9,10 +9,10 @@
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::io;
 use std::path::Path;
 
 use super::child::MountOp;

@@ -6,11 +6,11 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use faasd::runtime::{ContainerSpec, Resources, Runtime, RuntimeError, Step};
@@ -41,10 +41,7 @@ pub fn tests() -> Vec<Trial> {
             "child_security::handler_cannot_reach_the_operators_terminal",
             handler_cannot_reach_the_operators_terminal,
         ),
-        Trial::test(
-            "child_security::io_uring_is_denied",
-            io_uring_is_denied,
-        ),
+        Trial::test("child_security::io_uring_is_denied", io_uring_is_denied),
         Trial::test(
             "child_security::setup_stuck_in_a_frozen_cgroup_is_killed",
             setup_stuck_in_a_frozen_cgroup_is_killed,
@@ -259,7 +256,10 @@ fn openpty() -> Result<(OwnedFd, OwnedFd), Failed> {
             libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
         )
     };
-    ensure(slave >= 0, format!("TIOCGPTPEER: {}", std::io::Error::last_os_error()))?;
+    ensure(
+        slave >= 0,
+        format!("TIOCGPTPEER: {}", std::io::Error::last_os_error()),
+    )?;
     // The open master keeps the instance alive; the mount point is no longer needed.
     nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH)
         .map_err(|e| format!("umount {}: {e}", dir.display()))?;
@@ -272,7 +272,10 @@ fn pending(fd: &OwnedFd) -> Result<i32, Failed> {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one int.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
-    ensure(rc == 0, format!("FIONREAD: {}", std::io::Error::last_os_error()))?;
+    ensure(
+        rc == 0,
+        format!("FIONREAD: {}", std::io::Error::last_os_error()),
+    )?;
     Ok(n)
 }
 
@@ -291,7 +294,10 @@ fn probe_through_faasd(
     let faasd = s.start_with(prepare)?;
     let ip = s.deploy("probe", "test-handler-probe.tar", Via::File)?;
     let reply = s.get(ip, "/probe")?;
-    s.check(reply.status() == Some(200), format!("probe answered {reply}"))?;
+    s.check(
+        reply.status() == Some(200),
+        format!("probe answered {reply}"),
+    )?;
     check(&s, reply.body(), faasd.pid())
 }
 
@@ -316,7 +322,9 @@ fn handler_cannot_reach_the_operators_terminal() -> TestResult {
     probe_through_faasd(prepare, |s, body, faasd_pid| {
         // The attack would be possible: faasd really has the pty as its terminal.
         let stat = fs::read_to_string(format!("/proc/{faasd_pid}/stat"))?;
-        let tty_nr = stat.rsplit_once(')').map(|(_, rest)| rest.split(' ').nth(5));
+        let tty_nr = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split(' ').nth(5));
         s.check(
             tty_nr.flatten().is_some_and(|t| t != "0"),
             format!("faasd has no controlling terminal: {stat}"),
@@ -329,12 +337,20 @@ fn handler_cannot_reach_the_operators_terminal() -> TestResult {
             format!("the handler is not the leader of a session of its own: {body}"),
         )?;
         let dev_tty = report_value(body, "dev_tty").unwrap_or("");
-        let (enoent, enxio) = (format!("errno {}", libc::ENOENT), format!("errno {}", libc::ENXIO));
+        let (enoent, enxio) = (
+            format!("errno {}", libc::ENOENT),
+            format!("errno {}", libc::ENXIO),
+        );
         s.check(
             dev_tty == enoent || dev_tty == enxio,
             format!("open(/dev/tty) in the handler: {body}"),
         )?;
-        for name in ["tiocsti_stdin", "tiocsti_stdout", "tiocsti_stderr", "tiocsti_dev_tty"] {
+        for name in [
+            "tiocsti_stdin",
+            "tiocsti_stdout",
+            "tiocsti_stderr",
+            "tiocsti_dev_tty",
+        ] {
             s.check(
                 report_value(body, name) != Some("ok"),
                 format!("{name} succeeded: {body}"),
@@ -529,7 +545,10 @@ fn serve_hung(mut dev: fs::File, stop: &AtomicBool) {
             std::os::fd::AsFd::as_fd(&dev),
             nix::poll::PollFlags::POLLIN,
         )];
-        if !matches!(nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(100u16)), Ok(1)) {
+        if !matches!(
+            nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(100u16)),
+            Ok(1)
+        ) {
             continue;
         }
         let Ok(n) = dev.read(&mut buf) else { return };
@@ -587,7 +606,11 @@ fn serve_hung(mut dev: fs::File, stop: &AtomicBool) {
 /// The image's WorkingDir lies on a FUSE mount whose server stops answering: the child
 /// hangs in its lookup after pivot_root, before its exec. Works on cgroup v1 and v2.
 fn setup_stuck_on_a_hung_fuse_path_is_killed() -> TestResult {
-    let dev = match fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+    let dev = match fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
         Ok(dev) => dev,
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV)) => {
             eprintln!(
