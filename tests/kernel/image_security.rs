@@ -10,11 +10,11 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
-use libtest_mimic::{Failed, Trial};
+use libtest_mimic::Trial;
 use serde_json::{json, Value};
 
 use crate::e2e::Setup;
-use crate::support::TestResult;
+use crate::support::{self, TestResult};
 
 pub fn tests() -> Vec<Trial> {
     macro_rules! trials {
@@ -220,16 +220,6 @@ fn env_values_stay_private() -> TestResult {
     Ok(())
 }
 
-/// The largest resident size faasd reached, from /proc/<pid>/status.
-fn vm_hwm_kib(pid: i32) -> Result<u64, Failed> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| "no VmHWM in /proc/<pid>/status".into())
-}
-
 /// Issue 10 #6: a ~1 MB upload whose gzip layer holds a 1 GiB GNU long-name record is
 /// refused with a 4xx naming the record, and faasd's peak RSS stays under 200 MiB
 /// (the tar crate alone would have read the record whole: 3.6 GiB).
@@ -258,7 +248,7 @@ fn huge_long_name_upload_bounded() -> TestResult {
     let s = Setup::new(&[])?;
     let d = s.start()?;
     let r = s.upload("longname", &image)?;
-    let hwm = vm_hwm_kib(d.pid())?;
+    let hwm = support::peak_rss(d.pid())? >> 10;
     eprintln!(
         "huge_long_name_upload_bounded: upload {} KiB, faasd VmHWM {} MiB",
         image.len() >> 10,
@@ -301,7 +291,7 @@ fn store_quota_refuses_and_leaves_nothing() -> TestResult {
         format!("a 12 MiB image in a 10 MiB store answered {r}"),
     )?;
     s.check_no_function("the image over the store quota")?;
-    let small = fs::read(crate::support::image("test-handler.tar")?)?;
+    let small = fs::read(support::image("test-handler.tar")?)?;
     let r = s.upload("small", &small)?;
     s.check(
         r.status() == Some(200),

@@ -55,17 +55,6 @@ fn metric(s: &Setup, series: &str) -> Result<f64, Failed> {
         .unwrap_or(0.0))
 }
 
-/// VmHWM (peak resident memory) of process `pid`, in bytes.
-fn peak_rss(pid: u32) -> Result<u64, Failed> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
-        .ok_or("no VmHWM in /proc/PID/status")?;
-    Ok(kb << 10)
-}
-
 /// Issue 10 #5: a handler writes 1 GiB to stdout without a newline, another 1 GiB of short
 /// lines (or what each wrote in 20 s). faasd's peak memory stays under 200 MiB (it grew to 1.7 GiB before), its log
 /// stays small, the dropped bytes show in /metrics, and it keeps serving.
@@ -73,7 +62,7 @@ fn handler_output_is_bounded() -> TestResult {
     const PEAK_BOUND: u64 = 200 << 20;
     let s = Setup::new(&[])?;
     let d = s.start()?;
-    let pid = d.child.id();
+    let pid = d.pid();
     for (name, file) in [
         ("flood", "test-handler-flood.tar"),
         ("floodlines", "test-handler-floodlines.tar"),
@@ -93,7 +82,7 @@ fn handler_output_is_bounded() -> TestResult {
             r.status() == Some(200) && flooded > (64 << 20) as f64,
             format!("GET {path}: {r}"),
         )?;
-        let peak = peak_rss(pid)?;
+        let peak = support::peak_rss(pid)?;
         eprintln!("{name}: faasd peaked at {} MiB", peak >> 20);
         s.check(
             peak < PEAK_BOUND,

@@ -238,3 +238,14 @@ pub fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// The largest resident size (VmHWM) process `pid` reached, in bytes.
+pub fn peak_rss(pid: i32) -> Result<u64, Failed> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse().ok())
+        .ok_or_else(|| format!("no VmHWM in /proc/{pid}/status"))?;
+    Ok(kib << 10)
+}
