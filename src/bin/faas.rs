@@ -4,7 +4,7 @@
 //! docker save hello | faas new hello     # Deployed hello at 10.0.0.10
 //! faas new hello -f hello.tar
 //! faas ip hello                          # 10.0.0.10
-//! faas list [--json]
+//! faas list [--json]                   # Name, IP, Warm (containers waiting), Command
 //! faas rm hello                          # Removed hello
 //! ```
 //!
@@ -471,6 +471,8 @@ fn progress_bar(len: Option<u64>, visible: bool) -> ProgressBar {
 struct Row {
     name: String,
     ip: String,
+    /// Containers waiting for a request (empty from a daemon that does not say).
+    warm: String,
     command: String,
 }
 
@@ -487,6 +489,7 @@ fn list_rows(v: &Value) -> Result<Vec<Row>, CliError> {
         .map(|(name, f)| Row {
             name: name.clone(),
             ip: f.get("ip").map(display_value).unwrap_or_default(),
+            warm: f.get("warm").map(display_value).unwrap_or_default(),
             command: match f.get("cmd") {
                 Some(Value::Array(parts)) => parts
                     .iter()
@@ -502,9 +505,9 @@ fn list_rows(v: &Value) -> Result<Vec<Row>, CliError> {
     Ok(rows)
 }
 
-/// An aligned Name/IP/Command table, one line per row, no trailing spaces.
+/// An aligned Name/IP/Warm/Command table, one line per row, no trailing spaces.
 fn format_table(rows: &[Row]) -> String {
-    const HEAD: [&str; 3] = ["Name", "IP", "Command"];
+    const HEAD: [&str; 4] = ["Name", "IP", "Warm", "Command"];
     let width = |h: &str, f: &dyn Fn(&Row) -> &str| {
         rows.iter()
             .map(|r| f(r).chars().count())
@@ -514,15 +517,16 @@ fn format_table(rows: &[Row]) -> String {
     };
     let w_name = width(HEAD[0], &|r| &r.name);
     let w_ip = width(HEAD[1], &|r| &r.ip);
+    let w_warm = width(HEAD[2], &|r| &r.warm);
     let mut out = String::new();
-    let mut line = |a: &str, b: &str, c: &str| {
-        let l = format!("{a:<w_name$}  {b:<w_ip$}  {c}");
+    let mut line = |a: &str, b: &str, c: &str, d: &str| {
+        let l = format!("{a:<w_name$}  {b:<w_ip$}  {c:<w_warm$}  {d}");
         out.push_str(l.trim_end());
         out.push('\n');
     };
-    line(HEAD[0], HEAD[1], HEAD[2]);
+    line(HEAD[0], HEAD[1], HEAD[2], HEAD[3]);
     for r in rows {
-        line(&r.name, &r.ip, &r.command);
+        line(&r.name, &r.ip, &r.warm, &r.command);
     }
     out
 }
@@ -667,16 +671,16 @@ mod tests {
     #[test]
     fn table_is_sorted_and_aligned() {
         let v = json!({
-            "zeta": {"ip": "10.0.0.11", "rootfs": "/r/zeta", "cmd": ["/bin/handler"]},
-            "a": {"ip": "10.0.0.100", "rootfs": "/r/a", "cmd": ["python3", "-u", "/app/h.py"]},
+            "zeta": {"ip": "10.0.0.11", "rootfs": "/r/zeta", "cmd": ["/bin/handler"], "warm": 1},
+            "a": {"ip": "10.0.0.100", "rootfs": "/r/a", "cmd": ["python3", "-u", "/app/h.py"], "warm": 12},
             "middle-name": {"ip": "10.0.0.9", "cmd": []},
         });
         let table = format_table(&list_rows(&v).unwrap());
         let expected = "\
-Name         IP          Command
-a            10.0.0.100  python3 -u /app/h.py
+Name         IP          Warm  Command
+a            10.0.0.100  12    python3 -u /app/h.py
 middle-name  10.0.0.9
-zeta         10.0.0.11   /bin/handler
+zeta         10.0.0.11   1     /bin/handler
 ";
         assert_eq!(table, expected);
         for line in table.lines() {
@@ -687,7 +691,7 @@ zeta         10.0.0.11   /bin/handler
     #[test]
     fn empty_table_is_just_the_header() {
         let table = format_table(&list_rows(&json!({})).unwrap());
-        assert_eq!(table, "Name  IP  Command\n");
+        assert_eq!(table, "Name  IP  Warm  Command\n");
     }
 
     #[test]
@@ -703,11 +707,13 @@ zeta         10.0.0.11   /bin/handler
                 Row {
                     name: "n".into(),
                     ip: "".into(),
+                    warm: "".into(),
                     command: "".into()
                 },
                 Row {
                     name: "s".into(),
                     ip: "10.0.0.10".into(),
+                    warm: "".into(),
                     command: "/bin/sh -c x".into()
                 },
             ]
@@ -721,11 +727,13 @@ zeta         10.0.0.11   /bin/handler
             Row {
                 name: "héllo".into(),
                 ip: "1".into(),
+                warm: "".into(),
                 command: "c".into(),
             },
             Row {
                 name: "abcdef".into(),
                 ip: "2".into(),
+                warm: "".into(),
                 command: "d".into(),
             },
         ];

@@ -180,6 +180,8 @@ async fn list(State(d): State<Arc<Daemon>>) -> Json<Value> {
                 "workdir": r.config.working_dir,
                 "user": format!("{}:{}", r.config.uid, r.config.gid),
                 "resources": r.resources,
+                // Containers waiting for a request now (--prewarm).
+                "warm": d.function(&name).map_or(0, |f| f.prewarmed.len()),
             });
             (name, entry)
         })

@@ -36,8 +36,11 @@ pub struct Metrics {
     pub requests: Family<FunctionLabel, Counter>,
     pub failures: Family<ReasonLabels, Counter>,
     pub in_flight: Family<FunctionLabel, Gauge>,
-    pub prewarmed: Family<FunctionLabel, Gauge>,
-    pub prewarmed_used: Family<FunctionLabel, Counter>,
+    prewarmed: Family<FunctionLabel, Gauge>,
+    prewarmed_memory: Family<FunctionLabel, Gauge>,
+    prewarm_target: Family<FunctionLabel, Gauge>,
+    prewarmed_used: Family<FunctionLabel, Counter>,
+    cold_requests: Family<FunctionLabel, Counter>,
     prewarm_failures: Family<FunctionLabel, Counter>,
     prewarm_backoff: Family<FunctionLabel, SecondsGauge>,
     pub cold_start: Histograms,
@@ -54,7 +57,10 @@ impl Default for Metrics {
         let failures = Family::<ReasonLabels, Counter>::default();
         let in_flight = Family::<FunctionLabel, Gauge>::default();
         let prewarmed = Family::<FunctionLabel, Gauge>::default();
+        let prewarmed_memory = Family::<FunctionLabel, Gauge>::default();
+        let prewarm_target = Family::<FunctionLabel, Gauge>::default();
         let prewarmed_used = Family::<FunctionLabel, Counter>::default();
+        let cold_requests = Family::<FunctionLabel, Counter>::default();
         let prewarm_failures = Family::<FunctionLabel, Counter>::default();
         let prewarm_backoff = Family::<FunctionLabel, SecondsGauge>::default();
         let cold_start: Histograms = Family::new_with_constructor(latency_histogram);
@@ -76,9 +82,24 @@ impl Default for Metrics {
             prewarmed.clone(),
         );
         registry.register(
+            "prewarmed_memory_bytes",
+            "Memory the waiting containers hold, from their cgroups (--prewarm-memory-mb bounds the sum)",
+            prewarmed_memory.clone(),
+        );
+        registry.register(
+            "prewarm_target",
+            "How many containers should wait now (--prewarm auto: from the arrival rate; 0 once idle)",
+            prewarm_target.clone(),
+        );
+        registry.register(
             "prewarmed_requests",
-            "Requests served by a container started ahead of them",
+            "Warm hits: requests served by a container started ahead of them",
             prewarmed_used.clone(),
+        );
+        registry.register(
+            "cold_requests",
+            "Warm misses: requests that found no waiting container and waited for a cold start",
+            cold_requests.clone(),
         );
         registry.register(
             "prewarm_failures",
@@ -124,7 +145,10 @@ impl Default for Metrics {
             failures,
             in_flight,
             prewarmed,
+            prewarmed_memory,
+            prewarm_target,
             prewarmed_used,
+            cold_requests,
             prewarm_failures,
             prewarm_backoff,
             cold_start,
@@ -148,6 +172,10 @@ impl Metrics {
         let label = Self::label(function);
         PrewarmMetrics {
             waiting: self.prewarmed.get_or_create(&label).clone(),
+            memory: self.prewarmed_memory.get_or_create(&label).clone(),
+            target: self.prewarm_target.get_or_create(&label).clone(),
+            hits: self.prewarmed_used.get_or_create(&label).clone(),
+            misses: self.cold_requests.get_or_create(&label).clone(),
             failures: self.prewarm_failures.get_or_create(&label).clone(),
             backoff: self.prewarm_backoff.get_or_create(&label).clone(),
         }
@@ -186,6 +214,10 @@ impl Metrics {
 /// What /metrics shows of one function's prewarmed containers.
 pub struct PrewarmMetrics {
     pub waiting: Gauge,
+    pub memory: Gauge,
+    pub target: Gauge,
+    pub hits: Counter,
+    pub misses: Counter,
     pub failures: Counter,
     pub backoff: SecondsGauge,
 }

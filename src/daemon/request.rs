@@ -141,6 +141,7 @@ pub async fn serve(d: Arc<Daemon>, f: Arc<Function>, tcp: TcpStream, _source: So
         // Dropping `handle` tears its container and bundle down.
         _ = d.kill_requests.cancelled() => Err(RequestError::Shutdown),
     };
+    f.prewarmed.request_done();
     d.metrics.in_flight.get_or_create(&label).dec();
     let total = accepted.elapsed();
     Metrics::observe(&d.metrics.duration, &f.name, total);
@@ -210,17 +211,10 @@ async fn handle(
     // A prewarmed container whose handover fails (its handler died while waiting) is
     // discarded, and the request takes the cold path like any other.
     let mut started = None;
-    let ready = match d.cfg.prewarm {
-        0 => None,
-        _ => f.prewarmed.take(&f.current_image().await),
-    };
-    if let Some(ready) = ready {
+    if let Some(ready) = f.prewarmed.take(&f.current_image().await) {
         match hand_over(&ready.control, &tcp).await {
             Ok(()) => {
-                d.metrics
-                    .prewarmed_used
-                    .get_or_create(&Metrics::label(&f.name))
-                    .inc();
+                f.prewarmed.hit();
                 started = Some(Ok(ready));
             }
             Err(e) => {
@@ -232,10 +226,13 @@ async fn handle(
     // so that failure too gets its answer below (the container is torn down on drop).
     let started = match started {
         Some(s) => s,
-        None => match start(d, f, id, accepted).await {
-            Ok(s) => hand_over(&s.control, &tcp).await.map(|()| s),
-            Err(e) => Err(e),
-        },
+        None => {
+            let _cold = f.prewarmed.cold_start(d);
+            match start(d, f, id, accepted).await {
+                Ok(s) => hand_over(&s.control, &tcp).await.map(|()| s),
+                Err(e) => Err(e),
+            }
+        }
     };
     match started {
         // The fields left in `started` (bundle, slots, image) are dropped when this

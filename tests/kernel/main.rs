@@ -11,6 +11,7 @@ mod daemon;
 mod e2e;
 mod image_security;
 mod net_isolation;
+mod prewarm;
 mod request_security;
 mod runtime;
 mod support;
@@ -41,6 +42,7 @@ fn main() {
         .chain(request_security::tests())
         .chain(api_security::tests())
         .chain(image_security::tests())
+        .chain(prewarm::tests())
         .map(|t| t.with_ignored_flag(!root))
         .collect();
     libtest_mimic::run(&args, trials).exit();
