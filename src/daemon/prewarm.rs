@@ -279,20 +279,6 @@ impl Prewarmed {
         self.metrics.hits.inc();
     }
 
-    /// A request found no waiting container (a warm miss) and starts its own: no
-    /// container is started ahead, for any function, until the guard is dropped. When
-    /// every container slot is taken, a waiting container of the function with the most
-    /// gives its slots up.
-    pub fn cold_start<'a>(&'a self, d: &Daemon) -> ColdStart<'a> {
-        self.metrics.misses.inc();
-        let pool = &self.pool;
-        pool.cold_starts.send_modify(|n| *n += 1);
-        if d.global_slots.available_permits() == 0 {
-            evict_one(&d.functions(), 0);
-        }
-        ColdStart(&pool.cold_starts)
-    }
-
     /// A request has ended: time to refill, off its path.
     pub fn request_done(&self) {
         self.wanted.notify_one();
@@ -416,6 +402,22 @@ impl Prewarmed {
     }
 }
 
+/// A request of `f` found no waiting container (a warm miss) and starts its own: no
+/// container is started ahead, for any function, until the guard is dropped. When every
+/// container slot is taken, a waiting container gives its slots up: one of `f` (which
+/// missed it: it came after the request looked), else of the function with the most.
+pub fn cold_start<'a>(d: &Daemon, f: &'a Function) -> ColdStart<'a> {
+    let p = &f.prewarmed;
+    p.metrics.misses.inc();
+    p.pool.cold_starts.send_modify(|n| *n += 1);
+    if f.slots.available_permits() == 0 {
+        p.evict();
+    } else if d.global_slots.available_permits() == 0 && !p.evict() {
+        evict_one(&d.functions(), 0);
+    }
+    ColdStart(&p.pool.cold_starts)
+}
+
 /// Takes one waiting container from the function that has the most, if it has more than
 /// `keep`; whether one went.
 fn evict_one(functions: &[Arc<Function>], keep: usize) -> bool {
@@ -534,8 +536,9 @@ fn keep_within_budget(d: &Daemon, p: &Prewarmed, s: Started) {
     let memory = match crate::runtime::cgroup_memory_usage(&d.cfg.cgroup_parent, &s.id) {
         Ok(bytes) => bytes,
         Err(e) => {
-            // Unmeasured, it would escape the bound: not kept.
+            // Unmeasured, it would escape the bound: not kept, and retried with backoff.
             tracing::warn!(request = %s.id, "measuring a prewarmed container's memory failed: {e}");
+            p.failed(1);
             return;
         }
     };

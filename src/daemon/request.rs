@@ -20,6 +20,7 @@ use super::admission::SourceSlot;
 use super::function::{Function, Image};
 use super::logs;
 use super::metrics::Metrics;
+use super::prewarm;
 use super::Daemon;
 use crate::backend::{BackendError, Container};
 use crate::fdpass;
@@ -227,7 +228,7 @@ async fn handle(
     let started = match started {
         Some(s) => s,
         None => {
-            let _cold = f.prewarmed.cold_start(d);
+            let _cold = prewarm::cold_start(d, f);
             match start(d, f, id, accepted).await {
                 Ok(s) => hand_over(&s.control, &tcp).await.map(|()| s),
                 Err(e) => Err(e),
