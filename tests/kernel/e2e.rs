@@ -411,17 +411,23 @@ impl Setup {
             .collect()
     }
 
-    /// Containers waiting for their request (--prewarm), all functions together, as
-    /// /metrics counts them (0 when faasd does not answer).
-    pub(crate) fn waiting(&self) -> usize {
+    /// `faasd_<name>` in /metrics summed over its labels (0 when faasd does not answer).
+    pub(crate) fn metric_total(&self, name: &str) -> f64 {
         let Ok(r) = self.control("GET /metrics HTTP/1.1", b"") else {
-            return 0;
+            return 0.0;
         };
+        let prefix = format!("faasd_{name}{{");
         r.body()
             .lines()
-            .filter(|l| l.starts_with("faasd_prewarmed{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// Containers waiting for their request (--prewarm), all functions together, as
+    /// /metrics counts them.
+    pub(crate) fn waiting(&self) -> usize {
+        self.metric_total("prewarmed") as usize
     }
 
     /// Whether the only containers (bundles, cgroups, processes: one each) are those
