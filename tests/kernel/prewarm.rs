@@ -54,8 +54,10 @@ fn listed_warm(s: &Setup, name: &str) -> Result<String, Failed> {
 }
 
 fn idle_function_scales_to_zero_and_back() -> TestResult {
-    const IDLE: Duration = Duration::from_secs(2);
-    let s = Setup::new(&["--prewarm-idle", "2"])?;
+    // Longer than a container's start in the emulated VM, so that one it started is not
+    // idle before it is seen.
+    const IDLE: Duration = Duration::from_secs(5);
+    let s = Setup::new(&["--prewarm-idle", "5", "--connect-timeout", "30"])?;
     let _d = s.start()?;
     let ip = s.deploy("fn", "test-handler.tar", Via::File)?;
     // The deploy answered once its first container waited.
@@ -94,18 +96,19 @@ fn idle_function_scales_to_zero_and_back() -> TestResult {
     let took = since.elapsed();
     s.check(
         took >= IDLE - Duration::from_millis(200) && listed_warm(&s, "fn")? == "0",
-        format!("scaled to zero after {took:?} (--prewarm-idle 2)"),
+        format!("scaled to zero after {took:?} (--prewarm-idle 5)"),
     )?;
-    eprintln!("scaled to zero {took:?} after the last request (--prewarm-idle 2)");
+    eprintln!("scaled to zero {took:?} after the last request (--prewarm-idle 5)");
 
     // The next request starts its own container, and one waits again right after.
     s.expect_hello(ip, "/wake")?;
     let answered = Instant::now();
     let one = || waiting().is_ok_and(|w| w == 1.0) && s.containers().len() == 1;
     s.check(
-        eventually(IDLE / 2, one),
+        eventually(IDLE * 3 / 4, one),
         format!(
-            "1 s after a request to an idle function: cgroups {:?}",
+            "{:?} after a request to an idle function: cgroups {:?}",
+            answered.elapsed(),
             s.containers()
         ),
     )?;
@@ -189,20 +192,12 @@ fn each_warm_container_serves_one_request() -> TestResult {
 }
 
 fn waiting_memory_is_bounded() -> TestResult {
-    // What one waiting container holds, measured by faasd from its cgroup.
-    let one = {
-        let s = Setup::new(&["--prewarm", "1"])?;
-        let _d = s.start()?;
-        s.deploy("fn", "test-handler.tar", Via::File)?;
-        metric(&s, "prewarmed_memory_bytes", "fn")?
-    };
-    const MIB: f64 = (1 << 20) as f64;
-    // Room for about 2.5 of them (1 MiB at least), while 2 functions x 4 are asked for.
-    let budget_mb = (2.5 * one / MIB).ceil().max(1.0);
-    let fits = (budget_mb * MIB / one).floor();
-    eprintln!("one waiting container holds {one} bytes; budget {budget_mb} MiB fits {fits}");
-    let flag = format!("{budget_mb}");
-    let s = Setup::new(&["--prewarm", "4", "--prewarm-memory-mb", &flag])?;
+    // A waiting static handler holds 250-500 KiB (more for the first: the page cache of
+    // the binary is charged to the cgroup that read it first): 2 MiB fits 4 to 8 of the
+    // 2 x 8 asked for.
+    const BUDGET_MB: f64 = 2.0;
+    const ASKED: f64 = 16.0;
+    let s = Setup::new(&["--prewarm", "8", "--prewarm-memory-mb", "2"])?;
     let _d = s.start()?;
     let a = s.deploy("a", "test-handler.tar", Via::File)?;
     let b = s.deploy("b", "test-handler.tar", Via::File)?;
@@ -211,12 +206,13 @@ fn waiting_memory_is_bounded() -> TestResult {
         s.metric_total("prewarmed"),
         s.metric_total("prewarmed_memory_bytes"),
     );
+    eprintln!("{waiting} waiting hold {memory} bytes (--prewarm-memory-mb 2)");
     s.check(
-        memory <= budget_mb * MIB
-            && (2.0..8.0).contains(&waiting)
+        memory <= BUDGET_MB * (1 << 20) as f64
+            && (2.0..ASKED).contains(&waiting)
             && s.containers().len() as f64 == waiting,
         format!(
-            "budget {budget_mb} MiB: {waiting} waiting holding {memory} bytes, cgroups {:?}",
+            "budget {BUDGET_MB} MiB: {waiting} waiting holding {memory} bytes, cgroups {:?}",
             s.containers()
         ),
     )?;
