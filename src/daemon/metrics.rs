@@ -39,6 +39,7 @@ pub struct Metrics {
     prewarmed: Family<FunctionLabel, Gauge>,
     prewarmed_memory: Family<FunctionLabel, Gauge>,
     prewarm_target: Family<FunctionLabel, Gauge>,
+    prewarm_starting: Family<FunctionLabel, Gauge>,
     prewarmed_used: Family<FunctionLabel, Counter>,
     cold_requests: Family<FunctionLabel, Counter>,
     prewarm_failures: Family<FunctionLabel, Counter>,
@@ -59,6 +60,7 @@ impl Default for Metrics {
         let prewarmed = Family::<FunctionLabel, Gauge>::default();
         let prewarmed_memory = Family::<FunctionLabel, Gauge>::default();
         let prewarm_target = Family::<FunctionLabel, Gauge>::default();
+        let prewarm_starting = Family::<FunctionLabel, Gauge>::default();
         let prewarmed_used = Family::<FunctionLabel, Counter>::default();
         let cold_requests = Family::<FunctionLabel, Counter>::default();
         let prewarm_failures = Family::<FunctionLabel, Counter>::default();
@@ -90,6 +92,11 @@ impl Default for Metrics {
             "prewarm_target",
             "How many containers should wait now (--prewarm auto: from the arrival rate; 0 once idle)",
             prewarm_target.clone(),
+        );
+        registry.register(
+            "prewarm_starting",
+            "Containers being started ahead of their request (not yet waiting)",
+            prewarm_starting.clone(),
         );
         registry.register(
             "prewarmed_requests",
@@ -147,6 +154,7 @@ impl Default for Metrics {
             prewarmed,
             prewarmed_memory,
             prewarm_target,
+            prewarm_starting,
             prewarmed_used,
             cold_requests,
             prewarm_failures,
@@ -174,6 +182,7 @@ impl Metrics {
             waiting: self.prewarmed.get_or_create(&label).clone(),
             memory: self.prewarmed_memory.get_or_create(&label).clone(),
             target: self.prewarm_target.get_or_create(&label).clone(),
+            starting: self.prewarm_starting.get_or_create(&label).clone(),
             hits: self.prewarmed_used.get_or_create(&label).clone(),
             misses: self.cold_requests.get_or_create(&label).clone(),
             failures: self.prewarm_failures.get_or_create(&label).clone(),
@@ -216,6 +225,7 @@ pub struct PrewarmMetrics {
     pub waiting: Gauge,
     pub memory: Gauge,
     pub target: Gauge,
+    pub starting: Gauge,
     pub hits: Counter,
     pub misses: Counter,
     pub failures: Counter,

@@ -507,11 +507,14 @@ pub async fn keep_ready(d: Arc<Daemon>, f: Arc<Function>) {
         }
         let id = d.next_request_id();
         let began = Instant::now();
+        p.metrics.starting.set(1);
         let started = tokio::select! {
-            r = request::start(&d, &f, &id, began) => r,
+            r = request::start(&d, &f, &id, began) => Some(r),
             // Dropping the start tears down whatever it had made.
-            _ = f.stop.cancelled() => return,
+            _ = f.stop.cancelled() => None,
         };
+        p.metrics.starting.set(0);
+        let Some(started) = started else { return };
         match started {
             Ok(_) if f.stop.is_cancelled() => return,
             // Cleared meanwhile (a redeploy): it may run the old image.

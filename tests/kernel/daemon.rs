@@ -226,11 +226,12 @@ fn runc_hung_handler() -> TestResult {
     )
 }
 
-/// Containers waiting for their request (--prewarm), as /metrics counts them.
+/// Containers started ahead of their request (--prewarm), waiting or still starting, as
+/// /metrics counts them.
 fn waiting(d: &Daemon) -> usize {
     d.metrics_text()
         .lines()
-        .filter(|l| l.starts_with("faasd_prewarmed{"))
+        .filter(|l| l.starts_with("faasd_prewarmed{") || l.starts_with("faasd_prewarm_starting{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
         .sum()
 }

@@ -424,10 +424,10 @@ impl Setup {
             .sum()
     }
 
-    /// Containers waiting for their request (--prewarm), all functions together, as
-    /// /metrics counts them.
+    /// Containers started ahead of their request (--prewarm), waiting or still
+    /// starting, all functions together, as /metrics counts them.
     pub(crate) fn waiting(&self) -> usize {
-        self.metric_total("prewarmed") as usize
+        (self.metric_total("prewarmed") + self.metric_total("prewarm_starting")) as usize
     }
 
     /// Whether the only containers (bundles, cgroups, processes: one each) are those
