@@ -8,6 +8,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+pub mod cpu;
+pub mod faasd_process;
+pub mod kernel_objects;
+pub mod load;
+
 #[path = "../../tests/common/private_ns.rs"]
 mod private_ns;
 #[allow(unused_imports)] // cold_start runs in the host namespaces
