@@ -30,14 +30,7 @@ fn rootfs() -> PathBuf {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::write(root.join("control.sock"), b"").unwrap();
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/rootfs-tools/test-handler.c");
-    let ok = Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(root.join("test-handler"))
-        .arg(src)
-        .status()
-        .expect("gcc");
-    assert!(ok.success());
+    support::static_handler(&root);
     root
 }
 

@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each bench uses a different subset
 
 use std::cell::RefCell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,21 @@ pub fn test_images() -> PathBuf {
         }
     }
     dir
+}
+
+/// Compiles rootfs-tools/test-handler.c (static, as build-test-images.sh does) to
+/// `dir/test-handler`, for the benches that run it outside an image.
+pub fn static_handler(dir: &Path) -> PathBuf {
+    let out = dir.join("test-handler");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/rootfs-tools/test-handler.c");
+    let ok = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(src)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "gcc -static {src} failed");
+    out
 }
 
 /// Every iteration's duration, from criterion's `iter_custom`, for percentiles.
