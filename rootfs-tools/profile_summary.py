@@ -40,14 +40,14 @@ def samples(lines):
             if head:
                 yield head[0], head[1], stack
             head, stack = None, []
-        elif line[0] in " \t":
-            # "    ffffffff81234567 symbol+0x12 (dso)": keep the symbol without offset.
+        elif line.startswith("\t"):
+            # "\tffffffff81234567 symbol": keep the symbol (without an offset, if any).
             parts = line.split()
             if len(parts) >= 2:
                 stack.append(parts[1].split("+")[0])
         else:
             # "comm  pid " (comm may contain spaces; the pid is the last number).
-            m = re.match(r"^(.*?)\s+(\d+)\s*$", line.rstrip().split(":")[0])
+            m = re.match(r"^(.*?)\s+(\d+)$", line.strip())
             if m:
                 head = (m.group(1).strip(), int(m.group(2)))
     if head:
@@ -82,7 +82,9 @@ def main():
     if not parsed:
         sys.exit("profile: perf recorded no samples")
     daemon_comms = {c for c, p, _ in parsed if p == args.daemon_pid}
-    counts = Counter(category(c, p, s, args.daemon_pid, daemon_comms) for c, p, s in parsed)
+    cats = [(category(c, p, s, args.daemon_pid, daemon_comms), c) for c, p, s in parsed]
+    counts = Counter(cat for cat, _ in cats)
+    other = Counter(comm for cat, comm in cats if cat.startswith("other"))
     total = sum(counts.values())
     print(f"\nperf record -a -g, {args.seconds} s, {args.clients} clients at saturation "
           f"({args.rate} containers/s by ab), {total} samples:\n")
@@ -90,6 +92,9 @@ def main():
     order = [n for n, _ in BY_STACK]
     for name, n in sorted(counts.items(), key=lambda kv: (kv[0] not in order, -kv[1])):
         print(f"| {100 * n / total:.1f} % | {name} |")
+    if other:
+        top = ", ".join(f"{comm} {100 * n / total:.1f} %" for comm, n in other.most_common(6))
+        print(f"\nother, by process name: {top}")
     busy = total - counts.get("idle", 0)
     print(f"\nbusy {100 * busy / total:.1f} % of all CPU; categories are exclusive, "
           "first match in the order above.")
