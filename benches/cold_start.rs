@@ -275,4 +275,5 @@ fn main() {
     c.final_summary();
     breakdown(&root, &rt);
     let _ = std::fs::remove_dir_all(root.parent().unwrap());
+    support::kernel_objects::remove_cgroup_parent("faasd-bench");
 }

@@ -126,7 +126,7 @@ fn deploy_all(rt: &tokio::runtime::Runtime, state: &Path, images: &Path) -> Vec<
     for (i, (backend, mode)) in combos.enumerate() {
         let dir = state.join(format!("{backend}-{}", mode.name()));
         let subnet = format!("10.0.{i}.0/24");
-        let parent = format!("faasd-bench-e2e-{i}-{}", std::process::id());
+        let parent = cgroup_parent(i);
         let prewarm = if mode == Mode::Prewarmed { "1" } else { "0" };
         let cfg = Config::parse_from([
             "faasd",
@@ -162,6 +162,10 @@ fn deploy_all(rt: &tokio::runtime::Runtime, state: &Path, images: &Path) -> Vec<
         }
     }
     deployments
+}
+
+fn cgroup_parent(i: usize) -> String {
+    format!("faasd-bench-e2e-{i}-{}", std::process::id())
 }
 
 fn latency(
@@ -220,6 +224,9 @@ fn main() {
     daemons.dedup_by(|a, b| Arc::ptr_eq(a, b));
     for d in daemons {
         rt.block_on(d.shutdown());
+    }
+    for i in 0..BACKENDS.len() * 2 {
+        support::kernel_objects::remove_cgroup_parent(&cgroup_parent(i));
     }
 }
 

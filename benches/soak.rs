@@ -54,14 +54,14 @@ const IDLE: Duration = Duration::from_secs(12);
 /// Growth allowed over the baseline after rm, per count (same order as Counts::fields);
 /// None: printed, not checked.
 const TOLERANCE: [Option<u64>; 8] = [
-    Some(2),    // fds: a lazily opened file of the runtime (e.g. tokio's) may stay
-    Some(0),    // mounts
-    Some(0),    // cgroups
-    Some(0),    // network namespaces held by the daemon (its pool is in the baseline)
-    None,       // network namespaces on the machine: others create them too
-    Some(0),    // processes below the daemon
-    None,       // RSS: checked over the run instead (RSS_GROWTH_KIB)
-    Some(2),    // threads
+    Some(2), // fds: a lazily opened file of the runtime (e.g. tokio's) may stay
+    Some(0), // mounts
+    Some(0), // cgroups
+    Some(0), // network namespaces held by the daemon (its pool is in the baseline)
+    None,    // network namespaces on the machine: others create them too
+    Some(0), // processes below the daemon
+    None,    // RSS: checked over the run instead (RSS_GROWTH_KIB)
+    Some(2), // threads
 ];
 /// RSS growth allowed from after the warm-up to after the run.
 const RSS_GROWTH_KIB: u64 = 8 * 1024;
@@ -87,7 +87,12 @@ fn main() {
     let (mut done, mut failed, mut first_error) = (0, warm.failed, warm.first_error);
     while done + failed < args.requests && start.elapsed() < limit {
         let chunk = CHUNK.min(args.requests - done - failed);
-        let load = closed_loop(ip, args.clients, chunk, limit.saturating_sub(start.elapsed()));
+        let load = closed_loop(
+            ip,
+            args.clients,
+            chunk,
+            limit.saturating_sub(start.elapsed()),
+        );
         done += load.done;
         failed += load.failed;
         first_error = first_error.or(load.first_error);
@@ -144,7 +149,7 @@ fn main() {
         .zip(loaded_after.fields())
         .zip(after.fields())
         .zip(TOLERANCE);
-    for ((((( name, b), (_, lb)), (_, la)), (_, a)), tol) in rows {
+    for (((((name, b), (_, lb)), (_, la)), (_, a)), tol) in rows {
         let (tol_text, verdict) = match tol {
             Some(t) if a > b + t => {
                 problems.push(format!("{name}: {b} before, {a} after rm (tolerance +{t})"));

@@ -63,7 +63,11 @@ fn main() {
     let configs: [(&str, &[&str], u64); 3] = [
         ("native, --prewarm 0", &["--prewarm", "0"], args.requests),
         ("native, default flags", &[], args.requests),
-        ("runc, --prewarm 0", &["--runtime", "runc", "--prewarm", "0"], args.runc_requests),
+        (
+            "runc, --prewarm 0",
+            &["--runtime", "runc", "--prewarm", "0"],
+            args.runc_requests,
+        ),
     ];
     let mut runs = Vec::new();
     for (n, (name, flags, requests)) in configs.into_iter().enumerate() {
@@ -73,7 +77,11 @@ fn main() {
         let faasd = Faasd::start(n as u8 + 1, flags);
         let ip = faasd.deploy("static", &image);
         let warm = closed_loop(ip, args.clients, WARM_UP.min(requests), limit(&args));
-        assert_eq!(warm.failed, 0, "{name}: warm-up failed: {:?}", warm.first_error);
+        assert_eq!(
+            warm.failed, 0,
+            "{name}: warm-up failed: {:?}",
+            warm.first_error
+        );
         let before = CpuSample::now(faasd.pid());
         let load = closed_loop(ip, args.clients, requests, limit(&args));
         let cpu = CpuSample::now(faasd.pid()).since(&before);
@@ -84,7 +92,9 @@ fn main() {
             load.wall.as_secs_f64(),
             load.per_second(),
             load.failed,
-            load.first_error.as_ref().map_or(String::new(), |e| format!(" (first: {e})"))
+            load.first_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" (first: {e})"))
         );
         faasd.stop();
         runs.push(Run {
@@ -156,11 +166,14 @@ fn summary(args: &Args, runs: &[Run]) -> String {
             r.ab.map_or("-".into(), |v| format!("{v:.0}")),
         );
     }
-    let rate = |name: &str| runs.iter().find(|r| r.name == name).map(|r| r.load.per_second());
-    if let (Some(zero), Some(default)) = (
-        rate("native, --prewarm 0"),
-        rate("native, default flags"),
-    ) {
+    let rate = |name: &str| {
+        runs.iter()
+            .find(|r| r.name == name)
+            .map(|r| r.load.per_second())
+    };
+    if let (Some(zero), Some(default)) =
+        (rate("native, --prewarm 0"), rate("native, default flags"))
+    {
         out += &format!(
             "\ndefault flags vs --prewarm 0: {:+.1} % containers/s (issue 13: within 5 %)\n",
             100.0 * (default / zero - 1.0)

@@ -22,7 +22,7 @@ use clap::Parser;
 use support::faasd_process::Faasd;
 use support::kernel_objects::{cgroup_dirs, descendants_of};
 use support::load::request;
-use support::{ms, ratio, Stats};
+use support::{ms, Stats};
 
 #[derive(Parser)]
 struct Args {
@@ -130,7 +130,11 @@ fn warm_containers(faasd: &Faasd) -> Vec<(&'static str, u64, u64)> {
     let Some(memory_root) = memory_root else {
         return out;
     };
-    for entry in std::fs::read_dir(&memory_root).into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir(&memory_root)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let cgroup = entry.path();
         let pids: Vec<i32> = read(&cgroup.join("cgroup.procs"))
             .lines()
@@ -164,7 +168,13 @@ fn read(path: &Path) -> String {
 fn rss_kib(pid: i32) -> u64 {
     read(&PathBuf::from(format!("/proc/{pid}/status")))
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .unwrap_or(0)
 }
 
@@ -184,7 +194,9 @@ fn summary(args: &Args, rows: &[Row], memory: &[(&str, u64, u64)]) -> String {
             .map(|r| r.stats.p50)
     };
     for r in rows {
-        let vs = p50(r.handler, "--prewarm 0").map_or("-".into(), |cold| ratio(r.stats.p50, cold));
+        let vs = p50(r.handler, "--prewarm 0").map_or("-".into(), |cold| {
+            format!("{:.2}x", r.stats.p50.as_secs_f64() / cold.as_secs_f64())
+        });
         out += &format!(
             "| {} | {} | {} | {} | {} | {} | {vs} |\n",
             r.handler,
@@ -196,14 +208,25 @@ fn summary(args: &Args, rows: &[Row], memory: &[(&str, u64, u64)]) -> String {
         );
     }
     let goal = |handler: &str, daemon: &str, what: &str, bound_ms: f64| {
-        let Some(r) = rows.iter().find(|r| r.handler == handler && r.daemon == daemon) else {
+        let Some(r) = rows
+            .iter()
+            .find(|r| r.handler == handler && r.daemon == daemon)
+        else {
             return String::new();
         };
-        let value = if what == "p99" { r.stats.p99 } else { r.stats.p50 };
+        let value = if what == "p99" {
+            r.stats.p99
+        } else {
+            r.stats.p50
+        };
         format!(
             "- {handler}, {daemon}: {what} {} (goal at most {bound_ms} ms): {}\n",
             ms(value),
-            if value.as_secs_f64() * 1e3 <= bound_ms { "met" } else { "missed" }
+            if value.as_secs_f64() * 1e3 <= bound_ms {
+                "met"
+            } else {
+                "missed"
+            }
         )
     };
     out += "\nIssue 13's latency goals:\n";

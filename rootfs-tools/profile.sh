@@ -48,6 +48,8 @@ cleanup() {
   [ -n "${faasd_pid:-}" ] && kill "$faasd_pid" 2>/dev/null
   wait 2>/dev/null
   rm -rf "$state"
+  # faasd leaves its (empty) parent cgroup at stop.
+  rmdir /sys/fs/cgroup/*/"faasd-profile-$$" /sys/fs/cgroup/"faasd-profile-$$" 2>/dev/null || true
 }
 trap cleanup EXIT
 

@@ -71,8 +71,12 @@ impl Faasd {
 
     /// Deploys the `docker save` tarball as `name`; its address.
     pub fn deploy(&self, name: &str, tarball: &Path) -> Ipv4Addr {
-        let body = std::fs::read(tarball)
-            .unwrap_or_else(|e| panic!("{}: {e} (rootfs-tools/build-test-images.sh)", tarball.display()));
+        let body = std::fs::read(tarball).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (rootfs-tools/build-test-images.sh)",
+                tarball.display()
+            )
+        });
         let head = format!(
             "POST /api/new\r\nX-Image-Name: {name}\r\nContent-Length: {}",
             body.len()
@@ -80,7 +84,10 @@ impl Faasd {
         match self.http(&head, &body) {
             Some((200, answer)) => {
                 let v: serde_json::Value = serde_json::from_str(&answer).expect("deploy answer");
-                v["ip"].as_str().and_then(|s| s.parse().ok()).expect("ip in deploy answer")
+                v["ip"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .expect("ip in deploy answer")
             }
             other => panic!("deploying {name} failed: {other:?}\n{}", self.log_tail()),
         }
@@ -98,7 +105,9 @@ impl Faasd {
 
     /// The Prometheus text of /metrics.
     pub fn metrics(&self) -> String {
-        self.http("GET /metrics", b"").map(|(_, t)| t).unwrap_or_default()
+        self.http("GET /metrics", b"")
+            .map(|(_, t)| t)
+            .unwrap_or_default()
     }
 
     /// The value of the metric line starting with `prefix` (name and labels), if any.
@@ -147,7 +156,12 @@ impl Faasd {
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => {
-                    assert!(status.success(), "faasd exited with {status}:\n{}", self.log_tail());
+                    super::kernel_objects::remove_cgroup_parent(&self.cgroup_parent);
+                    assert!(
+                        status.success(),
+                        "faasd exited with {status}:\n{}",
+                        self.log_tail()
+                    );
                     return;
                 }
                 _ if Instant::now() > deadline => {
@@ -165,5 +179,6 @@ impl Drop for Faasd {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        super::kernel_objects::remove_cgroup_parent(&self.cgroup_parent);
     }
 }

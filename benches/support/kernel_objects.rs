@@ -51,7 +51,13 @@ pub fn count(pid: i32, cgroup_parent: &str) -> Counts {
     let field = |name: &str| {
         status
             .lines()
-            .find_map(|l| l.strip_prefix(name)?.split_whitespace().next()?.parse().ok())
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(0)
     };
     Counts {
@@ -134,7 +140,11 @@ fn netns_of_fds(pid: i32) -> HashSet<u64> {
 fn netns_mounts(mountinfo: &str) -> Vec<u64> {
     mountinfo
         .lines()
-        .filter(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("nsfs ")))
+        .filter(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|t| t.starts_with("nsfs "))
+        })
         .filter_map(|l| {
             l.split_whitespace()
                 .nth(3)?
@@ -176,6 +186,14 @@ pub fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
     }
     out.retain(|d| d.is_dir());
     out
+}
+
+/// Removes the daemon's (empty) parent cgroup in every hierarchy: faasd leaves it at
+/// stop, and a bench leaves nothing behind.
+pub fn remove_cgroup_parent(parent: &str) {
+    for dir in cgroup_dirs(parent) {
+        let _ = fs::remove_dir(dir);
+    }
 }
 
 fn subdirs(dir: &Path) -> u64 {
