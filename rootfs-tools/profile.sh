@@ -22,17 +22,8 @@ clients=8
 
 if [[ "${PROFILE_INSIDE:-}" != 1 ]]; then
   [ "$(id -u)" = 0 ] || { echo "profile: needs root (perf -a, namespaces, cgroups)" >&2; exit 1; }
-  need=()
-  command -v perf >/dev/null 2>&1 || need+=(linux-perf)
-  command -v ab >/dev/null 2>&1 || need+=(apache2-utils)
-  for pkg in busybox-static gcc libc6-dev iproute2 curl python3; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-  done
-  if ((${#need[@]})); then
-    echo "installing: ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
-  fi
+  bash rootfs-tools/install-packages.sh linux-perf apache2-utils busybox-static gcc libc6-dev \
+    iproute2 curl python3
   cargo build --release --bins
   [ -f target/test-images/test-handler.tar ] ||
     bash rootfs-tools/build-test-images.sh target/test-images >target/test-images.log 2>&1 ||
