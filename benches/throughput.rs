@@ -2,14 +2,15 @@
 //! CPU each container costs: (user + sys of the whole machine from /proc/stat over the
 //! run, every CPU, kworkers and softirq included) / requests. The same run measures
 //! native `--prewarm 0`, native with the daemon's default flags (issue 13: within 5 % of
-//! `--prewarm 0`), and `--runtime runc` for scale (fewer requests: runc is slow); each
-//! daemon runs alone, one after the other. `ab -c 8` against the same daemon cross-checks
+//! `--prewarm 0`), and `--runtime runc` for scale (fewer requests: runc is slow). All
+//! daemons are up at once and take turns in rounds (only one is loaded at a time), so
+//! that a drift in the machine's other load hits each alike. `ab -c 8` against the same daemon cross-checks
 //! the client when apache2-utils is installed.
 //!
 //! Needs root; runs in a network namespace of its own. A fixed count of requests, bounded
 //! in time, rather than criterion: the CPU accounting needs one known span of requests.
 //!
-//!     cargo bench --bench throughput [-- --requests 5000 --runc-requests 300 --clients 8]
+//!     cargo bench --bench throughput [-- --requests 5000 --runc-requests 300 --clients 8 --rounds 5]
 //!
 //! The summary lands in target/bench-summary/throughput.md too. The whole machine's CPU
 //! includes whatever else runs: measure on an otherwise idle machine.
@@ -37,7 +38,10 @@ struct Args {
     runc_requests: u64,
     #[arg(long, default_value_t = 8)]
     clients: usize,
-    /// Bound on each daemon's measured run, in seconds.
+    /// Turns each daemon takes (its requests split between them).
+    #[arg(long, default_value_t = 5)]
+    rounds: u64,
+    /// Bound on each round and on each ab run, in seconds.
     #[arg(long, default_value_t = 120)]
     max_seconds: u64,
     /// Passed by `cargo bench`.
@@ -69,25 +73,49 @@ fn main() {
             args.runc_requests,
         ),
     ];
-    let mut runs = Vec::new();
-    for (n, (name, flags, requests)) in configs.into_iter().enumerate() {
-        if requests == 0 {
-            continue;
+    // Every daemon is started and warmed up first; then the rounds take turns between
+    // them, so that a drift in what else runs on the machine hits each alike.
+    let daemons: Vec<(&str, u64, Faasd, Ipv4Addr)> = configs
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (_, _, requests))| *requests > 0)
+        .map(|(n, (name, flags, requests))| {
+            let faasd = Faasd::start(n as u8 + 1, flags);
+            let ip = faasd.deploy("static", &image);
+            let warm = closed_loop(ip, args.clients, WARM_UP.min(requests), limit(&args));
+            assert_eq!(
+                warm.failed, 0,
+                "{name}: warm-up failed: {:?}",
+                warm.first_error
+            );
+            (name, requests, faasd, ip)
+        })
+        .collect();
+    let mut runs: Vec<Run> = daemons
+        .iter()
+        .map(|(name, ..)| Run {
+            name,
+            load: Load::default(),
+            cpu: CpuUse::default(),
+            ab: None,
+        })
+        .collect();
+    for round in 0..args.rounds {
+        for ((_, requests, faasd, ip), run) in daemons.iter().zip(&mut runs) {
+            // This round's share of the requests (the first rounds take the remainder).
+            let share = requests / args.rounds + u64::from(round < requests % args.rounds);
+            let before = CpuSample::now(faasd.pid());
+            run.load
+                .add(closed_loop(*ip, args.clients, share, limit(&args)));
+            run.cpu.add(&CpuSample::now(faasd.pid()).since(&before));
         }
-        let faasd = Faasd::start(n as u8 + 1, flags);
-        let ip = faasd.deploy("static", &image);
-        let warm = closed_loop(ip, args.clients, WARM_UP.min(requests), limit(&args));
-        assert_eq!(
-            warm.failed, 0,
-            "{name}: warm-up failed: {:?}",
-            warm.first_error
-        );
-        let before = CpuSample::now(faasd.pid());
-        let load = closed_loop(ip, args.clients, requests, limit(&args));
-        let cpu = CpuSample::now(faasd.pid()).since(&before);
-        let ab = ab(ip, args.clients, requests, limit(&args));
+    }
+    for ((_, requests, _, ip), run) in daemons.iter().zip(&mut runs) {
+        run.ab = ab(*ip, args.clients, *requests, limit(&args));
+        let load = &run.load;
         println!(
-            "{name}: {} requests in {:.1} s, {:.0}/s, {} failed{}",
+            "{}: {} requests in {:.1} s, {:.0}/s, {} failed{}",
+            run.name,
             load.done,
             load.wall.as_secs_f64(),
             load.per_second(),
@@ -96,13 +124,9 @@ fn main() {
                 .as_ref()
                 .map_or(String::new(), |e| format!(" (first: {e})"))
         );
+    }
+    for (.., faasd, _) in daemons {
         faasd.stop();
-        runs.push(Run {
-            name,
-            load,
-            cpu,
-            ab,
-        });
     }
     support::report("throughput", &summary(&args, &runs));
 }

@@ -18,12 +18,27 @@ pub struct CpuSample {
 }
 
 /// What a run cost, all CPUs together.
+#[derive(Default)]
 pub struct CpuUse {
     pub machine: Duration,
     /// Busy share of all CPUs over the run, 0..1.
     pub machine_busy: f64,
+    /// Every CPU's time over the run, busy or not.
+    pub machine_all: Duration,
     pub daemon: Duration,
     pub bench: Duration,
+}
+
+impl CpuUse {
+    /// Adds another span's cost (the spans were one after the other).
+    pub fn add(&mut self, other: &CpuUse) {
+        self.machine += other.machine;
+        self.machine_all += other.machine_all;
+        self.machine_busy =
+            self.machine.as_secs_f64() / self.machine_all.as_secs_f64().max(f64::MIN_POSITIVE);
+        self.daemon += other.daemon;
+        self.bench += other.bench;
+    }
 }
 
 impl CpuSample {
@@ -50,9 +65,11 @@ impl CpuSample {
 
     pub fn since(&self, before: &CpuSample) -> CpuUse {
         let busy = self.machine_busy - before.machine_busy;
+        let all = self.machine_all - before.machine_all;
         CpuUse {
             machine: ticks(busy),
-            machine_busy: busy as f64 / (self.machine_all - before.machine_all).max(1) as f64,
+            machine_busy: busy as f64 / all.max(1) as f64,
+            machine_all: ticks(all),
             daemon: ticks(self.daemon - before.daemon),
             bench: self.bench - before.bench,
         }

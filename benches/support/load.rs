@@ -38,6 +38,15 @@ pub struct Load {
 }
 
 impl Load {
+    /// Adds another run's requests (its wall time too: the runs were one after the other).
+    pub fn add(&mut self, other: Load) {
+        self.done += other.done;
+        self.failed += other.failed;
+        self.first_error = self.first_error.take().or(other.first_error);
+        self.wall += other.wall;
+        self.latencies.extend(other.latencies);
+    }
+
     pub fn per_second(&self) -> f64 {
         self.done as f64 / self.wall.as_secs_f64()
     }
