@@ -68,15 +68,8 @@ impl Deployment {
 
     /// How many requests a waiting container served, from the daemon's /metrics.
     fn prewarmed_requests(&self) -> u64 {
-        let line = format!(
-            "faasd_prewarmed_requests_total{{function=\"{}\"}} ",
-            self.handler
-        );
-        self.daemon
-            .metrics_text()
-            .lines()
-            .find_map(|l| l.strip_prefix(&line)?.parse().ok())
-            .unwrap_or(0)
+        let text = self.daemon.metrics_text();
+        support::metric(&text, "faasd_prewarmed_requests_total", self.handler).unwrap_or(0.0) as u64
     }
 }
 

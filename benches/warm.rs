@@ -65,6 +65,7 @@ fn main() {
     let gap = Duration::from_millis(args.gap_ms);
     let mut rows = Vec::new();
     let mut memory = Vec::new();
+    let mut reported = Vec::new();
     for (n, (daemon, flags)) in DAEMONS.into_iter().enumerate() {
         let faasd = Faasd::start(n as u8 + 1, flags);
         let ips: Vec<Ipv4Addr> = HANDLERS
@@ -86,23 +87,20 @@ fn main() {
                 handler: name,
                 daemon,
                 stats: Stats::of(&samples),
-                warm_hits: warm_hits(&faasd, name),
+                warm_hits: faasd.metric("faasd_prewarmed_requests_total", name),
             });
         }
         if daemon == "--prewarm 1" {
             memory = warm_memory(&faasd);
+            // What the daemon itself reports (issue 13), where it does.
+            reported = HANDLERS
+                .iter()
+                .map(|(name, _, _)| faasd.metric("faasd_prewarmed_memory_bytes", name))
+                .collect();
         }
         faasd.stop();
     }
-    support::report("warm", &summary(&args, &rows, &memory));
-}
-
-/// Requests a waiting container served, from /metrics (the names before and after issue
-/// 13's metrics).
-fn warm_hits(faasd: &Faasd, function: &str) -> Option<f64> {
-    ["faasd_warm_hits_total", "faasd_prewarmed_requests_total"]
-        .iter()
-        .find_map(|m| faasd.metric(&format!("{m}{{function=\"{function}\"}} ")))
+    support::report("warm", &summary(&args, &rows, &memory, &reported));
 }
 
 /// (handler, cgroup memory in bytes, RSS of its processes in KiB) of each warm
@@ -178,7 +176,12 @@ fn rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-fn summary(args: &Args, rows: &[Row], memory: &[(&str, u64, u64)]) -> String {
+fn summary(
+    args: &Args,
+    rows: &[Row],
+    memory: &[(&str, u64, u64)],
+    reported: &[Option<f64>],
+) -> String {
     let mut out = format!(
         "Warm vs cold through the faasd binary, one client, requests {} ms apart, {} per \
          row; {}:\n\n\
@@ -234,20 +237,23 @@ fn summary(args: &Args, rows: &[Row], memory: &[(&str, u64, u64)]) -> String {
     out += &goal("python", "default flags", "p99", 3.0);
     out += &goal("static", "--prewarm 1", "p50", 0.3);
     out += "\nMemory a warm container holds (--prewarm 1, waiting on /control.sock):\n\n\
-            | handler | cgroup memory | handler RSS |\n|---|---|---|\n";
-    for (handler, _, _) in HANDLERS {
+            | handler | cgroup memory | handler RSS | faasd_prewarmed_memory_bytes |\n\
+            |---|---|---|---|\n";
+    let mib = |bytes: f64| format!("{:.2} MiB", bytes / (1 << 20) as f64);
+    for (i, (handler, _, _)) in HANDLERS.into_iter().enumerate() {
+        let metric = reported.get(i).copied().flatten().map_or("-".into(), mib);
         let mine: Vec<_> = memory.iter().filter(|(h, _, _)| *h == handler).collect();
         if mine.is_empty() {
-            out += &format!("| {handler} | no warm container found | |\n");
+            out += &format!("| {handler} | no warm container found | | {metric} |\n");
             continue;
         }
         let n = mine.len() as u64;
         let bytes: u64 = mine.iter().map(|(_, b, _)| b).sum::<u64>() / n;
         let rss: u64 = mine.iter().map(|(_, _, r)| r).sum::<u64>() / n;
         out += &format!(
-            "| {handler} | {:.2} MiB | {:.2} MiB |\n",
-            bytes as f64 / (1 << 20) as f64,
-            rss as f64 / 1024.0
+            "| {handler} | {} | {} | {metric} |\n",
+            mib(bytes as f64),
+            mib(rss as f64 * 1024.0)
         );
     }
     out

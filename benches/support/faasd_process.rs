@@ -110,11 +110,9 @@ impl Faasd {
             .unwrap_or_default()
     }
 
-    /// The value of the metric line starting with `prefix` (name and labels), if any.
-    pub fn metric(&self, prefix: &str) -> Option<f64> {
-        self.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+    /// The value of metric `name` for `function`, from /metrics.
+    pub fn metric(&self, name: &str, function: &str) -> Option<f64> {
+        super::metric(&self.metrics(), name, function)
     }
 
     /// One request to the control API: `head` is the request line (without the version)

@@ -58,6 +58,13 @@ pub fn static_handler(dir: &Path) -> PathBuf {
     out
 }
 
+/// The value of metric `name` for `function` in /metrics' Prometheus text.
+pub fn metric(text: &str, name: &str, function: &str) -> Option<f64> {
+    let prefix = format!("{name}{{function=\"{function}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
 /// Every iteration's duration, from criterion's `iter_custom`, for percentiles.
 #[derive(Default)]
 pub struct Recorder(RefCell<Vec<Duration>>);
