@@ -18,6 +18,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -66,6 +67,22 @@ const TOLERANCE: [Option<u64>; 8] = [
 /// RSS growth allowed from after the warm-up to after the run.
 const RSS_GROWTH_KIB: u64 = 8 * 1024;
 
+/// The counts at the four points of the soak.
+struct Snapshots {
+    baseline: Counts,
+    loaded_before: Counts,
+    loaded_after: Counts,
+    after_rm: Counts,
+}
+
+/// What the measured run did.
+struct Run {
+    done: u64,
+    failed: u64,
+    first_error: Option<String>,
+    wall: Duration,
+}
+
 fn main() {
     let args = Args::parse();
     support::require_root();
@@ -78,76 +95,124 @@ fn main() {
     let baseline = counts();
 
     let ip = faasd.deploy("static", &image);
-    let limit = Duration::from_secs(args.max_seconds);
-    let warm = closed_loop(ip, args.clients, WARM_UP, limit);
+    let warm = closed_loop(ip, args.clients, WARM_UP, limit(&args));
+    assert_eq!(warm.failed, 0, "warm-up failed: {:?}", warm.first_error);
     std::thread::sleep(Duration::from_secs(2));
     let loaded_before = counts();
 
+    let run = run(&args, ip, &counts);
+    std::thread::sleep(Duration::from_secs(2));
+    let loaded_after = counts();
+
+    faasd.remove("static");
+    std::thread::sleep(IDLE);
+    let after_rm = settled(&counts, &baseline);
+    let snapshots = Snapshots {
+        baseline,
+        loaded_before,
+        loaded_after,
+        after_rm,
+    };
+
+    let (table, mut problems) = compare(&snapshots);
+    if run.failed > 0 {
+        problems.push(format!(
+            "{} requests failed (first: {:?})",
+            run.failed, run.first_error
+        ));
+    }
+    if run.done < args.requests {
+        problems.push(format!(
+            "only {} of {} requests within {} s",
+            run.done, args.requests, args.max_seconds
+        ));
+    }
+    let mut out = format!(
+        "Soak: {} cold requests of the static handler, {} clients, in {:.0} s ({:.0}/s), \
+         faasd {}; {}:\n\n{table}",
+        run.done,
+        args.clients,
+        run.wall.as_secs_f64(),
+        run.done as f64 / run.wall.as_secs_f64(),
+        if flags.is_empty() {
+            "default flags".to_string()
+        } else {
+            flags.join(" ")
+        },
+        support::machine(),
+    );
+    if problems.is_empty() {
+        out += "\nNo leak: every checked count is back within its tolerance.\n";
+    } else {
+        out += &format!("\nFAILED:\n- {}\n", problems.join("\n- "));
+        out += &format!("\n--- faasd log (end) ---\n{}\n", faasd.log_tail());
+    }
+    support::report("soak", &out);
+    faasd.stop();
+    if !problems.is_empty() {
+        std::process::exit(1);
+    }
+}
+
+fn limit(args: &Args) -> Duration {
+    Duration::from_secs(args.max_seconds)
+}
+
+/// The measured requests, in chunks with a progress line after each.
+fn run(args: &Args, ip: Ipv4Addr, counts: &impl Fn() -> Counts) -> Run {
     let start = Instant::now();
-    let (mut done, mut failed, mut first_error) = (0, warm.failed, warm.first_error);
-    while done + failed < args.requests && start.elapsed() < limit {
-        let chunk = CHUNK.min(args.requests - done - failed);
-        let load = closed_loop(
-            ip,
-            args.clients,
-            chunk,
-            limit.saturating_sub(start.elapsed()),
-        );
-        done += load.done;
-        failed += load.failed;
-        first_error = first_error.or(load.first_error);
+    let mut run = Run {
+        done: 0,
+        failed: 0,
+        first_error: None,
+        wall: Duration::ZERO,
+    };
+    while run.done + run.failed < args.requests && start.elapsed() < limit(args) {
+        let chunk = CHUNK.min(args.requests - run.done - run.failed);
+        let left = limit(args).saturating_sub(start.elapsed());
+        let load = closed_loop(ip, args.clients, chunk, left);
+        run.done += load.done;
+        run.failed += load.failed;
+        run.first_error = run.first_error.take().or(load.first_error);
         let now = counts();
         println!(
-            "{done} requests, {failed} failed, {:.0} s, {:.0}/s; fds {}, cgroups {}, RSS {} KiB, threads {}",
+            "{} requests, {} failed, {:.0} s, {:.0}/s; fds {}, cgroups {}, RSS {} KiB, threads {}",
+            run.done,
+            run.failed,
             start.elapsed().as_secs_f64(),
-            done as f64 / start.elapsed().as_secs_f64(),
+            run.done as f64 / start.elapsed().as_secs_f64(),
             now.fds,
             now.cgroups,
             now.rss_kib,
             now.threads
         );
     }
-    let wall = start.elapsed();
-    std::thread::sleep(Duration::from_secs(2));
-    let loaded_after = counts();
+    run.wall = start.elapsed();
+    run
+}
 
-    faasd.remove("static");
-    std::thread::sleep(IDLE);
-    let after = settled(&counts, &baseline);
-
+/// The before/after table, and every count that grew beyond its tolerance.
+fn compare(s: &Snapshots) -> (String, Vec<String>) {
     let mut problems = Vec::new();
-    if failed > 0 {
-        problems.push(format!("{failed} requests failed (first: {first_error:?})"));
-    }
-    if done < args.requests {
-        problems.push(format!(
-            "only {done} of {} requests within {} s",
-            args.requests, args.max_seconds
-        ));
-    }
-    let grown = loaded_after.rss_kib.saturating_sub(loaded_before.rss_kib);
+    let grown = s
+        .loaded_after
+        .rss_kib
+        .saturating_sub(s.loaded_before.rss_kib);
     if grown > RSS_GROWTH_KIB {
         problems.push(format!(
             "daemon RSS grew by {grown} KiB during the run (tolerance {RSS_GROWTH_KIB} KiB)"
         ));
     }
-    let mut out = format!(
-        "Soak: {done} cold requests of the static handler, {} clients, in {:.0} s ({:.0}/s), \
-         faasd {}; {}:\n\n\
-         | count | baseline | loaded, after warm-up | loaded, after the run | after rm | tolerance | |\n\
-         |---|---|---|---|---|---|---|\n",
-        args.clients,
-        wall.as_secs_f64(),
-        done as f64 / wall.as_secs_f64(),
-        if flags.is_empty() { "default flags".to_string() } else { flags.join(" ") },
-        support::machine(),
-    );
-    let rows = baseline
+    let mut out = "| count | baseline | loaded, after warm-up | loaded, after the run | after rm \
+                   | tolerance | |\n|---|---|---|---|---|---|---|\n"
+        .to_string();
+    let rows = s
+        .baseline
         .fields()
         .into_iter()
-        .zip(loaded_before.fields())
-        .zip(loaded_after.fields())
-        .zip(after.fields())
+        .zip(s.loaded_before.fields())
+        .zip(s.loaded_after.fields())
+        .zip(s.after_rm.fields())
         .zip(TOLERANCE);
     for (((((name, b), (_, lb)), (_, la)), (_, a)), tol) in rows {
         let (tol_text, verdict) = match tol {
@@ -164,17 +229,7 @@ fn main() {
         };
         out += &format!("| {name} | {b} | {lb} | {la} | {a} | {tol_text} | {verdict} |\n");
     }
-    if problems.is_empty() {
-        out += "\nNo leak: every checked count is back within its tolerance.\n";
-    } else {
-        out += &format!("\nFAILED:\n- {}\n", problems.join("\n- "));
-        out += &format!("\n--- faasd log (end) ---\n{}\n", faasd.log_tail());
-    }
-    support::report("soak", &out);
-    faasd.stop();
-    if !problems.is_empty() {
-        std::process::exit(1);
-    }
+    (out, problems)
 }
 
 /// The counts once every checked one is back within its tolerance, or as they are when
