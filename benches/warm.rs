@@ -235,6 +235,7 @@ fn summary(
     out += "\nIssue 13's latency goals:\n";
     out += &goal("python", "default flags", "p50", 1.0);
     out += &goal("python", "default flags", "p99", 3.0);
+    out += &goal("static", "default flags", "p50", 0.3);
     out += &goal("static", "--prewarm 1", "p50", 0.3);
     out += "\nMemory a warm container holds (--prewarm 1, waiting on /control.sock):\n\n\
             | handler | cgroup memory | handler RSS | faasd_prewarmed_memory_bytes |\n\
