@@ -3,7 +3,9 @@
 //! Killing the first process kills the whole container: it is pid 1 of its pid namespace,
 //! and the kernel SIGKILLs every other member when it dies and reaps them itself, so
 //! orphaned grandchildren never linger as zombies. The cgroup kill then catches anything
-//! still exiting, and the cgroup is removed only once it is empty.
+//! still exiting, and the cgroup is removed only once it is empty. Only then, with
+//! nothing of the container left to run in it, does a pooled network namespace go back
+//! to its pool (which checks that it is empty first).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -13,6 +15,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::cgroup::ContainerCgroup;
 use super::error::{Result, RuntimeError};
+use super::netns_pool::LentNetns;
 use super::timeline::Timeline;
 
 /// How a container ended.
@@ -42,16 +45,23 @@ pub struct Container {
     pid: i32,
     pidfd: OwnedFd,
     cgroup: Option<ContainerCgroup>,
+    netns: Option<LentNetns>,
     reaped: bool,
     timeline: Option<Timeline>,
 }
 
 impl Container {
-    pub(super) fn new(pid: i32, pidfd: OwnedFd, cgroup: ContainerCgroup) -> Self {
+    pub(super) fn new(
+        pid: i32,
+        pidfd: OwnedFd,
+        cgroup: ContainerCgroup,
+        netns: Option<LentNetns>,
+    ) -> Self {
         Container {
             pid,
             pidfd,
             cgroup: Some(cgroup),
+            netns,
             reaped: false,
             timeline: None,
         }
@@ -118,6 +128,7 @@ impl Container {
         let status = self.reap()?;
         let oom_killed = self.cgroup.as_ref().is_some_and(|c| c.oom_killed());
         self.destroy_cgroup()?;
+        self.return_netns();
         Ok(ExitStatus {
             exit: if exited { status } else { Exit::TimedOut },
             oom_killed,
@@ -158,11 +169,25 @@ impl Container {
         }
     }
 
+    /// Only once reaped and the cgroup is drained: nothing of ours can run in it any more.
+    fn return_netns(&mut self) {
+        if let Some(ns) = self.netns.take() {
+            if let Err(e) = ns.give_back() {
+                tracing::warn!(pid = self.pid, "network namespace not reused: {e}");
+            }
+        }
+    }
+
     fn destroy_cgroup(&mut self) -> Result<()> {
-        match self.cgroup.take() {
+        let destroyed = match self.cgroup.take() {
             Some(cg) => cg.destroy(),
             None => Ok(()),
+        };
+        if destroyed.is_err() {
+            // Processes may remain in it: the namespace is never reused.
+            drop(self.netns.take());
         }
+        destroyed
     }
 }
 
@@ -176,8 +201,13 @@ impl Drop for Container {
                 tracing::error!(pid = self.pid, "reaping a dropped container: {e}");
             }
         }
-        if let Err(e) = self.destroy_cgroup() {
-            tracing::error!(pid = self.pid, "removing a dropped container's cgroup: {e}");
+        match self.destroy_cgroup() {
+            Ok(()) if self.reaped => self.return_netns(),
+            // Not provably gone: dropping the namespace never reuses it.
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(pid = self.pid, "removing a dropped container's cgroup: {e}")
+            }
         }
     }
 }
