@@ -18,6 +18,7 @@ use std::time::Duration;
 use faasd::runtime::{Container, ContainerSpec, NetnsStats, Resources, Runtime};
 use libtest_mimic::{Failed, Trial};
 
+use crate::daemon::{http_get, with_daemon, Run};
 use crate::support::{self, ensure, unique, TestResult, CGROUP_PARENT};
 
 pub fn tests() -> Vec<Trial> {
@@ -37,6 +38,10 @@ pub fn tests() -> Vec<Trial> {
         Trial::test(
             "pools::a_reused_namespace_is_empty_for_its_next_container",
             reused_namespace_is_empty,
+        ),
+        Trial::test(
+            "pools::the_daemon_reuses_namespaces_and_counts_them_in_metrics",
+            daemon_reuses_namespaces,
         ),
     ]
 }
@@ -307,4 +312,37 @@ fn reused_namespace_is_empty() -> TestResult {
     has(&next, "addrs=")?;
     has(&next, "routes=")?;
     unreachable(&next)
+}
+
+/// Through the daemon's own request path (control socket, hand-over, teardown on the
+/// blocking pool), namespaces come back clean, and /metrics says so.
+fn daemon_reuses_namespaces() -> TestResult {
+    with_daemon("native", "10.0.30.0/24", &[], |Run { d, .. }| async move {
+        let image = support::image("test-handler.tar")?;
+        let ip = d
+            .deploy("reuse", fs::File::open(&image)?, Default::default())
+            .await?
+            .ip
+            .to_string();
+        for n in 0..5 {
+            let ip = ip.clone();
+            let answer =
+                tokio::task::spawn_blocking(move || http_get(&ip, &format!("/{n}"))).await??;
+            ensure(answer.contains(&format!("GET /{n} HTTP/1.1")), &answer)?;
+        }
+        let metric = |outcome: &str| {
+            let series = format!("faasd_netns_total{{outcome=\"{outcome}\"}} ");
+            d.metrics_text()
+                .lines()
+                .find_map(|l| l.strip_prefix(&series)?.parse::<u64>().ok())
+        };
+        // Each request's teardown ends before its duration is recorded; the last may
+        // still be running, so at least four.
+        ensure(
+            metric("reused").is_some_and(|n| n >= 4) && metric("dropped") == Some(0),
+            format!("namespaces not reused: {}", d.metrics_text()),
+        )?;
+        d.undeploy("reuse").await?;
+        Ok(())
+    })
 }
