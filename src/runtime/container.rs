@@ -92,8 +92,8 @@ impl Container {
         let _ = crate::pidfd::send_signal(&self.pidfd, libc::SIGKILL);
     }
 
-    /// Blocks until the container exits or `timeout` passes (then kills it), reaps it and
-    /// removes its cgroup.
+    /// Blocks until the container exits or `timeout` passes (then kills it) and reaps it;
+    /// its cgroup is removed and its namespace returned off this path (see `tear_down`).
     pub fn wait_blocking(mut self, timeout: Duration) -> Result<ExitStatus> {
         let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
         let ms = PollTimeout::try_from(timeout.as_millis().min(i32::MAX as u128) as i32)
@@ -108,8 +108,8 @@ impl Container {
         self.finish(ready)
     }
 
-    /// Waits from tokio until the container exits or `timeout` passes (then kills it),
-    /// reaps it and removes its cgroup.
+    /// Waits from tokio until the container exits or `timeout` passes (then kills it) and
+    /// reaps it; the rest of the teardown as for `wait_blocking`.
     pub async fn wait(mut self, timeout: Duration) -> Result<ExitStatus> {
         let exited = crate::pidfd::exited(self.pidfd.as_fd(), timeout)
             .await
@@ -127,8 +127,7 @@ impl Container {
         }
         let status = self.reap()?;
         let oom_killed = self.cgroup.as_ref().is_some_and(|c| c.oom_killed());
-        self.destroy_cgroup()?;
-        self.return_netns();
+        self.tear_down(true);
         Ok(ExitStatus {
             exit: if exited { status } else { Exit::TimedOut },
             oom_killed,
@@ -169,25 +168,27 @@ impl Container {
         }
     }
 
-    /// Only once reaped and the cgroup is drained: nothing of ours can run in it any more.
-    fn return_netns(&mut self) {
-        if let Some(ns) = self.netns.take() {
-            if let Err(e) = ns.give_back() {
-                tracing::warn!(pid = self.pid, "network namespace not reused: {e}");
+    /// Removes the cgroup (draining it first), then returns the network namespace to its
+    /// pool if `reuse_netns` (only once reaped: nothing of the container can run in it
+    /// any more). Off the async threads, and off the caller's path: the exit status is
+    /// known by now, and the next request must not wait for this one's cleanup.
+    fn tear_down(&mut self, reuse_netns: bool) {
+        let (pid, cgroup) = (self.pid, self.cgroup.take());
+        let netns = self.netns.take().filter(|_| reuse_netns);
+        crate::offload::off_async(move || {
+            if let Some(cg) = cgroup {
+                if let Err(e) = cg.destroy() {
+                    // Processes may remain in it: the namespace is dropped, never reused.
+                    tracing::error!(pid, "removing a container's cgroup: {e}");
+                    return;
+                }
             }
-        }
-    }
-
-    fn destroy_cgroup(&mut self) -> Result<()> {
-        let destroyed = match self.cgroup.take() {
-            Some(cg) => cg.destroy(),
-            None => Ok(()),
-        };
-        if destroyed.is_err() {
-            // Processes may remain in it: the namespace is never reused.
-            drop(self.netns.take());
-        }
-        destroyed
+            if let Some(ns) = netns {
+                if let Err(e) = ns.give_back() {
+                    tracing::warn!(pid, "network namespace not reused: {e}");
+                }
+            }
+        });
     }
 }
 
@@ -201,13 +202,7 @@ impl Drop for Container {
                 tracing::error!(pid = self.pid, "reaping a dropped container: {e}");
             }
         }
-        match self.destroy_cgroup() {
-            Ok(()) if self.reaped => self.return_netns(),
-            // Not provably gone: dropping the namespace never reuses it.
-            Ok(()) => {}
-            Err(e) => {
-                tracing::error!(pid = self.pid, "removing a dropped container's cgroup: {e}")
-            }
-        }
+        // Not reaped: not provably gone, so its namespace is never reused.
+        self.tear_down(self.reaped);
     }
 }

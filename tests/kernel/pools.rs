@@ -336,11 +336,23 @@ fn daemon_reuses_namespaces() -> TestResult {
                 .lines()
                 .find_map(|l| l.strip_prefix(&series)?.parse::<u64>().ok())
         };
-        // Each request's teardown ends before its duration is recorded; the last may
-        // still be running, so at least four.
+        // Teardowns run after their requests have answered: wait for them.
+        for _ in 0..100 {
+            if metric("reused").is_some_and(|n| n >= 5) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let text = d.metrics_text();
         ensure(
-            metric("reused").is_some_and(|n| n >= 4) && metric("dropped") == Some(0),
-            format!("namespaces not reused: {}", d.metrics_text()),
+            metric("reused").is_some_and(|n| n >= 5) && metric("dropped") == Some(0),
+            format!(
+                "namespaces not reused: {}",
+                text.lines()
+                    .filter(|l| l.contains("netns"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
         )?;
         d.undeploy("reuse").await?;
         Ok(())
