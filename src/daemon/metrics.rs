@@ -16,6 +16,11 @@ pub struct FunctionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub function: String,
     pub reason: String,
@@ -49,6 +54,7 @@ pub struct Metrics {
     pub log_bytes_dropped: Family<FunctionLabel, Counter>,
     pub idle_closed: Family<FunctionLabel, Counter>,
     pub connections_refused: Family<ReasonLabels, Counter>,
+    netns: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -146,6 +152,13 @@ impl Default for Metrics {
             "Connections closed at accept: per_source (--max-conns-per-source) or fd_reserve",
             connections_refused.clone(),
         );
+        let netns = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "netns",
+            "Pooled network namespaces: made, reused (came back empty), dropped (came back \
+             not provably empty, never lent again)",
+            netns.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -164,6 +177,7 @@ impl Default for Metrics {
             log_bytes_dropped,
             idle_closed,
             connections_refused,
+            netns,
         }
     }
 }
@@ -210,6 +224,21 @@ impl Metrics {
     pub fn observe(hist: &Histograms, function: &str, d: Duration) {
         hist.get_or_create(&Self::label(function))
             .observe(d.as_secs_f64());
+    }
+
+    /// Copies the runtime's namespace pool counts (kept by the runtime, which knows no
+    /// metrics) into their counters.
+    pub fn set_netns(&self, stats: crate::runtime::NetnsStats) {
+        for (outcome, n) in [
+            ("made", stats.made),
+            ("reused", stats.reused),
+            ("dropped", stats.dropped),
+        ] {
+            self.netns
+                .get_or_create(&OutcomeLabel { outcome })
+                .inner()
+                .store(n, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     pub fn render(&self) -> String {

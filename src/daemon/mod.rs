@@ -599,6 +599,7 @@ impl Daemon {
 
     /// The metrics in Prometheus text format, as /metrics serves them.
     pub fn metrics_text(&self) -> String {
+        self.metrics.set_netns(self.backend.netns_stats());
         self.metrics.render()
     }
 

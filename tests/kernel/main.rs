@@ -11,6 +11,7 @@ mod daemon;
 mod e2e;
 mod image_security;
 mod net_isolation;
+mod pools;
 mod prewarm;
 mod request_security;
 mod runtime;
@@ -38,6 +39,7 @@ fn main() {
         .chain(daemon::tests())
         .chain(e2e::tests())
         .chain(net_isolation::tests())
+        .chain(pools::tests())
         .chain(child_security::tests())
         .chain(request_security::tests())
         .chain(api_security::tests())
