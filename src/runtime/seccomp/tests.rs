@@ -96,7 +96,7 @@ fn run(prog: &[sock_filter], data: &[u32; 16]) -> (u32, usize) {
         let branch = |taken: bool| usize::from(if taken { insn.jt } else { insn.jf });
         pc += match u32::from(insn.code) {
             c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
-                assert!(k % 4 == 0 && k < 64, "load at {k}");
+                assert!(k.is_multiple_of(4) && k < 64, "load at {k}");
                 acc = data[k as usize / 4];
                 0
             }
@@ -236,7 +236,7 @@ fn both_programs_answer_the_policy_s_landmarks() {
     assert_eq!(decide(libc::SYS_sendmsg, [3, 0, fastopen, 0, 0, 0]), eperm);
     // SIOCGIFCONF denied, FIONREAD allowed.
     assert_eq!(decide(libc::SYS_ioctl, [3, 0x8912, 0, 0, 0, 0]), eperm);
-    let fionread = libc::FIONREAD as u64;
+    let fionread = libc::FIONREAD;
     assert_eq!(decide(libc::SYS_ioctl, [3, fionread, 0, 0, 0, 0]), allow);
 }
 
