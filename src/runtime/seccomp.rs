@@ -4,7 +4,10 @@
 //! EPERM; everything else is allowed so arbitrary images keep working. clone3 gets ENOSYS,
 //! as in Docker: its flags sit behind a pointer the filter cannot inspect, and libc falls
 //! back to clone, whose namespace flags the filter checks. Any arch but x86_64 kills the
-//! process. The policy below is compiled into one tree-shaped BPF program (bpf_tree.rs).
+//! process, and so does any x32 syscall: the kernel reports those as x86_64, with the x32
+//! bit in the number, so without that check every rule here could be bypassed on a kernel
+//! that runs x32 (CONFIG_X86_X32_ABI, e.g. Debian's with syscall.x32=y). The policy below
+//! is compiled into one tree-shaped BPF program (bpf_tree.rs).
 //!
 //! Compared with Docker's default profile (moby/profiles seccomp/default.json, 2025: an
 //! allow list, EPERM by default, some entries allowed only when the container holds a
@@ -47,7 +50,9 @@
 //!   userfaultfd, keyctl/add_key/request_key, open_by_handle_at, mount and the new mount
 //!   API, umount2, pivot_root, unshare, setns, iopl/ioperm, settimeofday, clock_settime,
 //!   quotactl, lookup_dcookie, vhangup: denied in both (vhangup: no terminal anyway);
-//! - clone with a namespace flag: denied in both; clone3: ENOSYS in both.
+//! - clone with a namespace flag: denied in both; clone3: ENOSYS in both;
+//! - x32 syscalls: Docker filters them with the same rules (x32 is in its arch list); we
+//!   kill the process, as for every ABI but x86_64 (no function image is x32).
 
 mod bpf_tree;
 #[cfg(test)]
@@ -62,6 +67,10 @@ use super::error::{Result, RuntimeError};
 
 /// AUDIT_ARCH_X86_64 (linux/audit.h): EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE.
 const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+
+/// x32 syscalls come with AUDIT_ARCH_X86_64 too, their number ORed with this bit
+/// (asm/unistd.h __X32_SYSCALL_BIT).
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
 const DENIED: &[libc::c_long] = &[
     libc::SYS_mount,
@@ -178,6 +187,7 @@ fn policy() -> Policy {
     Policy {
         arch: AUDIT_ARCH_X86_64,
         wrong_arch: Action::KillProcess,
+        other_abi_from: Some(X32_SYSCALL_BIT),
         default: Action::Allow,
         rules,
     }

@@ -69,6 +69,11 @@ pub struct Policy {
     /// The AUDIT_ARCH_* value the program accepts; any other arch gets `wrong_arch`.
     pub arch: u32,
     pub wrong_arch: Action,
+    /// Syscall numbers from this one on belong to another ABI that the kernel reports
+    /// under the same arch value (x86_64's x32: nr | 0x40000000) and get `wrong_arch`
+    /// too; -1 excepted, a syscall a tracer skipped (as libseccomp does). None: no such
+    /// ABI. Every rule's number must be below it.
+    pub other_abi_from: Option<u32>,
     /// For the syscall numbers without a rule.
     pub default: Action,
     pub rules: BTreeMap<u32, Rule>,
@@ -125,6 +130,14 @@ pub fn compile(policy: &Policy) -> Result<BpfProgram, TreeError> {
         if let Some(next) = nr.checked_add(1) {
             ranges.set(next, default);
         }
+    }
+    if let Some(from) = policy.other_abi_from {
+        assert!(
+            policy.rules.keys().all(|&nr| nr < from),
+            "a rule for a number of the other ABI"
+        );
+        ranges.set(from, wrong_arch);
+        ranges.set(u32::MAX, default);
     }
     let root = route(&mut asm, &ranges.0);
     if root == default {
