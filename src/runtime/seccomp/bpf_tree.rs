@@ -13,8 +13,8 @@
 //! (one `ret` per action, at the end), so a leaf of the tree costs no instruction.
 //!
 //! The nr part uses only the instructions the kernel's cache emulation understands (load
-//! of nr/arch, jeq/jge/jset with a constant, ret), so every syscall without an argument
-//! rule is still cached as allowed or not.
+//! of nr/arch, jeq/jge/jset with a constant, ret), so every syscall allowed whatever its
+//! arguments still lands in the cache (which holds allows only).
 
 use std::collections::BTreeMap;
 use std::mem::offset_of;
