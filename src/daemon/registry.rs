@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::settings::FunctionSettings;
 use crate::image::ImageConfig;
 use crate::runtime::Resources;
 
@@ -40,6 +41,9 @@ pub struct FunctionRecord {
     pub ip: Ipv4Addr,
     pub config: ImageConfig,
     pub resources: Resources,
+    /// Env, timeout and concurrency set through the API.
+    #[serde(default)]
+    pub settings: FunctionSettings,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -156,6 +160,7 @@ mod tests {
                 gid: 0,
             },
             resources: Resources::default(),
+            settings: FunctionSettings::default(),
         }
     }
 
