@@ -98,7 +98,21 @@ impl Maxima {
             timeout_secs: Some(cfg.exec_timeout),
             ..ConfigChange::default()
         };
-        check(&defaults, Resources::default(), self)
+        // Named as the operator gave it: the daemon's flag for the timeout differs.
+        check(&defaults, Resources::default(), self).map_err(|e| match e {
+            SettingsError::AboveMax {
+                what: "--timeout",
+                asked,
+                max,
+                flag,
+            } => SettingsError::AboveMax {
+                what: "--exec-timeout",
+                asked,
+                max,
+                flag,
+            },
+            e => e,
+        })
     }
 }
 
