@@ -35,6 +35,13 @@ pub struct Deployed {
 pub struct FunctionIp {
     pub name: String,
     pub ip: Ipv4Addr,
+    /// The port the function listens on at `ip` (added after the prototype: absent means 80).
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+fn default_port() -> u16 {
+    80
 }
 
 /// `DELETE /api/functions/<name>`.
@@ -105,6 +112,48 @@ pub struct ConfigView {
     pub pids_max: u32,
     pub timeout_secs: f64,
     pub max_concurrency: usize,
+}
+
+/// `GET /api/functions/<name>`: everything about a function but its env values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Description {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// `sha256:<hex>` of the image's config blob (its image id); empty for a function
+    /// deployed before faasd recorded it.
+    pub image_digest: String,
+    /// Bytes the image's directory takes on disk.
+    pub image_size_bytes: u64,
+    pub cmd: Vec<String>,
+    pub workdir: String,
+    /// `uid:gid`.
+    pub user: String,
+    /// Names of every variable the handler gets (the image's and ours), never values.
+    pub env: Vec<String>,
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub pids_max: u32,
+    pub timeout_secs: f64,
+    pub max_concurrency: usize,
+    /// Seconds since the Unix epoch of the last deploy (None: before faasd recorded it).
+    pub deployed_at: Option<u64>,
+    /// Requests whose handler ran to its exit, since the daemon started.
+    pub requests_served: u64,
+    /// Failed requests by reason (the `faasd_failures_total` reasons), since the start.
+    pub failures: BTreeMap<String, u64>,
+    pub last_failure: Option<LastFailure>,
+    /// Prewarmed containers waiting for a request.
+    pub warm: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastFailure {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub request: String,
+    pub reason: String,
+    pub message: String,
 }
 
 /// `KEY=value` -> `KEY`.

@@ -8,13 +8,13 @@ use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, patch, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 
 use super::{http_server, upload, valid_name, Daemon, DaemonError};
 use crate::api::{
-    env_names, ConfigChange, ConfigView, Deployed, ErrorBody, FunctionIp, List, ListEntry, Removed,
-    CONFIG_HEADER, IMAGE_NAME_HEADER,
+    env_names, ConfigChange, ConfigView, Deployed, Description, ErrorBody, FunctionIp, List,
+    ListEntry, Removed, CONFIG_HEADER, IMAGE_NAME_HEADER,
 };
 use crate::image::{ImageError, Limits};
 
@@ -62,7 +62,10 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/api/new", post(new_function))
         .route("/api/ip/{name}", get(function_ip))
         .route("/api/list", get(list))
-        .route("/api/functions/{name}", delete(remove_function))
+        .route(
+            "/api/functions/{name}",
+            get(describe).delete(remove_function),
+        )
         // Its body is read whole: bounded (the env itself is bounded far below this).
         .route(
             "/api/functions/{name}/config",
@@ -179,7 +182,11 @@ async fn function_ip(
     let f = d
         .function(&name)
         .ok_or_else(|| ApiError::from(DaemonError::NotFound(name.clone())))?;
-    Ok(Json(FunctionIp { name, ip: f.ip }))
+    Ok(Json(FunctionIp {
+        name,
+        ip: f.ip,
+        port: d.cfg.function_port,
+    }))
 }
 
 async fn list(State(d): State<Arc<Daemon>>) -> Json<List> {
@@ -212,6 +219,13 @@ async fn remove_function(
 ) -> Result<Json<Removed>, ApiError> {
     d.undeploy(&name).await?;
     Ok(Json(Removed { name }))
+}
+
+async fn describe(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+) -> Result<Json<Description>, ApiError> {
+    Ok(Json(d.describe(&name).await?))
 }
 
 async fn configure(

@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use super::prewarm::Prewarmed;
 use super::settings::Live;
+use super::stats::Stats;
 use crate::image::ImageConfig;
 
 /// An installed image directory (`rootfs/` and `config.json`).
@@ -71,6 +72,8 @@ pub struct Function {
     pub prewarmed: Prewarmed,
     /// Its accept loop and its requests in flight, which an undeploy waits for.
     pub requests: TaskTracker,
+    /// Its requests since the daemon started, for `describe`.
+    pub stats: Stats,
 }
 
 impl Function {
@@ -90,6 +93,7 @@ impl Function {
             stop,
             prewarmed,
             requests: TaskTracker::new(),
+            stats: Stats::default(),
         }
     }
 

@@ -15,6 +15,7 @@ mod registry;
 mod request;
 mod settings;
 mod state_dir;
+mod stats;
 mod store_mount;
 mod store_quota;
 mod totals;
@@ -42,7 +43,7 @@ pub use settings::SettingsError;
 use settings::{Live, Maxima};
 
 pub use crate::api::Deployed;
-use crate::api::{ConfigChange, ConfigView};
+use crate::api::{ConfigChange, ConfigView, Description};
 use crate::backend::{Backend, BackendError};
 use crate::image::{self, ImageError};
 use crate::runtime::{self, RuntimeError};
@@ -169,6 +170,13 @@ fn base36(mut n: u64) -> String {
     }
     out.reverse();
     String::from_utf8(out).expect("ASCII digits")
+}
+
+/// Seconds since the Unix epoch (0 on a clock before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 pub fn valid_name(name: &str) -> bool {
@@ -490,6 +498,8 @@ impl Daemon {
             config: staged.config().clone(),
             resources: self.cfg.resources(),
             settings: Default::default(),
+            image_digest: staged.digest().to_string(),
+            deployed_at: Some(unix_now()),
         };
         settings::apply(&mut record, change, &self.maxima)?;
         let mut taken: HashSet<Ipv4Addr> = registry.functions().values().map(|r| r.ip).collect();
@@ -542,6 +552,8 @@ impl Daemon {
             .ok_or_else(|| DaemonError::NotFound(f.name.clone()))?;
         let mut record = FunctionRecord {
             config: config.clone(),
+            image_digest: staged.digest().to_string(),
+            deployed_at: Some(unix_now()),
             ..old_record.clone()
         };
         settings::apply(&mut record, change, &self.maxima)?;
@@ -605,6 +617,49 @@ impl Daemon {
             resources = ?record.resources, timeout_secs = ?record.settings.timeout_secs,
             max_concurrency = ?record.settings.max_concurrency, "configuration updated");
         Ok(self.config_view(name, &record))
+    }
+
+    /// Everything about function `name` but its env values (`GET /api/functions/<name>`).
+    pub async fn describe(&self, name: &str) -> Result<Description, DaemonError> {
+        let f = self
+            .function(name)
+            .ok_or_else(|| DaemonError::NotFound(name.to_string()))?;
+        let record = self
+            .records()
+            .await
+            .remove(name)
+            .ok_or_else(|| DaemonError::NotFound(name.to_string()))?;
+        let dir = self.cfg.images_dir().join(name);
+        // A walk of the whole rootfs: off the async threads.
+        let size = tokio::task::spawn_blocking(move || store_quota::disk_usage(&dir))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0);
+        let view = self.config_view(name, &record);
+        let env = settings::merge_env(&record.config.env, &record.settings.env);
+        let counts = f.stats.snapshot();
+        Ok(Description {
+            name: name.to_string(),
+            ip: record.ip,
+            port: self.cfg.function_port,
+            image_digest: record.image_digest,
+            image_size_bytes: size,
+            cmd: record.config.cmd,
+            workdir: record.config.working_dir,
+            user: format!("{}:{}", record.config.uid, record.config.gid),
+            env: crate::api::env_names(&env),
+            memory_mb: view.memory_mb,
+            cpus: view.cpus,
+            pids_max: view.pids_max,
+            timeout_secs: view.timeout_secs,
+            max_concurrency: view.max_concurrency,
+            deployed_at: record.deployed_at,
+            requests_served: counts.served,
+            failures: counts.failures,
+            last_failure: counts.last_failure,
+            warm: self.metrics.prewarm(name).waiting.get().max(0) as u64,
+        })
     }
 
     /// A function's configuration as the API answers it (env names, not values).

@@ -44,6 +44,12 @@ pub struct FunctionRecord {
     /// Env, timeout and concurrency set through the API.
     #[serde(default)]
     pub settings: FunctionSettings,
+    /// `sha256:<hex>` of the image's config blob (empty in older registries).
+    #[serde(default)]
+    pub image_digest: String,
+    /// Seconds since the Unix epoch of the last deploy (absent in older registries).
+    #[serde(default)]
+    pub deployed_at: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -161,6 +167,8 @@ mod tests {
             },
             resources: Resources::default(),
             settings: FunctionSettings::default(),
+            image_digest: String::new(),
+            deployed_at: None,
         }
     }
 

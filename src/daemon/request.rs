@@ -149,8 +149,13 @@ pub async fn serve(d: Arc<Daemon>, f: Arc<Function>, tcp: TcpStream, _source: So
         Ok(served) => {
             Metrics::observe(&d.metrics.cold_start, &f.name, served.cold_start);
             let ok = served.status.success();
-            if !ok {
-                d.metrics.failure(&f.name, exit_reason(&served.status));
+            if ok {
+                f.stats.served();
+            } else {
+                let reason = exit_reason(&served.status);
+                d.metrics.failure(&f.name, reason);
+                let status = format!("the handler ended with {:?}", served.status.exit);
+                f.stats.failed(&served.id, reason, status);
             }
             tracing::info!(
                 function = %f.name,
@@ -164,6 +169,7 @@ pub async fn serve(d: Arc<Daemon>, f: Arc<Function>, tcp: TcpStream, _source: So
         }
         Err(e) => {
             d.metrics.failure(&f.name, e.reason());
+            f.stats.failed(&id, e.reason(), e.to_string());
             tracing::warn!(function = %f.name, request = %id, total_ms = ms(total), "request failed: {e}");
         }
     }

@@ -322,6 +322,8 @@ mod tests {
             },
             resources: Resources::default(),
             settings: FunctionSettings::default(),
+            image_digest: String::new(),
+            deployed_at: None,
         }
     }
 

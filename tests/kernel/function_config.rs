@@ -25,6 +25,7 @@ pub fn tests() -> Vec<Trial> {
         above_the_maxima_is_refused_and_leaves_nothing,
         config_update_spares_requests_in_flight,
         memory_limit_is_the_functions_own,
+        describe_and_invoke,
     ]
 }
 
@@ -276,4 +277,111 @@ fn memory_limit_is_the_functions_own() -> TestResult {
     });
     s.check(oom, "the hog was not OOM-killed at 64 MiB")?;
     s.check_no_request_left()
+}
+
+/// `faas invoke` reaches the function (method, path, body, `-i`), exits 1 on a 5xx and
+/// on a connection the handler reset;
+/// `faas describe` shows the image, env names (never values), limits, requests served and
+/// failures.
+fn describe_and_invoke() -> TestResult {
+    let s = Setup::new(&["--connect-timeout", "1"])?;
+    let _d = s.start()?;
+    let image = crate::support::image("test-handler-env.tar")?;
+    s.faas_ok(&[
+        "new",
+        "fn",
+        "-f",
+        image.to_str().unwrap(),
+        "--env",
+        "API_KEY=value-never-shown",
+        "--cpus",
+        "0.5",
+    ])?;
+    let out = s.faas_ok(&["invoke", "fn", "/hello?x=1", "-i"])?;
+    s.check(
+        out.starts_with("HTTP/1.0 200 OK\r\n")
+            && out.contains("GET /hello?x=1 HTTP/1.1")
+            && out.contains("env API_KEY=value-never-shown"),
+        format!("faas invoke -i: {out:?}"),
+    )?;
+    let body = s.state().parent().unwrap().join("body");
+    fs::write(&body, "payload")?;
+    let out = s.faas_ok(&[
+        "invoke",
+        "fn",
+        "echo",
+        "-H",
+        "X-Test: 1",
+        "-d",
+        &format!("@{}", body.display()),
+    ])?;
+    s.check(
+        out.starts_with("Hello from FaaS handler!\nPOST /echo HTTP/1.1\n"),
+        format!("faas invoke -d @FILE: {out:?}"),
+    )?;
+    s.deploy("crash", "test-handler-crash.tar", Via::File)?;
+    let err = s.faas_err(&["invoke", "crash"], None)?;
+    s.check(
+        err.contains("cannot reach function crash at"),
+        format!("{err:?}"),
+    )?;
+    s.deploy("silent", "test-handler-noconnect.tar", Via::File)?;
+    let out = s.faas(&["invoke", "silent"], None)?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    s.check(
+        out.status.code() == Some(1)
+            && stdout.contains("did not connect to /control.sock")
+            && stderr.contains("silent answered HTTP 504 Gateway Timeout"),
+        format!("invoke of a handler that never connects: {out:?}"),
+    )?;
+    let err = s.faas_err(&["invoke", "nope"], None)?;
+    s.check(err.contains("no function named"), format!("{err:?}"))?;
+
+    let text = s.faas_ok(&["describe", "fn"])?;
+    let json = s.faas_ok(&["describe", "fn", "--json"])?;
+    let d: serde_json::Value = serde_json::from_str(&json)?;
+    for line in [
+        "Command:         /test-handler env",
+        "Env:             PATH,API_KEY",
+        "CPUs:            0.5",
+        "Memory:          512 MiB",
+        "Requests served: 2",
+        "Failures:        none",
+        "Warm containers: 0",
+    ] {
+        s.check(
+            text.lines().any(|l| l == line),
+            format!("{line:?} not in\n{text}"),
+        )?;
+    }
+    s.check(
+        d["image_digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:") && d.len() == 71)
+            && d["image_size_bytes"].as_u64().is_some_and(|n| n > 100_000)
+            && d["deployed_at"].as_u64().is_some(),
+        format!("describe --json: {d}"),
+    )?;
+    s.check(
+        !text.contains("value-never-shown") && !json.contains("value-never-shown"),
+        "describe shows an env value",
+    )?;
+    let crash = s.faas_ok(&["describe", "crash"])?;
+    s.check(
+        crash
+            .lines()
+            .any(|l| l.starts_with("Failures:") && l.ends_with(" 1"))
+            && crash
+                .lines()
+                .any(|l| l.starts_with("Last failure:") && l.contains("(request ")),
+        format!("describe crash:\n{crash}"),
+    )?;
+    let log = fs::read_to_string(s.log())?;
+    s.check(
+        !log.contains("value-never-shown"),
+        "the daemon's log shows an env value",
+    )
 }

@@ -4,6 +4,8 @@
 //! docker save hello | faas new hello     # Deployed hello at 10.0.0.10
 //! faas new hello -f hello.tar --env GREETING=hi --memory-mb 64 --timeout 5
 //! faas config hello --env GREETING=hello --unset-env OLD --max-concurrency 4
+//! faas describe hello                    # address, image, limits, requests, failures
+//! faas invoke hello /path -X POST -H 'X-A: b' -d @body.json -i
 //! faas ip hello                          # 10.0.0.10
 //! faas list [--json]
 //! faas rm hello                          # Removed hello
@@ -14,6 +16,8 @@
 
 mod client;
 mod config;
+mod describe;
+mod invoke;
 mod ip;
 mod list;
 mod new;
@@ -55,6 +59,11 @@ enum Command {
     New(new::Args),
     /// Change function NAME's configuration (env, limits, timeout) without re-uploading.
     Config(config::Args),
+    /// Show function NAME: address, image, env names, limits, requests and failures.
+    Describe(describe::Args),
+    /// Send one HTTP request to function NAME and print the answer's body (exit 1 on a
+    /// connection error or a 5xx).
+    Invoke(invoke::Args),
     /// Print the IP address of function NAME.
     Ip(ip::Args),
     /// List the deployed functions.
@@ -83,6 +92,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::New(args) => new::run(&client, args),
         Command::Config(args) => config::run(&client, args),
+        Command::Describe(args) => describe::run(&client, args),
+        Command::Invoke(args) => invoke::run(&client, args),
         Command::Ip(args) => ip::run(&client, args),
         Command::List(args) => list::run(&client, args),
         Command::Rm(args) => rm::run(&client, args),
@@ -202,6 +213,45 @@ mod tests {
             &["config", "f", "--timeout", "soon"],
             &["config", "f", "--max-concurrency", "-2"],
             &["config"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn parses_describe_and_invoke() {
+        assert_eq!(
+            parse(&["describe", "f", "--json"]).unwrap().command,
+            Command::Describe(describe::Args {
+                name: "f".into(),
+                json: true
+            })
+        );
+        let cli = parse(&[
+            "invoke", "f", "/p?q=1", "-X", "put", "-H", "A: 1", "--header", "B: 2", "-d", "@body",
+            "-i",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.command,
+            Command::Invoke(invoke::Args {
+                name: "f".into(),
+                path: "/p?q=1".into(),
+                method: Some(ureq::http::Method::PUT),
+                headers: vec![("A".into(), "1".into()), ("B".into(), "2".into())],
+                data: Some("@body".into()),
+                include: true,
+            })
+        );
+        let Command::Invoke(a) = parse(&["invoke", "f"]).unwrap().command else {
+            panic!("not invoke");
+        };
+        assert_eq!((a.path.as_str(), a.method, a.include), ("/", None, false));
+        for bad in [
+            &["invoke"][..],
+            &["invoke", "f", "-H", "nocolon"],
+            &["invoke", "f", "-X", "TWO WORDS"],
+            &["describe"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} must be refused");
         }
