@@ -35,13 +35,6 @@ pub struct Deployed {
 pub struct FunctionIp {
     pub name: String,
     pub ip: Ipv4Addr,
-    /// The port the function listens on at `ip` (added after the prototype: absent means 80).
-    #[serde(default = "default_port")]
-    pub port: u16,
-}
-
-fn default_port() -> u16 {
-    80
 }
 
 /// `DELETE /api/functions/<name>`.
@@ -123,8 +116,8 @@ pub struct Description {
     /// `sha256:<hex>` of the image's config blob (its image id); empty for a function
     /// deployed before faasd recorded it.
     pub image_digest: String,
-    /// Bytes the image's directory takes on disk.
-    pub image_size_bytes: u64,
+    /// Bytes the image takes on disk, measured at deploy (None: before faasd recorded it).
+    pub image_size_bytes: Option<u64>,
     pub cmd: Vec<String>,
     pub workdir: String,
     /// `uid:gid`.

@@ -182,11 +182,7 @@ async fn function_ip(
     let f = d
         .function(&name)
         .ok_or_else(|| ApiError::from(DaemonError::NotFound(name.clone())))?;
-    Ok(Json(FunctionIp {
-        name,
-        ip: f.ip,
-        port: d.cfg.function_port,
-    }))
+    Ok(Json(FunctionIp { name, ip: f.ip }))
 }
 
 async fn list(State(d): State<Arc<Daemon>>) -> Json<List> {

@@ -457,9 +457,12 @@ impl Daemon {
             }?;
             // Installs that ran beside this one may have used the store up meanwhile.
             store.check(&images)?;
-            Ok::<_, DaemonError>(staged)
+            // For describe; a failed walk only loses that line.
+            let size = store_quota::disk_usage(staged.path()).ok();
+            Ok::<_, DaemonError>((staged, size))
         })
         .await??;
+        let (staged, image_size) = staged;
         let config = staged.config().clone();
         let mut registry = self.registry.lock().await;
         if self.removing.lock().unwrap().contains(name) {
@@ -468,12 +471,12 @@ impl Daemon {
         let dest = self.cfg.images_dir().join(name);
         let ip = match self.function(name) {
             Some(f) => {
-                self.redeploy(&mut registry, &f, staged, &dest, change)
+                self.redeploy(&mut registry, &f, (staged, image_size), &dest, change)
                     .await?;
                 f.ip
             }
             None => {
-                self.deploy_new(&mut registry, name, staged, &dest, change)
+                self.deploy_new(&mut registry, name, (staged, image_size), &dest, change)
                     .await?
             }
         };
@@ -489,7 +492,7 @@ impl Daemon {
         self: &Arc<Self>,
         registry: &mut Registry,
         name: &str,
-        staged: image::StagedImage,
+        (staged, image_size): (image::StagedImage, Option<u64>),
         dest: &Path,
         change: &ConfigChange,
     ) -> Result<Ipv4Addr, DaemonError> {
@@ -500,6 +503,7 @@ impl Daemon {
             settings: Default::default(),
             image_digest: staged.digest().to_string(),
             deployed_at: Some(unix_now()),
+            image_size,
         };
         settings::apply(&mut record, change, &self.maxima)?;
         let mut taken: HashSet<Ipv4Addr> = registry.functions().values().map(|r| r.ip).collect();
@@ -540,7 +544,7 @@ impl Daemon {
         &self,
         registry: &mut Registry,
         f: &Function,
-        staged: image::StagedImage,
+        (staged, image_size): (image::StagedImage, Option<u64>),
         dest: &Path,
         change: &ConfigChange,
     ) -> Result<(), DaemonError> {
@@ -554,6 +558,7 @@ impl Daemon {
             config: config.clone(),
             image_digest: staged.digest().to_string(),
             deployed_at: Some(unix_now()),
+            image_size,
             ..old_record.clone()
         };
         settings::apply(&mut record, change, &self.maxima)?;
@@ -629,13 +634,6 @@ impl Daemon {
             .await
             .remove(name)
             .ok_or_else(|| DaemonError::NotFound(name.to_string()))?;
-        let dir = self.cfg.images_dir().join(name);
-        // A walk of the whole rootfs: off the async threads.
-        let size = tokio::task::spawn_blocking(move || store_quota::disk_usage(&dir))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(0);
         let view = self.config_view(name, &record);
         let env = settings::merge_env(&record.config.env, &record.settings.env);
         let counts = f.stats.snapshot();
@@ -644,7 +642,7 @@ impl Daemon {
             ip: record.ip,
             port: self.cfg.function_port,
             image_digest: record.image_digest,
-            image_size_bytes: size,
+            image_size_bytes: record.image_size,
             cmd: record.config.cmd,
             workdir: record.config.working_dir,
             user: format!("{}:{}", record.config.uid, record.config.gid),

@@ -50,6 +50,9 @@ pub struct FunctionRecord {
     /// Seconds since the Unix epoch of the last deploy (absent in older registries).
     #[serde(default)]
     pub deployed_at: Option<u64>,
+    /// Bytes the image takes on disk, measured at deploy (absent in older registries).
+    #[serde(default)]
+    pub image_size: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -169,6 +172,7 @@ mod tests {
             settings: FunctionSettings::default(),
             image_digest: String::new(),
             deployed_at: None,
+            image_size: None,
         }
     }
 

@@ -324,6 +324,7 @@ mod tests {
             settings: FunctionSettings::default(),
             image_digest: String::new(),
             deployed_at: None,
+            image_size: None,
         }
     }
 

@@ -42,7 +42,11 @@ fn format_description(d: &Description) -> String {
         ("Name", d.name.clone()),
         ("Address", format!("{}:{}", d.ip, d.port)),
         ("Image", or_none(d.image_digest.clone())),
-        ("Image size", format!("{} bytes", d.image_size_bytes)),
+        (
+            "Image size",
+            d.image_size_bytes
+                .map_or("unknown".into(), |n| format!("{n} bytes")),
+        ),
         ("Command", d.cmd.join(" ")),
         ("Working dir", d.workdir.clone()),
         ("User", d.user.clone()),
@@ -80,7 +84,7 @@ mod tests {
             ip: "10.0.0.10".parse().unwrap(),
             port: 80,
             image_digest: "sha256:ab".into(),
-            image_size_bytes: 1234,
+            image_size_bytes: Some(1234),
             cmd: vec!["/h".into(), "serve".into()],
             workdir: "/".into(),
             user: "0:0".into(),

@@ -1,16 +1,18 @@
 //! `faas invoke NAME [PATH] [-X METHOD] [-H 'K: V']... [-d DATA|@FILE] [-i]`: one HTTP
-//! request to the function's own address (found with `GET /api/ip/<name>`), its answer's
-//! body on stdout. The control API's token is never sent to the function.
+//! request to the function's own address and port (from `GET /api/functions/<name>`), its
+//! answer's body on stdout. The control API's token is never sent to the function.
 
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use faasd::api::FunctionIp;
+use std::net::Ipv4Addr;
+
+use faasd::api::Description;
 use ureq::http::{Method, Request, Response};
 use ureq::{Agent, Body};
 
-use crate::client::{describe, encode_segment, msg, CliError, Client};
+use crate::client::{describe, function_path, msg, CliError, Client};
 
 #[derive(clap::Args, Debug, PartialEq)]
 pub struct Args {
@@ -33,7 +35,11 @@ pub struct Args {
 }
 
 pub fn run(client: &Client, args: Args) -> Result<(), CliError> {
-    let at: FunctionIp = client.get(&format!("/api/ip/{}", encode_segment(&args.name)))?;
+    let d: Description = client.get(&function_path(&args.name, ""))?;
+    let at = Target {
+        ip: d.ip,
+        port: d.port,
+    };
     let body = match &args.data {
         Some(d) => Some(read_data(d)?),
         None => None,
@@ -68,11 +74,13 @@ pub fn run(client: &Client, args: Args) -> Result<(), CliError> {
     Ok(())
 }
 
-fn build(
-    args: &Args,
-    at: &FunctionIp,
-    body: Option<Vec<u8>>,
-) -> Result<Request<Vec<u8>>, CliError> {
+/// Where the function listens.
+struct Target {
+    ip: Ipv4Addr,
+    port: u16,
+}
+
+fn build(args: &Args, at: &Target, body: Option<Vec<u8>>) -> Result<Request<Vec<u8>>, CliError> {
     let path = if args.path.starts_with('/') {
         args.path.clone()
     } else {
@@ -167,9 +175,8 @@ mod tests {
         }
     }
 
-    fn at() -> FunctionIp {
-        FunctionIp {
-            name: "f".into(),
+    fn at() -> Target {
+        Target {
             ip: "10.0.0.10".parse().unwrap(),
             port: 8080,
         }
