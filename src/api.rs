@@ -94,17 +94,24 @@ impl ConfigChange {
     }
 }
 
+/// What each of a function's requests runs with (in [`ConfigView`] and [`Description`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionLimits {
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub pids_max: u32,
+    pub timeout_secs: f64,
+    pub max_concurrency: usize,
+}
+
 /// A function's configuration as answered (`PATCH .../config`): env names, never values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigView {
     pub name: String,
     /// Names of the variables set through the API (over the image's).
     pub env: Vec<String>,
-    pub memory_mb: u64,
-    pub cpus: f64,
-    pub pids_max: u32,
-    pub timeout_secs: f64,
-    pub max_concurrency: usize,
+    #[serde(flatten)]
+    pub limits: FunctionLimits,
 }
 
 /// `GET /api/functions/<name>`: everything about a function but its env values.
@@ -124,11 +131,8 @@ pub struct Description {
     pub user: String,
     /// Names of every variable the handler gets (the image's and ours), never values.
     pub env: Vec<String>,
-    pub memory_mb: u64,
-    pub cpus: f64,
-    pub pids_max: u32,
-    pub timeout_secs: f64,
-    pub max_concurrency: usize,
+    #[serde(flatten)]
+    pub limits: FunctionLimits,
     /// Seconds since the Unix epoch of the last deploy (None: before faasd recorded it).
     pub deployed_at: Option<u64>,
     /// Requests whose handler ran to its exit, since the daemon started.

@@ -43,7 +43,7 @@ pub use settings::SettingsError;
 use settings::{Live, Maxima};
 
 pub use crate::api::Deployed;
-use crate::api::{ConfigChange, ConfigView, Description};
+use crate::api::{ConfigChange, ConfigView, Description, FunctionLimits};
 use crate::backend::{Backend, BackendError};
 use crate::image::{self, ImageError};
 use crate::runtime::{self, RuntimeError};
@@ -647,11 +647,7 @@ impl Daemon {
             workdir: record.config.working_dir,
             user: format!("{}:{}", record.config.uid, record.config.gid),
             env: crate::api::env_names(&env),
-            memory_mb: view.memory_mb,
-            cpus: view.cpus,
-            pids_max: view.pids_max,
-            timeout_secs: view.timeout_secs,
-            max_concurrency: view.max_concurrency,
+            limits: view.limits,
             deployed_at: record.deployed_at,
             requests_served: counts.served,
             failures: counts.failures,
@@ -666,11 +662,13 @@ impl Daemon {
         ConfigView {
             name: name.to_string(),
             env: record.settings.env.keys().cloned().collect(),
-            memory_mb: live.resources.memory_bytes >> 20,
-            cpus: live.resources.cpu_millis as f64 / 1000.0,
-            pids_max: live.resources.pids_max,
-            timeout_secs: live.exec_timeout.as_secs_f64(),
-            max_concurrency: live.max_concurrency,
+            limits: FunctionLimits {
+                memory_mb: live.resources.memory_bytes >> 20,
+                cpus: live.resources.cpu_millis as f64 / 1000.0,
+                pids_max: live.resources.pids_max,
+                timeout_secs: live.exec_timeout.as_secs_f64(),
+                max_concurrency: live.max_concurrency,
+            },
         }
     }
 

@@ -155,10 +155,10 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn record(ip: [u8; 4]) -> FunctionRecord {
+    pub(crate) fn record(ip: [u8; 4]) -> FunctionRecord {
         FunctionRecord {
             ip: Ipv4Addr::from(ip),
             config: ImageConfig {

@@ -311,21 +311,7 @@ mod tests {
     }
 
     fn record() -> FunctionRecord {
-        FunctionRecord {
-            ip: std::net::Ipv4Addr::new(10, 0, 0, 10),
-            config: crate::image::ImageConfig {
-                cmd: vec!["/h".into()],
-                env: vec!["PATH=/bin".into()],
-                working_dir: "/".into(),
-                uid: 0,
-                gid: 0,
-            },
-            resources: Resources::default(),
-            settings: FunctionSettings::default(),
-            image_digest: String::new(),
-            deployed_at: None,
-            image_size: None,
-        }
+        crate::daemon::registry::tests::record([10, 0, 0, 10])
     }
 
     #[test]

@@ -89,7 +89,12 @@ fn format_view(v: &ConfigView) -> String {
     };
     format!(
         "Configured {}: memory {} MiB, cpus {}, pids {}, timeout {} s, max concurrency {}, env {env}",
-        v.name, v.memory_mb, v.cpus, v.pids_max, v.timeout_secs, v.max_concurrency
+        v.name,
+        v.limits.memory_mb,
+        v.limits.cpus,
+        v.limits.pids_max,
+        v.limits.timeout_secs,
+        v.limits.max_concurrency
     )
 }
 
@@ -178,11 +183,13 @@ mod tests {
         let v = ConfigView {
             name: "f".into(),
             env: vec!["A".into(), "B".into()],
-            memory_mb: 64,
-            cpus: 0.5,
-            pids_max: 16,
-            timeout_secs: 2.5,
-            max_concurrency: 3,
+            limits: faasd::api::FunctionLimits {
+                memory_mb: 64,
+                cpus: 0.5,
+                pids_max: 16,
+                timeout_secs: 2.5,
+                max_concurrency: 3,
+            },
         };
         assert_eq!(
             format_view(&v),

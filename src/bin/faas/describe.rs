@@ -51,11 +51,11 @@ fn format_description(d: &Description) -> String {
         ("Working dir", d.workdir.clone()),
         ("User", d.user.clone()),
         ("Env", or_none(d.env.join(","))),
-        ("Memory", format!("{} MiB", d.memory_mb)),
-        ("CPUs", d.cpus.to_string()),
-        ("Pids max", d.pids_max.to_string()),
-        ("Timeout", format!("{} s", d.timeout_secs)),
-        ("Max concurrency", d.max_concurrency.to_string()),
+        ("Memory", format!("{} MiB", d.limits.memory_mb)),
+        ("CPUs", d.limits.cpus.to_string()),
+        ("Pids max", d.limits.pids_max.to_string()),
+        ("Timeout", format!("{} s", d.limits.timeout_secs)),
+        ("Max concurrency", d.limits.max_concurrency.to_string()),
         (
             "Deployed at",
             d.deployed_at
@@ -75,7 +75,7 @@ fn format_description(d: &Description) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use faasd::api::LastFailure;
+    use faasd::api::{FunctionLimits, LastFailure};
 
     #[test]
     fn describes_every_field() {
@@ -89,11 +89,13 @@ mod tests {
             workdir: "/".into(),
             user: "0:0".into(),
             env: vec!["PATH".into(), "A".into()],
-            memory_mb: 64,
-            cpus: 0.5,
-            pids_max: 16,
-            timeout_secs: 3.0,
-            max_concurrency: 2,
+            limits: FunctionLimits {
+                memory_mb: 64,
+                cpus: 0.5,
+                pids_max: 16,
+                timeout_secs: 3.0,
+                max_concurrency: 2,
+            },
             deployed_at: Some(1_800_000_000),
             requests_served: 7,
             failures: [("exec_timeout".to_string(), 2)].into(),
