@@ -410,7 +410,7 @@ pub fn cold_start<'a>(d: &Daemon, f: &'a Function) -> ColdStart<'a> {
     let p = &f.prewarmed;
     p.metrics.misses.inc();
     p.pool.cold_starts.send_modify(|n| *n += 1);
-    if f.slots.available_permits() == 0 {
+    if f.live().slots.available_permits() == 0 {
         p.evict();
     } else if d.global_slots.available_permits() == 0 && !p.evict() {
         evict_one(&d.functions(), 0);

@@ -99,14 +99,14 @@ pub struct Runtime {
 }
 
 static CAPS: OnceLock<CapPlan> = OnceLock::new();
-static SECCOMP: OnceLock<Vec<BpfProgram>> = OnceLock::new();
+static SECCOMP: OnceLock<BpfProgram> = OnceLock::new();
 
 impl Runtime {
     /// `cgroup_parent` is the cgroup (relative to each hierarchy's root) that holds every
     /// container, e.g. "faasd".
     pub fn new(cgroup_parent: &str) -> Result<Self> {
         if SECCOMP.get().is_none() {
-            let _ = SECCOMP.set(seccomp::filters()?);
+            let _ = SECCOMP.set(seccomp::filter()?);
         }
         CAPS.get_or_init(privileges::cap_plan);
         keep_non_dumpable()?;

@@ -9,6 +9,7 @@ mod api_security;
 mod child_security;
 mod daemon;
 mod e2e;
+mod function_config;
 mod image_security;
 mod net_isolation;
 mod pools;
@@ -45,6 +46,7 @@ fn main() {
         .chain(api_security::tests())
         .chain(image_security::tests())
         .chain(prewarm::tests())
+        .chain(function_config::tests())
         .map(|t| t.with_ignored_flag(!root))
         .collect();
     libtest_mimic::run(&args, trials).exit();
