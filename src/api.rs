@@ -61,6 +61,9 @@ pub struct ListEntry {
     #[serde(default)]
     pub user: String,
     pub resources: Resources,
+    /// Containers waiting for a request now (--prewarm); absent from an older daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<usize>,
 }
 
 /// A change to a function's configuration: the body of `PATCH /api/functions/<name>/config`
@@ -178,6 +181,7 @@ mod tests {
             workdir: "/".into(),
             user: "0:0".into(),
             resources: Resources::default(),
+            warm: Some(1),
         };
         let v = serde_json::to_value(&e).unwrap();
         for key in ["ip", "rootfs", "cmd", "env", "workdir", "user", "resources"] {

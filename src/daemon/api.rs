@@ -202,6 +202,7 @@ async fn list(State(d): State<Arc<Daemon>>) -> Json<List> {
                 workdir: r.config.working_dir,
                 user: format!("{}:{}", r.config.uid, r.config.gid),
                 resources: r.resources,
+                warm: Some(d.function(&name).map_or(0, |f| f.prewarmed.len())),
             };
             (name, entry)
         })

@@ -118,6 +118,8 @@ pub struct Daemon {
     functions: RwLock<BTreeMap<String, Arc<Function>>>,
     metrics: Metrics,
     global_slots: Arc<Semaphore>,
+    /// What every function's prewarming shares (policy, memory budget, cold starts).
+    prewarm: Arc<prewarm::Pool>,
     /// Installs running at once (each within image::install's memory budget).
     installs: Arc<Semaphore>,
     store: Arc<store_quota::StoreQuota>,
@@ -235,6 +237,14 @@ impl Daemon {
             functions: RwLock::new(BTreeMap::new()),
             metrics: Metrics::default(),
             global_slots: Arc::new(Semaphore::new(cfg.max_containers)),
+            prewarm: Arc::new(prewarm::Pool::new(
+                cfg.prewarm,
+                cfg.prewarm_idle(),
+                cfg.max_per_function,
+                // Default: a quarter of what all containers together may use.
+                cfg.prewarm_memory_mb
+                    .map_or(totals.memory_bytes / 4, |mb| mb << 20),
+            )),
             installs: Arc::new(Semaphore::new(MAX_INSTALLS)),
             store_mount: std::sync::Mutex::new(store_mount),
             store: Arc::new(store_quota::StoreQuota::new(
@@ -306,7 +316,7 @@ impl Daemon {
         rec: &FunctionRecord,
         image: Image,
         listener: TcpListener,
-    ) {
+    ) -> Arc<Function> {
         let stop = self.stop_accepting.child_token();
         let f = Arc::new(Function::new(
             name,
@@ -314,23 +324,20 @@ impl Daemon {
             Live::of(rec, &self.cfg),
             image,
             stop,
-            prewarm::Prewarmed::new(self.metrics.prewarm(name)),
+            prewarm::Prewarmed::new(self.prewarm.clone(), self.metrics.prewarm(name)),
         ));
         self.functions
             .write()
             .unwrap()
             .insert(name.to_string(), f.clone());
-        if self.cfg.prewarm > 0 {
-            tokio::spawn(prewarm::keep_ready(
-                self.clone(),
-                f.clone(),
-                self.cfg.prewarm,
-            ));
+        if self.prewarm.enabled() {
+            tokio::spawn(prewarm::keep_ready(self.clone(), f.clone()));
         }
         tokio::spawn(
             f.requests
                 .track_future(self.clone().accept_loop(f.clone(), listener)),
         );
+        f
     }
 
     async fn accept_loop(self: Arc<Self>, f: Arc<Function>, listener: TcpListener) {
@@ -469,17 +476,22 @@ impl Daemon {
             return Err(DaemonError::Removing(name.to_string()));
         }
         let dest = self.cfg.images_dir().join(name);
-        let ip = match self.function(name) {
+        let f = match self.function(name) {
             Some(f) => {
                 self.redeploy(&mut registry, &f, (staged, image_size), &dest, change)
                     .await?;
-                f.ip
+                f
             }
             None => {
                 self.deploy_new(&mut registry, name, (staged, image_size), &dest, change)
                     .await?
             }
         };
+        drop(registry);
+        // The answer waits for the first waiting container, so that the first request
+        // is served warm (bounded: a handler that never connects must not hold a deploy).
+        f.prewarmed.settled(self.cfg.connect_timeout()).await;
+        let ip = f.ip;
         tracing::info!(function = %name, %ip, cmd = ?config.cmd, "deployed");
         Ok(Deployed {
             name: name.to_string(),
@@ -495,7 +507,7 @@ impl Daemon {
         (staged, image_size): (image::StagedImage, Option<u64>),
         dest: &Path,
         change: &ConfigChange,
-    ) -> Result<Ipv4Addr, DaemonError> {
+    ) -> Result<Arc<Function>, DaemonError> {
         let mut record = FunctionRecord {
             ip: Ipv4Addr::UNSPECIFIED,
             config: staged.config().clone(),
@@ -536,8 +548,7 @@ impl Daemon {
             return Err(undo_address(e.into()).await);
         }
         let image = Image::new(dest.to_path_buf(), record.config.clone());
-        self.activate(name, &record, image, listener);
-        Ok(ip)
+        Ok(self.activate(name, &record, image, listener))
     }
 
     async fn redeploy(

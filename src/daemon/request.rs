@@ -20,6 +20,7 @@ use super::admission::SourceSlot;
 use super::function::{Function, Image};
 use super::logs;
 use super::metrics::Metrics;
+use super::prewarm;
 use super::settings::{self, Live};
 use super::Daemon;
 use crate::backend::{BackendError, Container};
@@ -142,6 +143,7 @@ pub async fn serve(d: Arc<Daemon>, f: Arc<Function>, tcp: TcpStream, _source: So
         // Dropping `handle` tears its container and bundle down.
         _ = d.kill_requests.cancelled() => Err(RequestError::Shutdown),
     };
+    f.prewarmed.request_done();
     d.metrics.in_flight.get_or_create(&label).dec();
     let total = accepted.elapsed();
     Metrics::observe(&d.metrics.duration, &f.name, total);
@@ -217,21 +219,15 @@ async fn handle(
     // A prewarmed container whose handover fails (its handler died while waiting) is
     // discarded, and the request takes the cold path like any other.
     let mut started = None;
-    let ready = match d.cfg.prewarm {
-        0 => None,
-        // One started before a configuration update runs the old one: not for new requests.
-        _ => f
-            .prewarmed
-            .take(&f.current_image().await)
-            .filter(|r| Arc::ptr_eq(&r.live, &f.live())),
-    };
+    // One started before a configuration update runs the old one: not for new requests.
+    let ready = f
+        .prewarmed
+        .take(&f.current_image().await)
+        .filter(|r| Arc::ptr_eq(&r.live, &f.live()));
     if let Some(ready) = ready {
         match hand_over(&ready.control, &tcp).await {
             Ok(()) => {
-                d.metrics
-                    .prewarmed_used
-                    .get_or_create(&Metrics::label(&f.name))
-                    .inc();
+                f.prewarmed.hit();
                 started = Some(Ok(ready));
             }
             Err(e) => {
@@ -243,10 +239,13 @@ async fn handle(
     // so that failure too gets its answer below (the container is torn down on drop).
     let started = match started {
         Some(s) => s,
-        None => match start(d, f, id, accepted).await {
-            Ok(s) => hand_over(&s.control, &tcp).await.map(|()| s),
-            Err(e) => Err(e),
-        },
+        None => {
+            let _cold = prewarm::cold_start(d, f);
+            match start(d, f, id, accepted).await {
+                Ok(s) => hand_over(&s.control, &tcp).await.map(|()| s),
+                Err(e) => Err(e),
+            }
+        }
     };
     match started {
         // The fields left in `started` (bundle, slots, image) are dropped when this

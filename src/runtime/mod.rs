@@ -32,8 +32,8 @@ use seccompiler::BpfProgram;
 use serde::{Deserialize, Serialize};
 
 pub use cgroup::{
-    children as cgroup_children, limit_parent as limit_cgroup_parent, sweep as sweep_cgroups,
-    ParentLimits,
+    children as cgroup_children, limit_parent as limit_cgroup_parent,
+    memory_usage as cgroup_memory_usage, sweep as sweep_cgroups, ParentLimits,
 };
 pub use child::Step;
 pub use container::{Container, Exit, ExitStatus};

@@ -340,7 +340,16 @@ fn describe_and_invoke() -> TestResult {
     let err = s.faas_err(&["invoke", "nope"], None)?;
     s.check(err.contains("no function named"), format!("{err:?}"))?;
 
-    let text = s.faas_ok(&["describe", "fn"])?;
+    // With the default --prewarm auto, one container waits for fn again once its last
+    // request has ended (refilled off the request path: poll, bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text = s.faas_ok(&["describe", "fn"])?;
+        if text.lines().any(|l| l == "Warm containers: 1") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     let json = s.faas_ok(&["describe", "fn", "--json"])?;
     let d: serde_json::Value = serde_json::from_str(&json)?;
     for line in [
@@ -350,7 +359,7 @@ fn describe_and_invoke() -> TestResult {
         "Memory:          512 MiB",
         "Requests served: 2",
         "Failures:        none",
-        "Warm containers: 0",
+        "Warm containers: 1",
     ] {
         s.check(
             text.lines().any(|l| l == line),

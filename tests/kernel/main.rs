@@ -13,6 +13,7 @@ mod function_config;
 mod image_security;
 mod net_isolation;
 mod pools;
+mod prewarm;
 mod request_security;
 mod runtime;
 mod support;
@@ -44,6 +45,7 @@ fn main() {
         .chain(request_security::tests())
         .chain(api_security::tests())
         .chain(image_security::tests())
+        .chain(prewarm::tests())
         .chain(function_config::tests())
         .map(|t| t.with_ignored_flag(!root))
         .collect();

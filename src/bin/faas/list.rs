@@ -1,4 +1,4 @@
-//! `faas list [--json]`: a Name / IP / Command table of `GET /api/list`.
+//! `faas list [--json]`: a Name / IP / Warm / Command table of `GET /api/list`.
 
 use faasd::api::List;
 
@@ -27,6 +27,8 @@ pub fn run(client: &Client, args: Args) -> Result<(), CliError> {
 struct Row {
     name: String,
     ip: String,
+    /// Containers waiting for a request (empty from a daemon that does not say).
+    warm: String,
     command: String,
 }
 
@@ -36,14 +38,15 @@ fn rows(list: &List) -> Vec<Row> {
         .map(|(name, f)| Row {
             name: name.clone(),
             ip: f.ip.to_string(),
+            warm: f.warm.map(|n| n.to_string()).unwrap_or_default(),
             command: f.cmd.join(" "),
         })
         .collect()
 }
 
-/// An aligned Name/IP/Command table, one line per row, no trailing spaces.
+/// An aligned Name/IP/Warm/Command table, one line per row, no trailing spaces.
 fn format_table(rows: &[Row]) -> String {
-    const HEAD: [&str; 3] = ["Name", "IP", "Command"];
+    const HEAD: [&str; 4] = ["Name", "IP", "Warm", "Command"];
     let width = |h: &str, f: &dyn Fn(&Row) -> &str| {
         rows.iter()
             .map(|r| f(r).chars().count())
@@ -53,15 +56,16 @@ fn format_table(rows: &[Row]) -> String {
     };
     let w_name = width(HEAD[0], &|r| &r.name);
     let w_ip = width(HEAD[1], &|r| &r.ip);
+    let w_warm = width(HEAD[2], &|r| &r.warm);
     let mut out = String::new();
-    let mut line = |a: &str, b: &str, c: &str| {
-        let l = format!("{a:<w_name$}  {b:<w_ip$}  {c}");
+    let mut line = |a: &str, b: &str, c: &str, d: &str| {
+        let l = format!("{a:<w_name$}  {b:<w_ip$}  {c:<w_warm$}  {d}");
         out.push_str(l.trim_end());
         out.push('\n');
     };
-    line(HEAD[0], HEAD[1], HEAD[2]);
+    line(HEAD[0], HEAD[1], HEAD[2], HEAD[3]);
     for r in rows {
-        line(&r.name, &r.ip, &r.command);
+        line(&r.name, &r.ip, &r.warm, &r.command);
     }
     out
 }
@@ -78,18 +82,21 @@ mod tests {
 
     #[test]
     fn table_is_sorted_and_aligned() {
-        let v = json!({
-            "zeta": entry("10.0.0.11", &["/bin/handler"]),
-            "a": entry("10.0.0.100", &["python3", "-u", "/app/h.py"]),
-            "middle-name": entry("10.0.0.9", &[]),
-        });
+        let (mut zeta, mut a) = (
+            entry("10.0.0.11", &["/bin/handler"]),
+            entry("10.0.0.100", &["python3", "-u", "/app/h.py"]),
+        );
+        zeta["warm"] = json!(1);
+        a["warm"] = json!(12);
+        // middle-name comes from a daemon that does not report warm containers.
+        let v = json!({ "zeta": zeta, "a": a, "middle-name": entry("10.0.0.9", &[]) });
         let list: List = serde_json::from_value(v).unwrap();
         let table = format_table(&rows(&list));
         let expected = "\
-Name         IP          Command
-a            10.0.0.100  python3 -u /app/h.py
+Name         IP          Warm  Command
+a            10.0.0.100  12    python3 -u /app/h.py
 middle-name  10.0.0.9
-zeta         10.0.0.11   /bin/handler
+zeta         10.0.0.11   1     /bin/handler
 ";
         assert_eq!(table, expected);
         for line in table.lines() {
@@ -99,13 +106,16 @@ zeta         10.0.0.11   /bin/handler
 
     #[test]
     fn empty_table_is_just_the_header() {
-        assert_eq!(format_table(&rows(&List::new())), "Name  IP  Command\n");
+        assert_eq!(
+            format_table(&rows(&List::new())),
+            "Name  IP  Warm  Command\n"
+        );
     }
 
     #[test]
     fn fields_this_faas_does_not_know_are_ignored() {
         let mut e = entry("10.0.0.10", &["/h"]);
-        e["warm"] = json!(2);
+        e["some_future_field"] = json!(2);
         let list: List = serde_json::from_value(json!({ "f": e })).unwrap();
         assert_eq!(rows(&list)[0].command, "/h");
     }
@@ -116,11 +126,13 @@ zeta         10.0.0.11   /bin/handler
             Row {
                 name: "héllo".into(),
                 ip: "1".into(),
+                warm: "".into(),
                 command: "c".into(),
             },
             Row {
                 name: "abcdef".into(),
                 ip: "2".into(),
+                warm: "".into(),
                 command: "d".into(),
             },
         ];
