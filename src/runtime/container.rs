@@ -44,17 +44,25 @@ pub struct Container {
     cgroup: Option<ContainerCgroup>,
     reaped: bool,
     timeline: Option<Timeline>,
+    netns_cookie: u64,
 }
 
 impl Container {
-    pub(super) fn new(pid: i32, pidfd: OwnedFd, cgroup: ContainerCgroup) -> Self {
+    pub(super) fn new(pid: i32, pidfd: OwnedFd, cgroup: ContainerCgroup, netns_cookie: u64) -> Self {
         Container {
             pid,
             pidfd,
             cgroup: Some(cgroup),
             reaped: false,
             timeline: None,
+            netns_cookie,
         }
+    }
+
+    /// The cookie (SO_NETNS_COOKIE) of the container's network namespace: every socket
+    /// made in the container carries it.
+    pub fn netns_cookie(&self) -> u64 {
+        self.netns_cookie
     }
 
     pub(super) fn set_timeline(&mut self, t: Timeline) {

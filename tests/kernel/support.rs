@@ -14,7 +14,7 @@ use std::time::Duration;
 mod private_ns;
 pub use private_ns::enter_private_namespaces;
 
-use faasd::runtime::{ContainerSpec, ExitStatus, Resources, Runtime, RuntimeError};
+use faasd::runtime::{ContainerSpec, ExitStatus, MountTemplate, Resources, Runtime, RuntimeError};
 use libtest_mimic::Failed;
 
 pub type TestResult = Result<(), libtest_mimic::Failed>;
@@ -94,7 +94,6 @@ pub struct Opts<'a> {
     pub resources: Resources,
     pub workdir: &'a str,
     pub timeout: Duration,
-    pub control_socket: Option<&'a Path>,
     pub id: Option<&'a str>,
 }
 
@@ -106,7 +105,6 @@ impl Default for Opts<'_> {
             resources: Resources::default(),
             workdir: "/",
             timeout: Duration::from_secs(20),
-            control_socket: None,
             id: None,
         }
     }
@@ -126,9 +124,11 @@ pub fn run(argv: &[String], opts: Opts<'_>) -> Result<Run, RuntimeError> {
     let (rd, wr): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let id = opts.id.map(str::to_string).unwrap_or_else(|| unique("c"));
     let env = ["PATH=/bin".to_string()];
+    let (template, _) = MountTemplate::build(opts.rootfs, None)?;
     let spec = ContainerSpec {
         id: &id,
         rootfs: opts.rootfs,
+        template: Some(&template),
         argv,
         env: &env,
         workdir: opts.workdir,
@@ -136,7 +136,7 @@ pub fn run(argv: &[String], opts: Opts<'_>) -> Result<Run, RuntimeError> {
         gid: opts.uid,
         hostname: "faasd-test",
         resources: opts.resources,
-        control_socket: opts.control_socket,
+        control_socket: None,
         stdout: Some(wr.as_fd()),
         stderr: Some(wr.as_fd()),
     };
