@@ -9,6 +9,8 @@
 #   OUTDIR/python-handler.tar    python3.11 from Debian packages + /test_handler.py
 #   OUTDIR/net-attack.tar        /net-attack (static C): a handler that tries to take the
 #                                client socket to the host network (see net-attack.c)
+#   OUTDIR/control-attack.tar    /control-attack (static C): a handler that connects to its
+#                                function's control socket three times (see control-attack.c)
 #   OUTDIR/exe-attack.tar        entrypoint "#!/proc/self/exe", glibc from Debian packages and
 #                                LD_PRELOAD=/exe-attack.so: the CVE-2019-5736 attack (exe-attack.c)
 # Downloads (apt-get download) are cached in OUTDIR/.debs; reruns are fast and idempotent.
@@ -108,6 +110,16 @@ gcc -static -O2 -Wall -o "$ATTACK/net-attack" "$HERE/net-attack.c"
 say "writing $OUT/net-attack.tar"
 "${MKIMAGE[@]}" --rootfs "$ATTACK" --cmd '["/net-attack"]' \
     --tag net-attack:latest --layout classic --compress none -o "$OUT/net-attack.tar"
+
+# --- the control socket attack handler ------------------------------------------------------
+say "compiling control-attack (static)"
+CATTACK="$BUILD/rootfs-control-attack"
+rm -rf "$CATTACK"
+mkdir -p "$CATTACK"
+gcc -static -O2 -Wall -o "$CATTACK/control-attack" "$HERE/control-attack.c"
+say "writing $OUT/control-attack.tar"
+"${MKIMAGE[@]}" --rootfs "$CATTACK" --cmd '["/control-attack"]' \
+    --tag control-attack:latest --layout classic --compress none -o "$OUT/control-attack.tar"
 
 # --- the /proc/self/exe attack (glibc for faasd's own binary to load) -----------------------
 PY_PKGS=(python3.11-minimal libpython3.11-minimal libc6 zlib1g libexpat1 libgcc-s1)

@@ -120,16 +120,18 @@ impl ControlSocket {
             for p in parked {
                 if p.peer.netns_cookie != netns_cookie {
                     state.parked.push_back(p);
-                } else if registered.waiting.is_some() && p.peer.belongs_to(init, pid_ns) {
-                    let _ = registered.waiting.take().expect("checked").send(p.stream);
+                } else if !p.peer.belongs_to(init, pid_ns) {
+                    rejects.push((p, "not_its_container"));
+                } else if let Some(waiting) = registered.waiting.take() {
+                    let _ = waiting.send(p.stream);
                 } else {
-                    rejects.push(p);
+                    rejects.push((p, "second_connection"));
                 }
             }
             state.containers.insert(netns_cookie, registered);
         }
-        for p in rejects {
-            self.shared.reject(p.stream, "not_its_container");
+        for (p, reason) in rejects {
+            self.shared.reject(p.stream, reason);
         }
         Some(Registration {
             shared: self.shared.clone(),

@@ -222,21 +222,25 @@ fn bind_control_socket(rootfs: &Path, owner: ControlSocketOwner) -> Result<UnixL
         Some("mode=700,size=4k"),
     )
     .map_err(nix_fail("mount a scratch tmpfs", &scratch))?;
-    let sock = scratch.join("control.sock");
-    let listener = listen(&sock)?;
-    std::os::unix::fs::chown(&sock, Some(owner.uid), Some(owner.gid))
-        .map_err(fail("chown", &sock))?;
-    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
-        .map_err(fail("chmod", &sock))?;
+    // Bound by a relative name: the image's path may exceed sun_path's 108 bytes. The
+    // directory change is this thread's alone (CLONE_FS unshared).
+    std::env::set_current_dir(&scratch).map_err(fail("chdir", &scratch))?;
+    let sock = Path::new("control.sock");
+    let listener = listen(sock)?;
+    std::os::unix::fs::chown(sock, Some(owner.uid), Some(owner.gid))
+        .map_err(fail("chown", sock))?;
+    std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o600))
+        .map_err(fail("chmod", sock))?;
     let target = rootfs.join("control.sock");
     mount(
-        Some(&sock),
+        Some(sock),
         &target,
         None::<&str>,
         MsFlags::MS_BIND,
         None::<&str>,
     )
     .map_err(nix_fail("bind the control socket", &target))?;
+    std::env::set_current_dir("/").map_err(fail("chdir", Path::new("/")))?;
     umount2(&scratch, MntFlags::MNT_DETACH).map_err(nix_fail("detach", &scratch))?;
     Ok(listener)
 }

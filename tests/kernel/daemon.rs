@@ -282,10 +282,12 @@ fn prewarm() -> TestResult {
                 }
                 Err::<(), libtest_mimic::Failed>("no container waiting after 10 s".into())
             };
+            // The waiting container, known by its cgroup (the native runtime makes no
+            // bundle directory).
             let bundle = || -> std::io::Result<Vec<String>> {
                 Ok(leftovers(&state, &parent)?
                     .into_iter()
-                    .filter(|l| l.starts_with("bundles/"))
+                    .filter(|l| l.starts_with("cgroup "))
                     .collect())
             };
             let image = support::image("test-handler.tar")?;

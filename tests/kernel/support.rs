@@ -181,7 +181,7 @@ pub fn ensure(cond: bool, msg: impl std::fmt::Display) -> TestResult {
 }
 
 /// Every tarball the tests deploy, all made by rootfs-tools/build-test-images.sh.
-const IMAGES: [&str; 15] = [
+const IMAGES: [&str; 16] = [
     "test-handler.tar",
     "test-handler-oci.tar",
     "test-handler-serve.tar",
@@ -196,6 +196,7 @@ const IMAGES: [&str; 15] = [
     "test-handler-probe.tar",
     "python-handler.tar",
     "net-attack.tar",
+    "control-attack.tar",
     "exe-attack.tar",
 ];
 
