@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use faasd::runtime::{
-    ControlSocketOwner, ContainerSpec, MountTemplate, Resources, Runtime, SETUP_PHASES,
+    ContainerSpec, ControlSocketOwner, MountTemplate, Resources, Runtime, SETUP_PHASES,
 };
 use support::{ms, ratio, Recorder, Stats};
 

@@ -110,7 +110,6 @@ impl Bundle {
             })?;
         Ok(Bundle { dir })
     }
-
 }
 
 impl Drop for Bundle {

@@ -148,14 +148,9 @@ pub enum MountOp {
     },
     /// Hide the file `target` under /dev/null (an empty read-only tmpfs should it be a
     /// directory); absent paths are skipped (runc's maskedPaths).
-    Mask {
-        target: CString,
-        null: CString,
-    },
+    Mask { target: CString, null: CString },
     /// Hide the directory `target` under an empty read-only tmpfs; skipped if absent.
-    MaskDir {
-        target: CString,
-    },
+    MaskDir { target: CString },
 }
 
 /// The capability sets to leave the process with, as the kernel's numbers and masks.

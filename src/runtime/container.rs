@@ -48,7 +48,12 @@ pub struct Container {
 }
 
 impl Container {
-    pub(super) fn new(pid: i32, pidfd: OwnedFd, cgroup: ContainerCgroup, netns_cookie: u64) -> Self {
+    pub(super) fn new(
+        pid: i32,
+        pidfd: OwnedFd,
+        cgroup: ContainerCgroup,
+        netns_cookie: u64,
+    ) -> Self {
         Container {
             pid,
             pidfd,

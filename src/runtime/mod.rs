@@ -272,12 +272,7 @@ fn keep_non_dumpable() -> Result<()> {
     Ok(())
 }
 
-fn child_error(
-    exe: &str,
-    step: Step,
-    detail: u32,
-    errno: i32,
-) -> RuntimeError {
+fn child_error(exe: &str, step: Step, detail: u32, errno: i32) -> RuntimeError {
     let source = io::Error::from_raw_os_error(errno);
     let detail = match step {
         Step::Mount => rootfs::container_mounts()

@@ -91,7 +91,11 @@ impl MountTemplate {
         let built = std::thread::scope(|s| {
             s.spawn(|| build_on_this_thread(rootfs, control))
                 .join()
-                .unwrap_or_else(|_| Err(fail("template thread", rootfs)(io::Error::other("panicked"))))
+                .unwrap_or_else(|_| {
+                    Err(fail("template thread", rootfs)(io::Error::other(
+                        "panicked",
+                    )))
+                })
         })?;
         let (ns, listener) = built;
         Ok((MountTemplate { ns }, listener))
@@ -122,14 +126,28 @@ fn build_on_this_thread(
     nix::sched::unshare(CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET)
         .map_err(nix_fail("unshare mount and network namespaces", rootfs))?;
     // Nothing mounted below may propagate to the daemon's namespace (or from it).
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(nix_fail("make mounts private", Path::new("/")))?;
-    let ns = File::open("/proc/thread-self/ns/mnt")
-        .map_err(fail("open the mount namespace", Path::new("/proc/thread-self/ns/mnt")))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(nix_fail("make mounts private", Path::new("/")))?;
+    let ns = File::open("/proc/thread-self/ns/mnt").map_err(fail(
+        "open the mount namespace",
+        Path::new("/proc/thread-self/ns/mnt"),
+    ))?;
     let at = |rel: &str| rootfs.join(rel);
     let bind = |src: &Path, dst: &Path, flags: MsFlags| {
-        mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | flags, None::<&str>)
-            .map_err(nix_fail("bind mount", dst))
+        mount(
+            Some(src),
+            dst,
+            None::<&str>,
+            MsFlags::MS_BIND | flags,
+            None::<&str>,
+        )
+        .map_err(nix_fail("bind mount", dst))
     };
     let remount_ro = |dst: &Path, flags: MsFlags| {
         let all = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags;
@@ -143,7 +161,12 @@ fn build_on_this_thread(
 
     bind(rootfs, rootfs, MsFlags::MS_REC)?;
     build_dev(&at("dev"))?;
-    fs("sysfs", &at("sys"), nosuid_nodev_noexec | MsFlags::MS_RDONLY, None)?;
+    fs(
+        "sysfs",
+        &at("sys"),
+        nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+        None,
+    )?;
     for path in SYS_MASKED {
         mask_dir(&at(path))?;
     }

@@ -63,10 +63,17 @@ fn control_socket_attack() -> TestResult {
     let _d = s.start()?;
     let ip = s.deploy("attacker", "control-attack.tar", Via::File)?;
     let answers: Vec<_> = (0..REQUESTS)
-        .map(|i| thread::spawn(move || exchange((ip, 80), format!("GET /r{i} HTTP/1.0\r\n\r\n").as_bytes())))
+        .map(|i| {
+            thread::spawn(move || {
+                exchange((ip, 80), format!("GET /r{i} HTTP/1.0\r\n\r\n").as_bytes())
+            })
+        })
         .collect();
     for (i, answer) in answers.into_iter().enumerate() {
-        let r = answer.join().unwrap().map_err(|e| s.fail(format!("GET /r{i}: {e}")))?;
+        let r = answer
+            .join()
+            .unwrap()
+            .map_err(|e| s.fail(format!("GET /r{i}: {e}")))?;
         let expected = format!("fds=1 closed=2 request=GET /r{i} HTTP/1.0");
         s.check(r.body().trim() == expected, format!("GET /r{i}: {r}"))?;
     }
@@ -76,7 +83,10 @@ fn control_socket_attack() -> TestResult {
     )?;
     s.check(
         rejected == (2 * REQUESTS) as f64,
-        format!("{rejected} second connections counted, expected {}", 2 * REQUESTS),
+        format!(
+            "{rejected} second connections counted, expected {}",
+            2 * REQUESTS
+        ),
     )
 }
 
@@ -84,7 +94,9 @@ fn control_socket_attack() -> TestResult {
 fn mount_state(pid: i32) -> io::Result<(usize, Vec<String>)> {
     let templates = std::fs::read_dir(format!("/proc/{pid}/fd"))?
         .flatten()
-        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("mnt:[")))
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("mnt:["))
+        })
         .count();
     let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?
         .lines()
@@ -101,19 +113,29 @@ fn mount_templates_released() -> TestResult {
     let d = s.start()?;
     let pid = d.pid();
     let (templates, mounts) = mount_state(pid)?;
-    s.check(templates == 0, format!("{templates} templates before any deploy"))?;
+    s.check(
+        templates == 0,
+        format!("{templates} templates before any deploy"),
+    )?;
     let ip = s.deploy("tpl", "test-handler.tar", Via::File)?;
     s.expect_hello(ip, "/first")?;
-    s.check(mount_state(pid)? == (1, mounts.clone()), "after deploy: not one template, or mounts changed")?;
+    s.check(
+        mount_state(pid)? == (1, mounts.clone()),
+        "after deploy: not one template, or mounts changed",
+    )?;
     s.deploy("tpl", "test-handler-serve.tar", Via::File)?;
     s.expect_hello(ip, "/second")?;
     s.check(
-        eventually(SLACK, || mount_state(pid).is_ok_and(|m| m == (1, mounts.clone()))),
+        eventually(SLACK, || {
+            mount_state(pid).is_ok_and(|m| m == (1, mounts.clone()))
+        }),
         format!("after redeploy: {:?}", mount_state(pid)?.0),
     )?;
     s.faas(&["rm", "tpl"], None)?;
     s.check(
-        eventually(SLACK, || mount_state(pid).is_ok_and(|m| m == (0, mounts.clone()))),
+        eventually(SLACK, || {
+            mount_state(pid).is_ok_and(|m| m == (0, mounts.clone()))
+        }),
         format!("after undeploy: {:?}", mount_state(pid)?),
     )
 }
