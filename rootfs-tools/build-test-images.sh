@@ -101,25 +101,17 @@ for mode in serve crash noconnect hang flood floodlines slow forkbomb memhog pro
         -o "$OUT/test-handler-$mode.tar"
 done
 
-# --- the network attack handler ------------------------------------------------------------
-say "compiling net-attack (static)"
-ATTACK="$BUILD/rootfs-net-attack"
-rm -rf "$ATTACK"
-mkdir -p "$ATTACK"
-gcc -static -O2 -Wall -o "$ATTACK/net-attack" "$HERE/net-attack.c"
-say "writing $OUT/net-attack.tar"
-"${MKIMAGE[@]}" --rootfs "$ATTACK" --cmd '["/net-attack"]' \
-    --tag net-attack:latest --layout classic --compress none -o "$OUT/net-attack.tar"
-
-# --- the control socket attack handler ------------------------------------------------------
-say "compiling control-attack (static)"
-CATTACK="$BUILD/rootfs-control-attack"
-rm -rf "$CATTACK"
-mkdir -p "$CATTACK"
-gcc -static -O2 -Wall -o "$CATTACK/control-attack" "$HERE/control-attack.c"
-say "writing $OUT/control-attack.tar"
-"${MKIMAGE[@]}" --rootfs "$CATTACK" --cmd '["/control-attack"]' \
-    --tag control-attack:latest --layout classic --compress none -o "$OUT/control-attack.tar"
+# --- the attack handlers: network (net-attack.c), control socket (control-attack.c) --------
+for attack in net-attack control-attack; do
+    say "compiling $attack (static)"
+    ATTACK="$BUILD/rootfs-$attack"
+    rm -rf "$ATTACK"
+    mkdir -p "$ATTACK"
+    gcc -static -O2 -Wall -o "$ATTACK/$attack" "$HERE/$attack.c"
+    say "writing $OUT/$attack.tar"
+    "${MKIMAGE[@]}" --rootfs "$ATTACK" --cmd "[\"/$attack\"]" \
+        --tag "$attack:latest" --layout classic --compress none -o "$OUT/$attack.tar"
+done
 
 # --- the /proc/self/exe attack (glibc for faasd's own binary to load) -----------------------
 PY_PKGS=(python3.11-minimal libpython3.11-minimal libc6 zlib1g libexpat1 libgcc-s1)

@@ -24,6 +24,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "receive-client.h"
+
 #define CONTROL_WATCH_MS 1500
 #define CONNS 3
 
@@ -55,23 +57,8 @@ static int send_fd(int over, int fd) {
 
 /* Receives one message; returns the fd it carried, -1 without one, -2 at EOF. */
 static int recv_fd(int s) {
-    char data[64];
-    struct iovec iov = {.iov_base = data, .iov_len = sizeof data};
-    union {
-        struct cmsghdr align;
-        char buf[CMSG_SPACE(sizeof(int))];
-    } ctl;
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
-                         .msg_controllen = sizeof ctl.buf};
-    ssize_t n = recvmsg(s, &msg, MSG_CMSG_CLOEXEC);
-    if (n <= 0)
-        return -2;
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    if (!c || c->cmsg_type != SCM_RIGHTS)
-        return -1;
-    int fd;
-    memcpy(&fd, CMSG_DATA(c), sizeof fd);
-    return fd;
+    int fd = receive_fd(s);
+    return fd < 0 && errno == ECONNRESET ? -2 : fd;
 }
 
 /* A connection made by a grandchild whose parent exits first; -1 on failure. */
