@@ -48,10 +48,25 @@ pub struct Config {
     /// Default limit of processes per container.
     #[arg(long, env = "FAASD_PIDS_MAX", default_value_t = 128)]
     pub pids_max: u32,
+    /// The most memory one function may ask for (`faas config --memory-mb`), in MiB
+    /// (default: --memory-total-mb).
+    #[arg(long, env = "FAASD_MAX_MEMORY_MB")]
+    pub max_memory_mb: Option<u64>,
+    /// The most CPUs one function may ask for (default: this machine's CPUs).
+    #[arg(long, env = "FAASD_MAX_CPUS")]
+    pub max_cpus: Option<f64>,
+    /// The most processes one function's container may ask for (default: --pids-total).
+    #[arg(long, env = "FAASD_MAX_PIDS")]
+    pub max_pids: Option<u32>,
+    /// The longest timeout, in seconds, one function may ask for (default: 10 x
+    /// --exec-timeout).
+    #[arg(long, env = "FAASD_MAX_TIMEOUT")]
+    pub max_timeout: Option<f64>,
     /// Containers running at once, all functions together; more requests wait.
     #[arg(long, env = "FAASD_MAX_CONTAINERS", default_value_t = 64)]
     pub max_containers: usize,
-    /// Containers running at once for one function.
+    /// Containers running at once for one function (a function may ask for fewer with
+    /// --max-concurrency, never more).
     #[arg(long, env = "FAASD_MAX_PER_FUNCTION", default_value_t = 32)]
     pub max_per_function: usize,
     /// Containers per function started ahead of their request, their handler already

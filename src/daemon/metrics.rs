@@ -16,6 +16,11 @@ pub struct FunctionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub function: String,
     pub reason: String,
@@ -46,6 +51,7 @@ pub struct Metrics {
     pub idle_closed: Family<FunctionLabel, Counter>,
     pub connections_refused: Family<ReasonLabels, Counter>,
     pub control_rejected: Family<ReasonLabels, Counter>,
+    netns: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -127,6 +133,13 @@ impl Default for Metrics {
              unreadable_peer",
             control_rejected.clone(),
         );
+        let netns = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "netns",
+            "Pooled network namespaces: made, reused (came back empty), dropped (came back \
+             not provably empty, never lent again)",
+            netns.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -142,6 +155,7 @@ impl Default for Metrics {
             idle_closed,
             connections_refused,
             control_rejected,
+            netns,
         }
     }
 }
@@ -183,6 +197,21 @@ impl Metrics {
     pub fn observe(hist: &Histograms, function: &str, d: Duration) {
         hist.get_or_create(&Self::label(function))
             .observe(d.as_secs_f64());
+    }
+
+    /// Copies the runtime's namespace pool counts (kept by the runtime, which knows no
+    /// metrics) into their counters.
+    pub fn set_netns(&self, stats: crate::runtime::NetnsStats) {
+        for (outcome, n) in [
+            ("made", stats.made),
+            ("reused", stats.reused),
+            ("dropped", stats.dropped),
+        ] {
+            self.netns
+                .get_or_create(&OutcomeLabel { outcome })
+                .inner()
+                .store(n, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     pub fn render(&self) -> String {

@@ -15,7 +15,9 @@ mod pool;
 mod prewarm;
 mod registry;
 mod request;
+mod settings;
 mod state_dir;
+mod stats;
 mod store_mount;
 mod store_quota;
 mod totals;
@@ -39,7 +41,11 @@ use loopback::{Loopback, LoopbackError};
 use metrics::Metrics;
 pub use registry::FunctionRecord;
 use registry::{Registry, RegistryError};
+pub use settings::SettingsError;
+use settings::{Live, Maxima};
 
+pub use crate::api::Deployed;
+use crate::api::{ConfigChange, ConfigView, Description, FunctionLimits};
 use crate::backend::{Backend, BackendError};
 use crate::image::{self, ImageError};
 use crate::runtime::{self, RuntimeError};
@@ -95,6 +101,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     #[error("reading the token file {path} failed: {source}")]
     Token {
         path: PathBuf,
@@ -109,14 +117,6 @@ fn fs_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// What a deploy returns.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Deployed {
-    pub name: String,
-    pub ip: Ipv4Addr,
-    pub cmd: Vec<String>,
 }
 
 pub struct Daemon {
@@ -147,6 +147,8 @@ pub struct Daemon {
     /// Functions being undeployed, until their requests have drained.
     removing: std::sync::Mutex<HashSet<String>>,
     token: Option<String>,
+    /// The most a function's configuration may ask for.
+    maxima: Maxima,
 }
 
 /// Image installs at once: each is bound by the disk and a core (2 here), and holds up
@@ -180,6 +182,13 @@ fn base36(mut n: u64) -> String {
     String::from_utf8(out).expect("ASCII digits")
 }
 
+/// Seconds since the Unix epoch (0 on a clock before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     (1..=63).contains(&name.len())
@@ -193,6 +202,8 @@ impl Daemon {
     pub async fn start(cfg: Config) -> Result<Arc<Self>, DaemonError> {
         // Refused before anything is created: a bad combination leaves no trace.
         let totals = totals::resolve(&cfg)?;
+        let maxima = Maxima::resolve(&cfg, &totals);
+        maxima.check_defaults(&cfg)?;
         let store_mount = state_dir::prepare(&cfg)?;
         let token = match &cfg.token_file {
             Some(path) => Some(
@@ -249,6 +260,7 @@ impl Daemon {
             per_source: admission::PerSource::new(cfg.max_conns_per_source),
             removing: Default::default(),
             token,
+            maxima,
             cfg,
         });
         daemon.restore().await;
@@ -311,9 +323,8 @@ impl Daemon {
         let f = Arc::new(Function::new(
             name,
             rec.ip,
-            rec.resources,
+            Live::of(rec, &self.cfg),
             image,
-            self.cfg.max_per_function,
             stop,
             prewarm::Prewarmed::new(self.metrics.prewarm(name)),
         ));
@@ -398,9 +409,24 @@ impl Daemon {
         upload: impl Read + Send + 'static,
         limits: image::Limits,
     ) -> Result<Deployed, DaemonError> {
+        self.deploy_with(name, upload, limits, &ConfigChange::default())
+            .await
+    }
+
+    /// [`deploy`](Self::deploy) with a configuration change applied with it (over the
+    /// defaults for a new function, over its current configuration for a redeploy).
+    pub async fn deploy_with(
+        self: &Arc<Self>,
+        name: &str,
+        upload: impl Read + Send + 'static,
+        limits: image::Limits,
+        change: &ConfigChange,
+    ) -> Result<Deployed, DaemonError> {
         if !valid_name(name) {
             return Err(DaemonError::InvalidName(name.to_string()));
         }
+        // A configuration refused must cost no upload.
+        self.check_change(change)?;
         // The upload streams into a staging directory without holding any lock; the
         // install permit is taken once it is spooled (a stalled upload holds none) and goes
         // with the install thread, which outlives a client that hangs up.
@@ -443,9 +469,12 @@ impl Daemon {
             }?;
             // Installs that ran beside this one may have used the store up meanwhile.
             store.check(&images)?;
-            Ok::<_, DaemonError>(staged)
+            // For describe; a failed walk only loses that line.
+            let size = store_quota::disk_usage(staged.path()).ok();
+            Ok::<_, DaemonError>((staged, size))
         })
         .await??;
+        let (staged, image_size) = staged;
         let config = staged.config().clone();
         let mut registry = self.registry.lock().await;
         if self.removing.lock().unwrap().contains(name) {
@@ -454,10 +483,14 @@ impl Daemon {
         let dest = self.cfg.images_dir().join(name);
         let ip = match self.function(name) {
             Some(f) => {
-                self.redeploy(&mut registry, &f, staged, &dest).await?;
+                self.redeploy(&mut registry, &f, (staged, image_size), &dest, change)
+                    .await?;
                 f.ip
             }
-            None => self.deploy_new(&mut registry, name, staged, &dest).await?,
+            None => {
+                self.deploy_new(&mut registry, name, (staged, image_size), &dest, change)
+                    .await?
+            }
         };
         tracing::info!(function = %name, %ip, cmd = ?config.cmd, "deployed");
         Ok(Deployed {
@@ -471,18 +504,25 @@ impl Daemon {
         self: &Arc<Self>,
         registry: &mut Registry,
         name: &str,
-        staged: image::StagedImage,
+        (staged, image_size): (image::StagedImage, Option<u64>),
         dest: &Path,
+        change: &ConfigChange,
     ) -> Result<Ipv4Addr, DaemonError> {
+        let mut record = FunctionRecord {
+            ip: Ipv4Addr::UNSPECIFIED,
+            config: staged.config().clone(),
+            resources: self.cfg.resources(),
+            settings: Default::default(),
+            image_digest: staged.digest().to_string(),
+            deployed_at: Some(unix_now()),
+            image_size,
+        };
+        settings::apply(&mut record, change, &self.maxima)?;
         let mut taken: HashSet<Ipv4Addr> = registry.functions().values().map(|r| r.ip).collect();
         taken.extend(self.lo_ips().await?);
         let ip = pool::lowest_free(self.cfg.subnet, &taken)
             .ok_or(DaemonError::PoolExhausted(self.cfg.subnet))?;
-        let record = FunctionRecord {
-            ip,
-            config: staged.config().clone(),
-            resources: self.cfg.resources(),
-        };
+        record.ip = ip;
         self.lo.add(ip).await?;
         let undo_address = |e: DaemonError| async move {
             if let Err(e2) = self.lo.remove_ours(ip).await {
@@ -524,22 +564,28 @@ impl Daemon {
         &self,
         registry: &mut Registry,
         f: &Function,
-        staged: image::StagedImage,
+        (staged, image_size): (image::StagedImage, Option<u64>),
         dest: &Path,
+        change: &ConfigChange,
     ) -> Result<(), DaemonError> {
         let config = staged.config().clone();
         // Built from the staged directory, which the commit below renames: the template's
         // mounts hold the directory itself, not its path.
         let native = self.native_root(&f.name, staged.path(), &config).await?;
-        let old_record = registry.functions().get(&f.name).cloned();
-        registry.put(
-            &f.name,
-            FunctionRecord {
-                ip: f.ip,
-                config: config.clone(),
-                resources: f.resources,
-            },
-        )?;
+        let old_record = registry
+            .functions()
+            .get(&f.name)
+            .cloned()
+            .ok_or_else(|| DaemonError::NotFound(f.name.clone()))?;
+        let mut record = FunctionRecord {
+            config: config.clone(),
+            image_digest: staged.digest().to_string(),
+            deployed_at: Some(unix_now()),
+            image_size,
+            ..old_record.clone()
+        };
+        settings::apply(&mut record, change, &self.maxima)?;
+        registry.put(&f.name, record.clone())?;
         let aside = self.retired_path(&f.name);
         let swapped = f
             .with_image_mut(|current| -> Result<(), DaemonError> {
@@ -555,11 +601,14 @@ impl Daemon {
             .await;
         match swapped {
             // Containers waiting with the old image must not serve new requests.
-            Ok(()) => f.prewarmed.clear(),
-            Err(_) => {
-                if let Some(old) = old_record {
-                    let _ = registry.put(&f.name, old);
+            Ok(()) => {
+                if !change.is_empty() {
+                    f.set_live(Live::of(&record, &self.cfg));
                 }
+                f.prewarmed.clear()
+            }
+            Err(_) => {
+                let _ = registry.put(&f.name, old_record);
             }
         }
         swapped
@@ -596,6 +645,87 @@ impl Daemon {
         Ok(Some(NativeRoot { template, control }))
     }
 
+    /// Refuses a change that no function could take (bad env, above a maximum), before
+    /// anything is done for it.
+    pub fn check_change(&self, change: &ConfigChange) -> Result<(), DaemonError> {
+        Ok(settings::check(change, self.cfg.resources(), &self.maxima)?)
+    }
+
+    /// Changes function `name`'s configuration without touching its image: persisted
+    /// first, then the requests that start from now on get it; those in flight finish
+    /// with theirs. Prewarmed containers (made with the old one) are discarded.
+    pub async fn configure(
+        &self,
+        name: &str,
+        change: &ConfigChange,
+    ) -> Result<ConfigView, DaemonError> {
+        let mut registry = self.registry.lock().await;
+        let f = self
+            .function(name)
+            .ok_or_else(|| DaemonError::NotFound(name.to_string()))?;
+        let mut record = registry
+            .functions()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| DaemonError::NotFound(name.to_string()))?;
+        settings::apply(&mut record, change, &self.maxima)?;
+        registry.put(name, record.clone())?;
+        f.set_live(Live::of(&record, &self.cfg));
+        f.prewarmed.clear();
+        tracing::info!(function = %name, env = ?record.settings.env.keys().collect::<Vec<_>>(),
+            resources = ?record.resources, timeout_secs = ?record.settings.timeout_secs,
+            max_concurrency = ?record.settings.max_concurrency, "configuration updated");
+        Ok(self.config_view(name, &record))
+    }
+
+    /// Everything about function `name` but its env values (`GET /api/functions/<name>`).
+    pub async fn describe(&self, name: &str) -> Result<Description, DaemonError> {
+        let f = self
+            .function(name)
+            .ok_or_else(|| DaemonError::NotFound(name.to_string()))?;
+        let record = self
+            .records()
+            .await
+            .remove(name)
+            .ok_or_else(|| DaemonError::NotFound(name.to_string()))?;
+        let view = self.config_view(name, &record);
+        let env = settings::merge_env(&record.config.env, &record.settings.env);
+        let counts = f.stats.snapshot();
+        Ok(Description {
+            name: name.to_string(),
+            ip: record.ip,
+            port: self.cfg.function_port,
+            image_digest: record.image_digest,
+            image_size_bytes: record.image_size,
+            cmd: record.config.cmd,
+            workdir: record.config.working_dir,
+            user: format!("{}:{}", record.config.uid, record.config.gid),
+            env: crate::api::env_names(&env),
+            limits: view.limits,
+            deployed_at: record.deployed_at,
+            requests_served: counts.served,
+            failures: counts.failures,
+            last_failure: counts.last_failure,
+            warm: self.metrics.prewarm(name).waiting.get().max(0) as u64,
+        })
+    }
+
+    /// A function's configuration as the API answers it (env names, not values).
+    pub fn config_view(&self, name: &str, record: &FunctionRecord) -> ConfigView {
+        let live = Live::of(record, &self.cfg);
+        ConfigView {
+            name: name.to_string(),
+            env: record.settings.env.keys().cloned().collect(),
+            limits: FunctionLimits {
+                memory_mb: live.resources.memory_bytes >> 20,
+                cpus: live.resources.cpu_millis as f64 / 1000.0,
+                pids_max: live.resources.pids_max,
+                timeout_secs: live.exec_timeout.as_secs_f64(),
+                max_concurrency: live.max_concurrency,
+            },
+        }
+    }
+
     fn retired_path(&self, name: &str) -> PathBuf {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
         self.cfg.images_dir().join(format!(".retired-{name}-{n}"))
@@ -618,7 +748,8 @@ impl Daemon {
         f.stop.cancel();
         f.prewarmed.clear();
         f.requests.close();
-        let bound = self.cfg.exec_timeout() + self.cfg.queue_timeout() + DRAIN_SLACK;
+        let longest = std::time::Duration::from_secs_f64(self.maxima.timeout_secs);
+        let bound = longest + self.cfg.queue_timeout() + DRAIN_SLACK;
         if tokio::time::timeout(bound, f.requests.wait())
             .await
             .is_err()
@@ -642,6 +773,7 @@ impl Daemon {
 
     /// The metrics in Prometheus text format, as /metrics serves them.
     pub fn metrics_text(&self) -> String {
+        self.metrics.set_netns(self.backend.netns_stats());
         self.metrics.render()
     }
 

@@ -23,6 +23,7 @@ use super::control::Registration;
 use super::function::{Function, Image};
 use super::logs;
 use super::metrics::Metrics;
+use super::settings::{self, Live};
 use super::Daemon;
 use crate::backend::{BackendError, Container};
 use crate::fdpass;
@@ -152,8 +153,13 @@ pub async fn serve(d: Arc<Daemon>, f: Arc<Function>, tcp: TcpStream, _source: So
         Ok(served) => {
             Metrics::observe(&d.metrics.cold_start, &f.name, served.cold_start);
             let ok = served.status.success();
-            if !ok {
-                d.metrics.failure(&f.name, exit_reason(&served.status));
+            if ok {
+                f.stats.served();
+            } else {
+                let reason = exit_reason(&served.status);
+                d.metrics.failure(&f.name, reason);
+                let status = format!("the handler ended with {:?}", served.status.exit);
+                f.stats.failed(&served.id, reason, status);
             }
             tracing::info!(
                 function = %f.name,
@@ -167,6 +173,7 @@ pub async fn serve(d: Arc<Daemon>, f: Arc<Function>, tcp: TcpStream, _source: So
         }
         Err(e) => {
             d.metrics.failure(&f.name, e.reason());
+            f.stats.failed(&id, e.reason(), e.to_string());
             tracing::warn!(function = %f.name, request = %id, total_ms = ms(total), "request failed: {e}");
         }
     }
@@ -216,7 +223,11 @@ async fn handle(
     let mut started = None;
     let ready = match d.cfg.prewarm {
         0 => None,
-        _ => f.prewarmed.take(&f.current_image().await),
+        // One started before a configuration update runs the old one: not for new requests.
+        _ => f
+            .prewarmed
+            .take(&f.current_image().await)
+            .filter(|r| Arc::ptr_eq(&r.live, &f.live())),
     };
     if let Some(ready) = ready {
         match hand_over(&ready.control, &tcp).await {
@@ -248,6 +259,7 @@ async fn handle(
             id,
             container,
             control,
+            live,
             ..
         }) => {
             let cold_start = accepted.elapsed();
@@ -265,7 +277,7 @@ async fn handle(
             drop(control);
             // The handler owns the connection now; our copy must not keep it open.
             drop(tcp);
-            let budget = d.cfg.exec_timeout().saturating_sub(accepted.elapsed());
+            let budget = live.exec_timeout.saturating_sub(accepted.elapsed());
             let status = container.wait(budget).await?;
             Ok(Served {
                 id,
@@ -290,6 +302,8 @@ pub struct Started {
     pub control: tokio::net::UnixStream,
     /// The image it runs, kept alive (a redeploy's old rootfs stays until it ends).
     pub image: Arc<Image>,
+    /// The configuration it was started with (its timeout applies to it to the end).
+    pub live: Arc<Live>,
     _control: ControlEnd,
     _slots: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
@@ -324,7 +338,8 @@ pub async fn start(
     id: &str,
     accepted: Instant,
 ) -> Result<Started, RequestError> {
-    let slots = acquire_slots(d, f).await?;
+    let live = f.live();
+    let slots = acquire_slots(d, &live).await?;
     let image = f.image().await;
     let image_arc = Arc::clone(&image);
     let mut control = match image.native {
@@ -344,26 +359,28 @@ pub async fn start(
     logs::forward(log_rd, &f.name, id, dropped);
 
     let spawn_d = d.clone();
-    let (resources, id_owned) = (f.resources, id.to_string());
+    let id_owned = id.to_string();
     let bundle = match &control {
         ControlEnd::Bundle(bundle, _) => Some(bundle.dir.clone()),
         ControlEnd::Shared(_) => None,
     };
+    let spawn_live = live.clone();
     let container = tokio::task::spawn_blocking(move || {
         let cfg = &image.config;
         let rootfs = image.rootfs();
         let sock = bundle.as_ref().map(|dir| dir.join("control.sock"));
+        let env = settings::merge_env(&cfg.env, &spawn_live.env);
         let spec = ContainerSpec {
             id: &id_owned,
             rootfs: &rootfs,
             template: image.native.as_ref().map(|n| &n.template),
             argv: &cfg.cmd,
-            env: &cfg.env,
+            env: &env,
             workdir: &cfg.working_dir,
             uid: cfg.uid,
             gid: cfg.gid,
             hostname: &id_owned,
-            resources,
+            resources: spawn_live.resources,
             control_socket: sock.as_deref(),
             stdout: Some(log_wr.as_fd()),
             stderr: Some(log_wr.as_fd()),
@@ -395,6 +412,7 @@ pub async fn start(
                 container,
                 control: stream,
                 image: image_arc,
+                live,
                 _control: control,
                 _slots: slots,
             }),
@@ -430,11 +448,11 @@ fn container_exit(c: &Container) -> impl std::future::Future<Output = ()> {
 
 async fn acquire_slots(
     d: &Daemon,
-    f: &Function,
+    live: &Live,
 ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), RequestError> {
     let wait = d.cfg.queue_timeout();
     let both = async {
-        let mine = f.slots.clone().acquire_owned().await;
+        let mine = live.slots.clone().acquire_owned().await;
         let global = d.global_slots.clone().acquire_owned().await;
         (mine, global)
     };

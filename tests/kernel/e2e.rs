@@ -310,7 +310,7 @@ impl Setup {
     }
 
     /// `faas ARGS`, which must succeed; its stdout.
-    fn faas_ok(&self, args: &[&str]) -> Result<String, Failed> {
+    pub(crate) fn faas_ok(&self, args: &[&str]) -> Result<String, Failed> {
         let out = self.faas(args, None)?;
         self.check(
             out.status.success(),
@@ -320,7 +320,7 @@ impl Setup {
     }
 
     /// `faas ARGS`, which must fail with status 1; its stderr.
-    fn faas_err(&self, args: &[&str], input: Option<&Path>) -> Result<String, Failed> {
+    pub(crate) fn faas_err(&self, args: &[&str], input: Option<&Path>) -> Result<String, Failed> {
         let out = self.faas(args, input)?;
         self.check(
             out.status.code() == Some(1),

@@ -9,8 +9,10 @@ mod api_security;
 mod child_security;
 mod daemon;
 mod e2e;
+mod function_config;
 mod image_security;
 mod net_isolation;
+mod pools;
 mod request_security;
 mod runtime;
 mod support;
@@ -37,10 +39,12 @@ fn main() {
         .chain(daemon::tests())
         .chain(e2e::tests())
         .chain(net_isolation::tests())
+        .chain(pools::tests())
         .chain(child_security::tests())
         .chain(request_security::tests())
         .chain(api_security::tests())
         .chain(image_security::tests())
+        .chain(function_config::tests())
         .map(|t| t.with_ignored_flag(!root))
         .collect();
     libtest_mimic::run(&args, trials).exit();

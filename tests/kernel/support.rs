@@ -124,11 +124,24 @@ pub fn run(argv: &[String], opts: Opts<'_>) -> Result<Run, RuntimeError> {
     let (rd, wr): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let id = opts.id.map(str::to_string).unwrap_or_else(|| unique("c"));
     let env = ["PATH=/bin".to_string()];
-    let (template, _) = MountTemplate::build(opts.rootfs, None)?;
+    // The shared rootfs's template is built once, as the daemon does per image.
+    static SHARED: OnceLock<MountTemplate> = OnceLock::new();
+    let own;
+    let template = if opts.rootfs == rootfs() {
+        match SHARED.get() {
+            Some(t) => t,
+            None => {
+                SHARED.get_or_init(|| MountTemplate::build(rootfs(), None).expect("template").0)
+            }
+        }
+    } else {
+        own = MountTemplate::build(opts.rootfs, None)?.0;
+        &own
+    };
     let spec = ContainerSpec {
         id: &id,
         rootfs: opts.rootfs,
-        template: Some(&template),
+        template: Some(template),
         argv,
         env: &env,
         workdir: opts.workdir,
