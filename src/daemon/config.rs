@@ -26,6 +26,14 @@ pub struct Config {
     /// Pool of function addresses, added to `lo`; the first handed out is host .10.
     #[arg(long, env = "FAASD_SUBNET", default_value = "10.0.0.0/24")]
     pub subnet: Ipv4Net,
+    /// Address of the gateway port (off by default): one listener for every function,
+    /// routed by `Host: <name>.<domain>` (with --gateway-domain) or the path prefix
+    /// `/function/<name>/` (which the handler sees as sent). No control API token applies.
+    #[arg(long, env = "FAASD_GATEWAY")]
+    pub gateway: Option<SocketAddr>,
+    /// Domain under which the gateway routes by Host header: `<name>.<domain>`.
+    #[arg(long, env = "FAASD_GATEWAY_DOMAIN", requires = "gateway")]
+    pub gateway_domain: Option<String>,
     /// Port each function listens on, on its own address.
     #[arg(long, env = "FAASD_FUNCTION_PORT", default_value_t = 80)]
     pub function_port: u16,

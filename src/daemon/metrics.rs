@@ -21,6 +21,11 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
 /// A gauge of seconds.
 pub type SecondsGauge = Gauge<f64, AtomicU64>;
 
@@ -45,6 +50,7 @@ pub struct Metrics {
     pub log_bytes_dropped: Family<FunctionLabel, Counter>,
     pub idle_closed: Family<FunctionLabel, Counter>,
     pub connections_refused: Family<ReasonLabels, Counter>,
+    gateway_closed: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -118,6 +124,13 @@ impl Default for Metrics {
             "Connections closed at accept: per_source (--max-conns-per-source) or fd_reserve",
             connections_refused.clone(),
         );
+        let gateway_closed = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "gateway_closed",
+            "Gateway connections closed before reaching a function: head_timeout, \
+             head_too_large, malformed, unknown_function, no_route, per_source, fd_reserve",
+            gateway_closed.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -132,6 +145,7 @@ impl Default for Metrics {
             log_bytes_dropped,
             idle_closed,
             connections_refused,
+            gateway_closed,
         }
     }
 }
@@ -159,6 +173,14 @@ impl Metrics {
 
     pub fn refused(&self, function: &str, reason: &str) {
         Self::count(&self.connections_refused, function, reason);
+    }
+
+    pub fn gateway_closed(&self, reason: &str) {
+        self.gateway_closed
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     fn count(family: &Family<ReasonLabels, Counter>, function: &str, reason: &str) {

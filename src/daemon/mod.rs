@@ -5,6 +5,7 @@ mod admission;
 mod api;
 pub mod config;
 mod function;
+mod gateway;
 mod http_server;
 mod logs;
 pub mod loopback;
@@ -341,23 +342,32 @@ impl Daemon {
     /// Starts serving an accepted connection, or closes it at once when its source has
     /// too many open or it would eat into the fd reserve.
     fn admit(self: &Arc<Self>, f: &Arc<Function>, tcp: tokio::net::TcpStream, peer: IpAddr) {
-        use std::os::fd::AsRawFd;
-        let refused = if admission::in_reserve_now(tcp.as_raw_fd()) {
-            "fd_reserve"
-        } else {
-            match self.per_source.admit(peer) {
-                Some(slot) => {
-                    let _ = tcp.set_nodelay(true);
-                    let serve = request::serve(self.clone(), f.clone(), tcp, slot);
-                    // Tracked twice: by the daemon (shutdown) and the function (undeploy).
-                    self.requests.spawn(f.requests.track_future(serve));
-                    return;
-                }
-                None => "per_source",
+        match self.admission(&tcp, peer) {
+            Ok(slot) => {
+                let _ = tcp.set_nodelay(true);
+                let serve = request::serve(self.clone(), f.clone(), tcp, slot);
+                // Tracked twice: by the daemon (shutdown) and the function (undeploy).
+                self.requests.spawn(f.requests.track_future(serve));
             }
-        };
-        self.metrics.refused(&f.name, refused);
-        tracing::debug!(function = %f.name, %peer, "connection refused: {refused}");
+            Err(refused) => {
+                self.metrics.refused(&f.name, refused);
+                tracing::debug!(function = %f.name, %peer, "connection refused: {refused}");
+            }
+        }
+    }
+
+    /// A function connection's place in the per-source bound, or why it is refused: its
+    /// source has too many open (`per_source`), or it would eat into the fd reserve.
+    fn admission(
+        &self,
+        tcp: &tokio::net::TcpStream,
+        peer: IpAddr,
+    ) -> Result<admission::SourceSlot, &'static str> {
+        use std::os::fd::AsRawFd;
+        if admission::in_reserve_now(tcp.as_raw_fd()) {
+            return Err("fd_reserve");
+        }
+        self.per_source.admit(peer).ok_or("per_source")
     }
 
     /// A short id for a request's bundle, cgroup, hostname and runc container, unique in
@@ -659,3 +669,4 @@ fn recover(cfg: &Config, backend: &Backend) -> Result<(), DaemonError> {
 }
 
 pub use api::serve_api;
+pub use gateway::serve_gateway;

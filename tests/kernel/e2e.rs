@@ -184,6 +184,11 @@ impl Setup {
         })
     }
 
+    /// More flags for every start (for those made from `n`, such as an address).
+    pub(crate) fn add_flags(&mut self, flags: &[&str]) {
+        self.flags.extend(flags.iter().map(|f| f.to_string()));
+    }
+
     pub(crate) fn state(&self) -> PathBuf {
         self.dir.join("state")
     }

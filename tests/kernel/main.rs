@@ -9,6 +9,7 @@ mod api_security;
 mod child_security;
 mod daemon;
 mod e2e;
+mod gateway;
 mod image_security;
 mod net_isolation;
 mod request_security;
@@ -36,6 +37,7 @@ fn main() {
         .into_iter()
         .chain(daemon::tests())
         .chain(e2e::tests())
+        .chain(gateway::tests())
         .chain(net_isolation::tests())
         .chain(child_security::tests())
         .chain(request_security::tests())

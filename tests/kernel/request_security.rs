@@ -45,7 +45,7 @@ pub fn tests() -> Vec<Trial> {
 }
 
 /// The value of metric `series` (name and labels, as /metrics prints them), 0 if absent.
-fn metric(s: &Setup, series: &str) -> Result<f64, Failed> {
+pub(crate) fn metric(s: &Setup, series: &str) -> Result<f64, Failed> {
     let r = s.control("GET /metrics HTTP/1.1", b"")?;
     s.check(r.status() == Some(200), format!("/metrics: {r}"))?;
     let prefix = format!("{series} ");
