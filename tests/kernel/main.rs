@@ -6,6 +6,7 @@
 //! make stay inside it and vanish with it.
 
 mod api_security;
+mod archives;
 mod child_security;
 mod daemon;
 mod e2e;
@@ -38,6 +39,7 @@ fn main() {
         .chain(daemon::tests())
         .chain(e2e::tests())
         .chain(gateway::tests())
+        .chain(archives::tests())
         .chain(net_isolation::tests())
         .chain(child_security::tests())
         .chain(request_security::tests())
