@@ -3,6 +3,7 @@
 //! ```text
 //! docker save hello | faas new hello     # Deployed hello at 10.0.0.10
 //! faas new hello -f hello.tar
+//! faas new hello --image registry.example/hello:1   # the daemon pulls it
 //! faas ip hello                          # 10.0.0.10
 //! faas list [--json]
 //! faas rm hello                          # Removed hello
@@ -13,7 +14,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -52,12 +53,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug, PartialEq)]
 enum Command {
-    /// Deploy an image (`docker save` tarball) as function NAME.
+    /// Deploy an image (`docker save` tarball, or a registry's) as function NAME.
     New {
         name: String,
         /// Read the tarball from FILE instead of stdin ("-" is stdin).
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: Option<PathBuf>,
+        /// Have the daemon pull REF from an OCI registry instead (e.g. host:5000/app:1).
+        #[arg(long, value_name = "REF", conflicts_with = "file")]
+        image: Option<String>,
     },
     /// Print the IP address of function NAME.
     Ip { name: String },
@@ -112,8 +116,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
     check_base(&normalize_base(&cli.url))?;
     let client = Client::new(&cli.url, token);
     match cli.command {
-        Command::New { name, file } => {
-            let (ip, name) = client.deploy(&name, file.as_deref())?;
+        Command::New { name, file, image } => {
+            let (ip, name) = match image {
+                Some(image) => client.pull(&name, &image)?,
+                None => client.deploy(&name, file.as_deref())?,
+            };
             say(&format!("Deployed {name} at {ip}"))
         }
         Command::Ip { name } => {
@@ -324,6 +331,58 @@ impl Client {
             .unwrap_or(name)
             .to_string();
         Ok((ip, name))
+    }
+
+    /// Has the daemon deploy `image` from its registry, showing the download; returns
+    /// (ip, name). The answer is a line per progress step, then the outcome.
+    fn pull(&self, name: &str, image: &str) -> Result<(String, String), CliError> {
+        let mut req = self
+            .agent
+            .post(self.url("/api/pull"))
+            .header("Content-Type", "application/json");
+        if let Some(a) = self.auth() {
+            req = req.header("Authorization", a);
+        }
+        let result = req.send(serde_json::json!({ "name": name, "image": image }).to_string());
+        let resp = result.map_err(|e| self.transport_error(e))?;
+        if !resp.status().is_success() {
+            self.answer(Ok(resp))?;
+            return Err(msg("faasd refused the pull"));
+        }
+        let terminal = io::stderr().is_terminal();
+        let bar = progress_bar(None, terminal);
+        bar.set_message(format!("pulling {image}"));
+        let mut pulled = 0;
+        let lines = io::BufReader::new(resp.into_body().into_reader()).lines();
+        for line in lines {
+            let line = line.map_err(|e| msg(format!("reading faasd's answer: {e}")))?;
+            let v: Value = serde_json::from_str(&line).map_err(|e| {
+                msg(format!(
+                    "faasd sent a line that is not JSON ({e}): {}",
+                    snippet(&line)
+                ))
+            })?;
+            if let Some(p) = v.get("progress") {
+                pulled = p.get("bytes").and_then(Value::as_u64).unwrap_or(pulled);
+                if let Some(total) = p.get("total").and_then(Value::as_u64) {
+                    bar.set_length(total);
+                }
+                bar.set_position(pulled);
+            } else if let Some(e) = v.get("error") {
+                bar.finish_and_clear();
+                return Err(msg(display_value(e)));
+            } else if let Some(done) = v.get("deployed") {
+                bar.finish_and_clear();
+                if !terminal {
+                    eprintln!("Pulled {image} ({})", indicatif::HumanBytes(pulled));
+                }
+                let ip = done.get("ip").map(display_value).filter(|s| !s.is_empty());
+                let ip = ip.ok_or_else(|| msg("faasd's answer has no \"ip\""))?;
+                return Ok((ip, name.to_string()));
+            }
+        }
+        bar.finish_and_clear();
+        Err(msg("faasd ended the pull without saying how it went"))
     }
 
     /// Turns ureq's outcome into the daemon's JSON, or the daemon's error message.
@@ -549,7 +608,8 @@ mod tests {
             cli.command,
             Command::New {
                 name: "hello".into(),
-                file: None
+                file: None,
+                image: None
             }
         );
         let cli = parse(&["new", "hello", "-f", "img.tar"]).unwrap();
@@ -557,7 +617,8 @@ mod tests {
             cli.command,
             Command::New {
                 name: "hello".into(),
-                file: Some("img.tar".into())
+                file: Some("img.tar".into()),
+                image: None
             }
         );
         let cli = parse(&["new", "--file", "img.tar", "hello"]).unwrap();
@@ -565,10 +626,21 @@ mod tests {
             cli.command,
             Command::New {
                 name: "hello".into(),
-                file: Some("img.tar".into())
+                file: Some("img.tar".into()),
+                image: None
             }
         );
         assert!(parse(&["new"]).is_err(), "the name is required");
+        let cli = parse(&["new", "hello", "--image", "r:5000/a:1"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Command::New {
+                name: "hello".into(),
+                file: None,
+                image: Some("r:5000/a:1".into())
+            }
+        );
+        assert!(parse(&["new", "hello", "--image", "a", "-f", "x"]).is_err());
     }
 
     #[test]

@@ -99,6 +99,14 @@ pub struct Config {
     /// File holding a bearer token that every control API request must present.
     #[arg(long, env = "FAASD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// A docker config.json whose `auths` give the credentials for registry pulls
+    /// (`faas new NAME --image REF`).
+    #[arg(long, env = "FAASD_REGISTRY_AUTH")]
+    pub registry_auth: Option<PathBuf>,
+    /// A registry (`host[:port]`, as in image references) pulled from over plain HTTP;
+    /// every other registry only over HTTPS. Repeat for more.
+    #[arg(long, env = "FAASD_INSECURE_REGISTRY", value_delimiter = ',')]
+    pub insecure_registry: Vec<String>,
     /// The cgroup (in every hierarchy) that holds all containers.
     #[arg(long, env = "FAASD_CGROUP_PARENT", default_value = "faasd")]
     pub cgroup_parent: String,

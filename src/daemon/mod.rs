@@ -3,6 +3,7 @@
 
 mod admission;
 mod api;
+mod api_pull;
 pub mod config;
 mod function;
 mod gateway;
@@ -12,6 +13,7 @@ pub mod loopback;
 mod metrics;
 mod pool;
 mod prewarm;
+mod pull;
 mod registry;
 mod request;
 mod state_dir;
@@ -86,6 +88,8 @@ pub enum DaemonError {
     Totals(#[from] totals::TotalsError),
     #[error(transparent)]
     InstallThread(#[from] upload::InstallThreadError),
+    #[error(transparent)]
+    RegistryAuth(#[from] pull::AuthFileError),
     #[error("reading the token file {path} failed: {source}")]
     Token {
         path: PathBuf,
@@ -138,6 +142,8 @@ pub struct Daemon {
     /// Functions being undeployed, until their requests have drained.
     removing: std::sync::Mutex<HashSet<String>>,
     token: Option<String>,
+    /// Credentials and plain-HTTP registries for pulls.
+    registries: pull::Registries,
 }
 
 /// Image installs at once: each is bound by the disk and a core (2 here), and holds up
@@ -197,6 +203,8 @@ impl Daemon {
             ),
             None => None,
         };
+        let registries =
+            pull::Registries::new(cfg.registry_auth.as_deref(), &cfg.insecure_registry)?;
         let backend = Backend::new(
             cfg.runtime,
             &cfg.cgroup_parent,
@@ -240,6 +248,7 @@ impl Daemon {
             per_source: admission::PerSource::new(cfg.max_conns_per_source),
             removing: Default::default(),
             token,
+            registries,
             cfg,
         });
         daemon.restore().await;

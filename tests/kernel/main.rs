@@ -13,6 +13,7 @@ mod e2e;
 mod gateway;
 mod image_security;
 mod net_isolation;
+mod registry;
 mod request_security;
 mod runtime;
 mod support;
@@ -40,6 +41,7 @@ fn main() {
         .chain(e2e::tests())
         .chain(gateway::tests())
         .chain(archives::tests())
+        .chain(registry::tests())
         .chain(net_isolation::tests())
         .chain(child_security::tests())
         .chain(request_security::tests())
