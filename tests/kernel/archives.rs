@@ -3,11 +3,11 @@
 //! each deployed with `faas new` and served.
 //!
 //! podman keeps everything it writes in the test's directory (storage, run and tmp dirs,
-//! network config), and runs in a mount namespace of its own with a tmpfs on /var/lib, where
-//! it would otherwise leave a blob cache: the machine is left as it was.
+//! network config) or on a private /var/lib (support::with_private_var_lib): the machine
+//! is left as it was.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use libtest_mimic::{Failed, Trial};
 
@@ -35,10 +35,8 @@ impl Podman {
 
     fn run(&self, args: &[&str]) -> Result<Output, Failed> {
         let d = |sub: &str| self.dir.join(sub).display().to_string();
-        let out = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg(r#"mount -t tmpfs -o size=16m podman-cache /var/lib && exec "$@""#)
-            .args(["sh", "podman", "--storage-driver", "vfs"])
+        let out = support::with_private_var_lib("podman")
+            .args(["--storage-driver", "vfs"])
             .args([
                 "--root",
                 &d("root"),

@@ -3,8 +3,8 @@
 //! htpasswd basic auth), test images pushed into it with `skopeo` from the project's own
 //! `docker save` tarballs, then `faas new NAME --image REF`.
 //!
-//! skopeo runs in a mount namespace of its own with a tmpfs on /var/lib, where it would
-//! otherwise leave a blob cache; the registry keeps its storage in the test's directory.
+//! skopeo runs with a private /var/lib (support::with_private_var_lib); the registry keeps
+//! its storage in the test's directory.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -100,10 +100,7 @@ impl Registry {
         if let Some(creds) = self.creds {
             args.extend(["--dest-creds", creds]);
         }
-        let out = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg(r#"mount -t tmpfs -o size=16m skopeo-cache /var/lib && exec "$@""#)
-            .args(["sh", "skopeo"])
+        let out = support::with_private_var_lib("skopeo")
             .args(&args)
             .args([&src, &dest])
             .output()
