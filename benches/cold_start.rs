@@ -30,14 +30,7 @@ fn rootfs() -> PathBuf {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::write(root.join("control.sock"), b"").unwrap();
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/rootfs-tools/test-handler.c");
-    let ok = Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(root.join("test-handler"))
-        .arg(src)
-        .status()
-        .expect("gcc");
-    assert!(ok.success());
+    support::static_handler(&root);
     root
 }
 
@@ -282,4 +275,5 @@ fn main() {
     c.final_summary();
     breakdown(&root, &rt);
     let _ = std::fs::remove_dir_all(root.parent().unwrap());
+    support::kernel_objects::remove_cgroup_parent("faasd-bench");
 }

@@ -4,9 +4,14 @@
 #![allow(dead_code)] // each bench uses a different subset
 
 use std::cell::RefCell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+pub mod cpu;
+pub mod faasd_process;
+pub mod kernel_objects;
+pub mod load;
 
 #[path = "../../tests/common/private_ns.rs"]
 mod private_ns;
@@ -36,6 +41,28 @@ pub fn test_images() -> PathBuf {
         }
     }
     dir
+}
+
+/// Compiles rootfs-tools/test-handler.c (static, as build-test-images.sh does) to
+/// `dir/test-handler`, for the benches that run it outside an image.
+pub fn static_handler(dir: &Path) -> PathBuf {
+    let out = dir.join("test-handler");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/rootfs-tools/test-handler.c");
+    let ok = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(src)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "gcc -static {src} failed");
+    out
+}
+
+/// The value of metric `name` for `function` in /metrics' Prometheus text.
+pub fn metric(text: &str, name: &str, function: &str) -> Option<f64> {
+    let prefix = format!("{name}{{function=\"{function}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
 }
 
 /// Every iteration's duration, from criterion's `iter_custom`, for percentiles.
