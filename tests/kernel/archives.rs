@@ -21,16 +21,20 @@ pub fn tests() -> Vec<Trial> {
     )]
 }
 
-/// A podman whose whole state lives in `dir` (removed on drop).
+/// A podman whose whole state lives in `dir` and `run` (removed on drop).
 struct Podman {
     dir: PathBuf,
+    /// Its runroot: podman refuses one longer than 50 characters, as the test state dir
+    /// is in the VM.
+    run: PathBuf,
 }
 
 impl Podman {
     fn new() -> Result<Self, Failed> {
         let dir = support::state_dir().join(unique("podman"));
         std::fs::create_dir_all(&dir)?;
-        Ok(Podman { dir })
+        let run = Path::new("/run").join(unique("faasd-podman"));
+        Ok(Podman { dir, run })
     }
 
     fn run(&self, args: &[&str]) -> Result<Output, Failed> {
@@ -41,7 +45,7 @@ impl Podman {
                 "--root",
                 &d("root"),
                 "--runroot",
-                &d("run"),
+                self.run.to_str().unwrap(),
                 "--tmpdir",
                 &d("tmp"),
             ])
@@ -66,6 +70,7 @@ impl Podman {
 impl Drop for Podman {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.run);
     }
 }
 
