@@ -5,7 +5,8 @@
 #   OUTDIR/test-handler-MODE.tar the same rootfs with command ["/test-handler", "MODE"], for
 #                                MODE in serve, crash, noconnect, hang, flood, floodlines, slow,
 #                                forkbomb, memhog (misbehaving handlers),
-#                                probe (reports what it could reach: tty, io_uring)
+#                                probe (reports what it could reach: tty, io_uring),
+#                                env (reports its environment and /run/secrets)
 #   OUTDIR/python-handler.tar    python3.11 from Debian packages + /test_handler.py
 #   OUTDIR/net-attack.tar        /net-attack (static C): a handler that tries to take the
 #                                client socket to the host network (see net-attack.c)
@@ -92,7 +93,7 @@ say "writing $OUT/test-handler.tar"
 say "writing $OUT/test-handler-oci.tar"
 "${MKIMAGE[@]}" --rootfs "$ROOT" --cmd '["/test-handler"]' \
     --env PATH=/bin --tag test-handler-oci:latest --layout oci --compress gzip -o "$OUT/test-handler-oci.tar"
-for mode in serve crash noconnect hang flood floodlines slow forkbomb memhog probe; do
+for mode in serve crash noconnect hang flood floodlines slow forkbomb memhog probe env; do
     say "writing $OUT/test-handler-$mode.tar"
     "${MKIMAGE[@]}" --rootfs "$ROOT" --cmd "[\"/test-handler\", \"$mode\"]" \
         --env PATH=/bin --tag "test-handler-$mode:latest" --layout classic --compress none \

@@ -41,7 +41,9 @@ grep -q "GET /demo HTTP/1.1" <<<"$answer" || { echo "demo: request line missing"
 echo "\$ 20 more requests, one fresh container each"
 for _ in $(seq 20); do curl -s -o /dev/null --max-time 10 "http://$ip/"; done
 sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -o 'cold_start_ms=[0-9.]*' | cut -d= -f2 | sort -n |
-  awk '{a[NR]=$1} END {printf "cold start (accept -> handler holds the socket): p50 %.2f ms, max %.2f ms over %d requests\n", a[int((NR+1)/2)], a[NR], NR}'
+  awk '{a[NR]=$1} END {printf "accept -> handler holds the socket: p50 %.2f ms, max %.2f ms over %d requests\n", a[int((NR+1)/2)], a[NR], NR}'
+echo "of which served by a container started ahead (--prewarm auto) / cold:"
+curl -s http://127.0.0.1:8080/metrics | grep -E '^faasd_(prewarmed|cold)_requests_total'
 ./target/release/faas list
 
 kill -TERM "$pid"; wait "$pid"; pid=

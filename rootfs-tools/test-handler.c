@@ -21,16 +21,22 @@
  *   probe           serve, and append what the handler could do to the host: its session,
  *                   /dev/tty, TIOCSTI on /dev/tty and on its stdio, io_uring_setup
  *                   (lines "name=ok" or "name=errno N")
+ *   env             serve, and append its environment ("env K=V" lines) and what it finds
+ *                   in /run/secrets ("secret NAME mode=0400 uid=U gid=G size=N: CONTENT",
+ *                   or "secrets=errno N"); writes one line each to stdout and stderr
  *
  * Build: gcc -static -O2 -o test-handler test-handler.c
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <dirent.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -141,6 +147,48 @@ static void probe(char *out, size_t size) {
     result(out, size, "io_uring_setup", ring);
 }
 
+extern char **environ;
+
+/* Appends printf-style text to out, truncating at size. */
+__attribute__((format(printf, 3, 4))) static void append(char *out, size_t size, const char *fmt, ...) {
+    size_t len = strlen(out);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(out + len, size - len, fmt, ap);
+    va_end(ap);
+}
+
+static void report_env(char *out, size_t size) {
+    for (char **e = environ; *e; e++)
+        append(out, size, "env %s\n", *e);
+    DIR *d = opendir("/run/secrets");
+    if (!d) {
+        append(out, size, "secrets=errno %d\n", errno);
+        return;
+    }
+    for (struct dirent *de; (de = readdir(d));) {
+        if (de->d_name[0] == '.')
+            continue;
+        char path[512], content[256] = "";
+        snprintf(path, sizeof path, "/run/secrets/%s", de->d_name);
+        struct stat st;
+        if (lstat(path, &st) < 0) {
+            append(out, size, "secret %s errno %d\n", de->d_name, errno);
+            continue;
+        }
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            ssize_t n = read(fd, content, sizeof content - 1);
+            content[n > 0 ? n : 0] = '\0';
+            close(fd);
+        }
+        append(out, size, "secret %s mode=%04o uid=%d gid=%d size=%ld: %s\n", de->d_name,
+               (unsigned)(st.st_mode & 07777), (int)st.st_uid, (int)st.st_gid,
+               (long)st.st_size, fd >= 0 ? content : "(unreadable)");
+    }
+    closedir(d);
+}
+
 static void serve(int conn, const char *extra) {
     char req[8192];
     size_t len = 0;
@@ -212,13 +260,13 @@ int main(int argc, char **argv) {
     if (strcmp(mode, "noconnect") == 0)
         sleep_forever();
     static const char *const modes[] = {"serve", "crash", "hang", "flood", "floodlines",
-                                        "slow", "forkbomb", "memhog", "probe"};
+                                        "slow", "forkbomb", "memhog", "probe", "env"};
     int known = 0;
     for (size_t i = 0; i < sizeof modes / sizeof *modes; i++)
         known |= strcmp(mode, modes[i]) == 0;
     if (!known) {
         fprintf(stderr, "test-handler: unknown mode %s (serve, crash, noconnect, hang, true, "
-                        "flood, floodlines, slow, forkbomb, memhog, probe)\n", mode);
+                        "flood, floodlines, slow, forkbomb, memhog, probe, env)\n", mode);
         return 2;
     }
     int s = connect_control();
@@ -231,7 +279,7 @@ int main(int argc, char **argv) {
         forkbomb();
     if (strcmp(mode, "memhog") == 0)
         memhog();
-    static char extra[4096];
+    static char extra[16384];
     if (strcmp(mode, "flood") == 0 || strcmp(mode, "floodlines") == 0)
         snprintf(extra, sizeof extra, "flooded=%ld\n", flood(strcmp(mode, "floodlines") == 0));
     if (strcmp(mode, "slow") == 0)
@@ -239,6 +287,12 @@ int main(int argc, char **argv) {
     close(s);
     if (strcmp(mode, "probe") == 0)
         probe(extra, sizeof extra);
+    if (strcmp(mode, "env") == 0) {
+        report_env(extra, sizeof extra);
+        printf("env handler: stdout line\n");
+        fflush(stdout);
+        fprintf(stderr, "env handler: stderr line\n");
+    }
     serve(conn, extra);
     return 0;
 }

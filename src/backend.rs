@@ -78,6 +78,14 @@ impl Backend {
         .into())
     }
 
+    /// How the native runtime's pooled network namespaces have fared (runc: none).
+    pub fn netns_stats(&self) -> runtime::NetnsStats {
+        match self {
+            Backend::Native(rt) => rt.netns_stats(),
+            Backend::Runc(_) => runtime::NetnsStats::default(),
+        }
+    }
+
     /// Removes containers a crashed predecessor left with this backend; returns how many.
     /// (Leftover cgroups of either backend are swept by the daemon.)
     pub fn sweep(&self) -> usize {

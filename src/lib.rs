@@ -1,5 +1,6 @@
 //! faasd: a fresh container per request, made in-process on raw Linux syscalls.
 //!
+//! - [`api`]: the control API's request and answer types, shared by faasd and `faas`.
 //! - [`runtime`]: the container runtime (namespaces, mounts, cgroups, caps, seccomp).
 //! - [`image`]: installing `docker save` tarballs as read-only root filesystems.
 //! - [`runc`]: the alternative backend, `runc run` of an OCI bundle per request.
@@ -11,6 +12,7 @@
 //! - [`kernel_check`]: which guarantees this kernel can enforce, and by what.
 //! - [`offload`]: blocking teardown handed off tokio's worker threads.
 
+pub mod api;
 pub mod backend;
 pub mod daemon;
 pub mod fdpass;

@@ -3,7 +3,9 @@
 //! Tearing a container down (kill, reap, cgroup drain and rmdir, bundle removal) can take
 //! seconds when its cgroup is slow to empty; done on one of tokio's few worker threads it
 //! would stall every accept and the control API meanwhile. `Drop` cannot await, so it
-//! hands the work off with [`off_async`].
+//! hands the work off with [`off_async`]. A container's wait hands off the part after the
+//! reap (cgroup removal, the network namespace's check and return) the same way, so the
+//! request does not wait for it either.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

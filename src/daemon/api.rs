@@ -1,32 +1,38 @@
-//! The control API (axum): the prototype's endpoints, unchanged, plus undeploy, health
-//! and metrics.
+//! The control API (axum): the prototype's endpoints, unchanged, plus undeploy,
+//! configuration, health and metrics. The bodies are the types of [`crate::api`].
 
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
-use serde_json::{json, Value};
 
 use super::{http_server, upload, valid_name, Daemon, DaemonError};
+use crate::api::{
+    env_names, ConfigChange, ConfigView, Deployed, Description, ErrorBody, FunctionIp, List,
+    ListEntry, Removed, CONFIG_HEADER, IMAGE_NAME_HEADER,
+};
 use crate::image::{ImageError, Limits};
+
+/// Largest `PATCH .../config` body read.
+const MAX_CONFIG_BODY: usize = 256 << 10;
 
 pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
 }
 
 impl From<DaemonError> for ApiError {
     fn from(e: DaemonError) -> Self {
         let status = match &e {
-            DaemonError::InvalidName(_) => StatusCode::BAD_REQUEST,
+            DaemonError::InvalidName(_) | DaemonError::Settings(_) => StatusCode::BAD_REQUEST,
             DaemonError::NotFound(_) => StatusCode::NOT_FOUND,
             DaemonError::Removing(_) => StatusCode::CONFLICT,
             DaemonError::PoolExhausted(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -57,7 +63,15 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/api/pull", post(super::api_pull::pull_function))
         .route("/api/ip/{name}", get(function_ip))
         .route("/api/list", get(list))
-        .route("/api/functions/{name}", delete(remove_function))
+        .route(
+            "/api/functions/{name}",
+            get(describe).delete(remove_function),
+        )
+        // Its body is read whole: bounded (the env itself is bounded far below this).
+        .route(
+            "/api/functions/{name}/config",
+            patch(configure).layer(DefaultBodyLimit::max(MAX_CONFIG_BODY)),
+        )
         .route("/metrics", get(metrics))
         // The upload size is enforced while streaming (see new_function).
         .layer(DefaultBodyLimit::disable());
@@ -98,22 +112,27 @@ async fn new_function(
     State(d): State<Arc<Daemon>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deployed>, ApiError> {
     // Every check that needs no body comes first: its answer reaches the client through
     // the lingering close (http_server.rs) while the body is still on its way.
     let name = headers
-        .get("x-image-name")
+        .get(IMAGE_NAME_HEADER)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| {
             ApiError(
                 StatusCode::BAD_REQUEST,
-                "missing header X-Image-Name".into(),
+                format!("missing header {IMAGE_NAME_HEADER}"),
             )
         })?
         .to_string();
     if !valid_name(&name) {
         return Err(DaemonError::InvalidName(name).into());
     }
+    let change = match headers.get(CONFIG_HEADER) {
+        Some(v) => parse_change(v.as_bytes(), CONFIG_HEADER)?,
+        None => ConfigChange::default(),
+    };
+    d.check_change(&change)?;
     let max = d.cfg.max_upload_mb << 20;
     let too_large = || {
         ApiError(
@@ -131,8 +150,11 @@ async fn new_function(
     let _slot = d.upload_slot().await?;
     let idle = d.cfg.body_timeout();
     let (upload, verdict) = upload::reader(body, max, idle);
-    match d.deploy(&name, upload, Limits::default()).await {
-        Ok(done) => Ok(Json(json!(done))),
+    match d
+        .deploy_with(&name, upload, Limits::default(), &change)
+        .await
+    {
+        Ok(done) => Ok(Json(done)),
         Err(_) if verdict.too_large() => Err(too_large()),
         Err(_) if verdict.stalled() => Err(ApiError(
             StatusCode::REQUEST_TIMEOUT,
@@ -163,50 +185,70 @@ impl Daemon {
 async fn function_ip(
     State(d): State<Arc<Daemon>>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FunctionIp>, ApiError> {
     let f = d
         .function(&name)
         .ok_or_else(|| ApiError::from(DaemonError::NotFound(name.clone())))?;
-    Ok(Json(json!({ "name": name, "ip": f.ip })))
+    Ok(Json(FunctionIp { name, ip: f.ip }))
 }
 
-async fn list(State(d): State<Arc<Daemon>>) -> Json<Value> {
+async fn list(State(d): State<Arc<Daemon>>) -> Json<List> {
     let images = d.cfg.images_dir();
-    let out: serde_json::Map<String, Value> = d
+    let out: List = d
         .records()
         .await
         .into_iter()
         .map(|(name, r)| {
             let rootfs = images.join(&name).join("rootfs");
-            let entry = json!({
-                "ip": r.ip,
-                "rootfs": rootfs,
-                "cmd": r.config.cmd,
-                // Names only: values are often secrets, and the list needs no token.
-                "env": env_names(&r.config.env),
-                "workdir": r.config.working_dir,
-                "user": format!("{}:{}", r.config.uid, r.config.gid),
-                "resources": r.resources,
-            });
+            let env = super::settings::merge_env(&r.config.env, &r.settings.env);
+            let entry = ListEntry {
+                ip: r.ip,
+                rootfs,
+                cmd: r.config.cmd,
+                env: env_names(&env),
+                workdir: r.config.working_dir,
+                user: format!("{}:{}", r.config.uid, r.config.gid),
+                resources: r.resources,
+                warm: Some(d.function(&name).map_or(0, |f| f.prewarmed.len())),
+            };
             (name, entry)
         })
         .collect();
-    Json(Value::Object(out))
-}
-
-/// `KEY=value` -> `KEY`.
-fn env_names(env: &[String]) -> Vec<&str> {
-    env.iter()
-        .map(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k))
-        .collect()
+    Json(out)
 }
 
 async fn remove_function(
     State(d): State<Arc<Daemon>>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Removed>, ApiError> {
     d.undeploy(&name).await?;
-    Ok(Json(json!({ "name": name })))
+    Ok(Json(Removed { name }))
+}
+
+async fn describe(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+) -> Result<Json<Description>, ApiError> {
+    Ok(Json(d.describe(&name).await?))
+}
+
+async fn configure(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<ConfigView>, ApiError> {
+    let change = parse_change(&body, "the body")?;
+    Ok(Json(d.configure(&name, &change).await?))
+}
+
+/// A [`ConfigChange`] from JSON; `from` names where it came from in the error.
+fn parse_change(json: &[u8], from: &str) -> Result<ConfigChange, ApiError> {
+    serde_json::from_slice(json).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{from} is not a valid configuration: {e}"),
+        )
+    })
 }
 
 async fn metrics(State(d): State<Arc<Daemon>>) -> impl IntoResponse {

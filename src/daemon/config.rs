@@ -56,16 +56,42 @@ pub struct Config {
     /// Default limit of processes per container.
     #[arg(long, env = "FAASD_PIDS_MAX", default_value_t = 128)]
     pub pids_max: u32,
+    /// The most memory one function may ask for (`faas config --memory-mb`), in MiB
+    /// (default: --memory-total-mb).
+    #[arg(long, env = "FAASD_MAX_MEMORY_MB")]
+    pub max_memory_mb: Option<u64>,
+    /// The most CPUs one function may ask for (default: this machine's CPUs).
+    #[arg(long, env = "FAASD_MAX_CPUS")]
+    pub max_cpus: Option<f64>,
+    /// The most processes one function's container may ask for (default: --pids-total).
+    #[arg(long, env = "FAASD_MAX_PIDS")]
+    pub max_pids: Option<u32>,
+    /// The longest timeout, in seconds, one function may ask for (default: 10 x
+    /// --exec-timeout).
+    #[arg(long, env = "FAASD_MAX_TIMEOUT")]
+    pub max_timeout: Option<f64>,
     /// Containers running at once, all functions together; more requests wait.
     #[arg(long, env = "FAASD_MAX_CONTAINERS", default_value_t = 64)]
     pub max_containers: usize,
-    /// Containers running at once for one function.
+    /// Containers running at once for one function (a function may ask for fewer with
+    /// --max-concurrency, never more).
     #[arg(long, env = "FAASD_MAX_PER_FUNCTION", default_value_t = 32)]
     pub max_per_function: usize,
     /// Containers per function started ahead of their request, their handler already
-    /// waiting on /control.sock (each still serves exactly one request).
-    #[arg(long, env = "FAASD_PREWARM", default_value_t = 0)]
-    pub prewarm: usize,
+    /// waiting on /control.sock (each still serves exactly one request): `auto` sizes
+    /// each function's from its recent arrival rate (at least one until it has been idle
+    /// for --prewarm-idle), N keeps N per function, 0 none.
+    #[arg(long, env = "FAASD_PREWARM", default_value = "auto")]
+    pub prewarm: Prewarm,
+    /// Seconds without a request after which `--prewarm auto` keeps no container of a
+    /// function (an idle function costs no memory); its next request or a redeploy
+    /// brings one back.
+    #[arg(long, env = "FAASD_PREWARM_IDLE", default_value_t = 300.0)]
+    pub prewarm_idle: f64,
+    /// Memory all waiting containers together may hold, in MiB, measured from their
+    /// cgroups (default: a quarter of --memory-total-mb).
+    #[arg(long, env = "FAASD_PREWARM_MEMORY_MB")]
+    pub prewarm_memory_mb: Option<u64>,
     /// Seconds a request may wait for a free slot before it gets 503.
     #[arg(long, env = "FAASD_QUEUE_TIMEOUT", default_value_t = 5.0)]
     pub queue_timeout: f64,
@@ -159,6 +185,10 @@ impl Config {
         Duration::from_secs_f64(self.body_timeout)
     }
 
+    pub fn prewarm_idle(&self) -> Duration {
+        Duration::from_secs_f64(self.prewarm_idle)
+    }
+
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs_f64(self.shutdown_grace)
     }
@@ -178,5 +208,49 @@ impl Config {
 
     pub fn registry_path(&self) -> PathBuf {
         self.state_dir.join("registry.json")
+    }
+}
+
+/// How many containers per function wait for their request (`--prewarm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prewarm {
+    /// As many as the function's recent arrival rate needs (see prewarm.rs).
+    Auto,
+    /// This many per function; 0 is off.
+    Fixed(usize),
+}
+
+impl std::str::FromStr for Prewarm {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Prewarm::Auto),
+            n => n
+                .parse()
+                .map(Prewarm::Fixed)
+                .map_err(|_| format!("{n:?} is neither `auto` nor a number of containers")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prewarm_is_auto_by_default_and_takes_a_count() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["faasd"], args].concat());
+        assert_eq!(parse(&[]).unwrap().prewarm, Prewarm::Auto);
+        assert_eq!(
+            parse(&["--prewarm", "0"]).unwrap().prewarm,
+            Prewarm::Fixed(0)
+        );
+        assert_eq!(
+            parse(&["--prewarm", "3"]).unwrap().prewarm,
+            Prewarm::Fixed(3)
+        );
+        let err = parse(&["--prewarm", "lots"]).unwrap_err().to_string();
+        assert!(err.contains("neither `auto` nor a number"), "{err}");
     }
 }

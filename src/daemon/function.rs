@@ -1,16 +1,17 @@
-//! A deployed function: its address, its current image, its concurrency slots.
+//! A deployed function: its address, its current image, its current configuration.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedRwLockReadGuard, RwLock, Semaphore};
+use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::prewarm::Prewarmed;
+use super::settings::Live;
+use super::stats::Stats;
 use crate::image::ImageConfig;
-use crate::runtime::Resources;
 
 /// An installed image directory (`rootfs/` and `config.json`).
 ///
@@ -62,36 +63,37 @@ pub fn remove_tree(dir: &Path) {
 pub struct Function {
     pub name: String,
     pub ip: Ipv4Addr,
-    pub resources: Resources,
     image: Arc<RwLock<Arc<Image>>>,
-    pub slots: Arc<Semaphore>,
+    /// Replaced whole by a configuration update; each request keeps the one it began with.
+    live: std::sync::RwLock<Arc<Live>>,
     /// Cancelled to stop this function's listener (and its prewarming).
     pub stop: CancellationToken,
     /// Containers started ahead of their request (`--prewarm`).
     pub prewarmed: Prewarmed,
     /// Its accept loop and its requests in flight, which an undeploy waits for.
     pub requests: TaskTracker,
+    /// Its requests since the daemon started, for `describe`.
+    pub stats: Stats,
 }
 
 impl Function {
     pub fn new(
         name: &str,
         ip: Ipv4Addr,
-        resources: Resources,
+        live: Live,
         image: Image,
-        slots: usize,
         stop: CancellationToken,
         prewarmed: Prewarmed,
     ) -> Self {
         Function {
             name: name.to_string(),
             ip,
-            resources,
             image: Arc::new(RwLock::new(Arc::new(image))),
-            slots: Arc::new(Semaphore::new(slots)),
+            live: std::sync::RwLock::new(Arc::new(live)),
             stop,
             prewarmed,
             requests: TaskTracker::new(),
+            stats: Stats::default(),
         }
     }
 
@@ -110,5 +112,15 @@ impl Function {
     pub async fn with_image_mut<T>(&self, swap: impl FnOnce(&mut Arc<Image>) -> T) -> T {
         let mut guard = self.image.write().await;
         swap(&mut guard)
+    }
+
+    /// The configuration new requests start with.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap().clone()
+    }
+
+    /// Makes `live` the configuration of the requests that start from now on.
+    pub fn set_live(&self, live: Live) {
+        *self.live.write().unwrap() = Arc::new(live);
     }
 }

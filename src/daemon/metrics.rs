@@ -16,6 +16,11 @@ pub struct FunctionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub function: String,
     pub reason: String,
@@ -41,8 +46,12 @@ pub struct Metrics {
     pub requests: Family<FunctionLabel, Counter>,
     pub failures: Family<ReasonLabels, Counter>,
     pub in_flight: Family<FunctionLabel, Gauge>,
-    pub prewarmed: Family<FunctionLabel, Gauge>,
-    pub prewarmed_used: Family<FunctionLabel, Counter>,
+    prewarmed: Family<FunctionLabel, Gauge>,
+    prewarmed_memory: Family<FunctionLabel, Gauge>,
+    prewarm_target: Family<FunctionLabel, Gauge>,
+    prewarm_starting: Family<FunctionLabel, Gauge>,
+    prewarmed_used: Family<FunctionLabel, Counter>,
+    cold_requests: Family<FunctionLabel, Counter>,
     prewarm_failures: Family<FunctionLabel, Counter>,
     prewarm_backoff: Family<FunctionLabel, SecondsGauge>,
     pub cold_start: Histograms,
@@ -51,6 +60,7 @@ pub struct Metrics {
     pub idle_closed: Family<FunctionLabel, Counter>,
     pub connections_refused: Family<ReasonLabels, Counter>,
     gateway_closed: Family<ReasonLabel, Counter>,
+    netns: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -60,7 +70,11 @@ impl Default for Metrics {
         let failures = Family::<ReasonLabels, Counter>::default();
         let in_flight = Family::<FunctionLabel, Gauge>::default();
         let prewarmed = Family::<FunctionLabel, Gauge>::default();
+        let prewarmed_memory = Family::<FunctionLabel, Gauge>::default();
+        let prewarm_target = Family::<FunctionLabel, Gauge>::default();
+        let prewarm_starting = Family::<FunctionLabel, Gauge>::default();
         let prewarmed_used = Family::<FunctionLabel, Counter>::default();
+        let cold_requests = Family::<FunctionLabel, Counter>::default();
         let prewarm_failures = Family::<FunctionLabel, Counter>::default();
         let prewarm_backoff = Family::<FunctionLabel, SecondsGauge>::default();
         let cold_start: Histograms = Family::new_with_constructor(latency_histogram);
@@ -82,9 +96,29 @@ impl Default for Metrics {
             prewarmed.clone(),
         );
         registry.register(
+            "prewarmed_memory_bytes",
+            "Memory the waiting containers hold, from their cgroups (--prewarm-memory-mb bounds the sum)",
+            prewarmed_memory.clone(),
+        );
+        registry.register(
+            "prewarm_target",
+            "How many containers should wait now (--prewarm auto: from the arrival rate; 0 once idle)",
+            prewarm_target.clone(),
+        );
+        registry.register(
+            "prewarm_starting",
+            "Containers being started ahead of their request (not yet waiting)",
+            prewarm_starting.clone(),
+        );
+        registry.register(
             "prewarmed_requests",
-            "Requests served by a container started ahead of them",
+            "Warm hits: requests served by a container started ahead of them",
             prewarmed_used.clone(),
+        );
+        registry.register(
+            "cold_requests",
+            "Warm misses: requests that found no waiting container and waited for a cold start",
+            cold_requests.clone(),
         );
         registry.register(
             "prewarm_failures",
@@ -131,13 +165,24 @@ impl Default for Metrics {
              head_too_large, malformed, unknown_function, no_route, per_source, fd_reserve",
             gateway_closed.clone(),
         );
+        let netns = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "netns",
+            "Pooled network namespaces: made, reused (came back empty), dropped (came back \
+             not provably empty, never lent again)",
+            netns.clone(),
+        );
         Metrics {
             registry,
             requests,
             failures,
             in_flight,
             prewarmed,
+            prewarmed_memory,
+            prewarm_target,
+            prewarm_starting,
             prewarmed_used,
+            cold_requests,
             prewarm_failures,
             prewarm_backoff,
             cold_start,
@@ -146,6 +191,7 @@ impl Default for Metrics {
             idle_closed,
             connections_refused,
             gateway_closed,
+            netns,
         }
     }
 }
@@ -162,6 +208,11 @@ impl Metrics {
         let label = Self::label(function);
         PrewarmMetrics {
             waiting: self.prewarmed.get_or_create(&label).clone(),
+            memory: self.prewarmed_memory.get_or_create(&label).clone(),
+            target: self.prewarm_target.get_or_create(&label).clone(),
+            starting: self.prewarm_starting.get_or_create(&label).clone(),
+            hits: self.prewarmed_used.get_or_create(&label).clone(),
+            misses: self.cold_requests.get_or_create(&label).clone(),
             failures: self.prewarm_failures.get_or_create(&label).clone(),
             backoff: self.prewarm_backoff.get_or_create(&label).clone(),
         }
@@ -197,6 +248,21 @@ impl Metrics {
             .observe(d.as_secs_f64());
     }
 
+    /// Copies the runtime's namespace pool counts (kept by the runtime, which knows no
+    /// metrics) into their counters.
+    pub fn set_netns(&self, stats: crate::runtime::NetnsStats) {
+        for (outcome, n) in [
+            ("made", stats.made),
+            ("reused", stats.reused),
+            ("dropped", stats.dropped),
+        ] {
+            self.netns
+                .get_or_create(&OutcomeLabel { outcome })
+                .inner()
+                .store(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -208,6 +274,11 @@ impl Metrics {
 /// What /metrics shows of one function's prewarmed containers.
 pub struct PrewarmMetrics {
     pub waiting: Gauge,
+    pub memory: Gauge,
+    pub target: Gauge,
+    pub starting: Gauge,
+    pub hits: Counter,
+    pub misses: Counter,
     pub failures: Counter,
     pub backoff: SecondsGauge,
 }

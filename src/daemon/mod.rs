@@ -16,7 +16,9 @@ mod prewarm;
 mod pull;
 mod registry;
 mod request;
+mod settings;
 mod state_dir;
+mod stats;
 mod store_mount;
 mod store_quota;
 mod totals;
@@ -40,7 +42,11 @@ use loopback::{Loopback, LoopbackError};
 use metrics::Metrics;
 pub use registry::FunctionRecord;
 use registry::{Registry, RegistryError};
+pub use settings::SettingsError;
+use settings::{Live, Maxima};
 
+pub use crate::api::Deployed;
+use crate::api::{ConfigChange, ConfigView, Description, FunctionLimits};
 use crate::backend::{Backend, BackendError};
 use crate::image::{self, ImageError};
 use crate::runtime::{self, RuntimeError};
@@ -90,6 +96,8 @@ pub enum DaemonError {
     InstallThread(#[from] upload::InstallThreadError),
     #[error(transparent)]
     RegistryAuth(#[from] pull::AuthFileError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     #[error("reading the token file {path} failed: {source}")]
     Token {
         path: PathBuf,
@@ -106,14 +114,6 @@ fn fs_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
-/// What a deploy returns.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Deployed {
-    pub name: String,
-    pub ip: Ipv4Addr,
-    pub cmd: Vec<String>,
-}
-
 pub struct Daemon {
     pub cfg: Config,
     backend: Backend,
@@ -123,6 +123,8 @@ pub struct Daemon {
     functions: RwLock<BTreeMap<String, Arc<Function>>>,
     metrics: Metrics,
     global_slots: Arc<Semaphore>,
+    /// What every function's prewarming shares (policy, memory budget, cold starts).
+    prewarm: Arc<prewarm::Pool>,
     /// Installs running at once (each within image::install's memory budget).
     installs: Arc<Semaphore>,
     store: Arc<store_quota::StoreQuota>,
@@ -144,6 +146,8 @@ pub struct Daemon {
     token: Option<String>,
     /// Credentials and plain-HTTP registries for pulls.
     registries: pull::Registries,
+    /// The most a function's configuration may ask for.
+    maxima: Maxima,
 }
 
 /// Image installs at once: each is bound by the disk and a core (2 here), and holds up
@@ -177,6 +181,13 @@ fn base36(mut n: u64) -> String {
     String::from_utf8(out).expect("ASCII digits")
 }
 
+/// Seconds since the Unix epoch (0 on a clock before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     (1..=63).contains(&name.len())
@@ -190,6 +201,8 @@ impl Daemon {
     pub async fn start(cfg: Config) -> Result<Arc<Self>, DaemonError> {
         // Refused before anything is created: a bad combination leaves no trace.
         let totals = totals::resolve(&cfg)?;
+        let maxima = Maxima::resolve(&cfg, &totals);
+        maxima.check_defaults(&cfg)?;
         let store_mount = state_dir::prepare(&cfg)?;
         let token = match &cfg.token_file {
             Some(path) => Some(
@@ -233,6 +246,14 @@ impl Daemon {
             functions: RwLock::new(BTreeMap::new()),
             metrics: Metrics::default(),
             global_slots: Arc::new(Semaphore::new(cfg.max_containers)),
+            prewarm: Arc::new(prewarm::Pool::new(
+                cfg.prewarm,
+                cfg.prewarm_idle(),
+                cfg.max_per_function,
+                // Default: a quarter of what all containers together may use.
+                cfg.prewarm_memory_mb
+                    .map_or(totals.memory_bytes / 4, |mb| mb << 20),
+            )),
             installs: Arc::new(Semaphore::new(MAX_INSTALLS)),
             store_mount: std::sync::Mutex::new(store_mount),
             store: Arc::new(store_quota::StoreQuota::new(
@@ -249,6 +270,7 @@ impl Daemon {
             removing: Default::default(),
             token,
             registries,
+            maxima,
             cfg,
         });
         daemon.restore().await;
@@ -304,32 +326,28 @@ impl Daemon {
         rec: &FunctionRecord,
         image: Image,
         listener: TcpListener,
-    ) {
+    ) -> Arc<Function> {
         let stop = self.stop_accepting.child_token();
         let f = Arc::new(Function::new(
             name,
             rec.ip,
-            rec.resources,
+            Live::of(rec, &self.cfg),
             image,
-            self.cfg.max_per_function,
             stop,
-            prewarm::Prewarmed::new(self.metrics.prewarm(name)),
+            prewarm::Prewarmed::new(self.prewarm.clone(), self.metrics.prewarm(name)),
         ));
         self.functions
             .write()
             .unwrap()
             .insert(name.to_string(), f.clone());
-        if self.cfg.prewarm > 0 {
-            tokio::spawn(prewarm::keep_ready(
-                self.clone(),
-                f.clone(),
-                self.cfg.prewarm,
-            ));
+        if self.prewarm.enabled() {
+            tokio::spawn(prewarm::keep_ready(self.clone(), f.clone()));
         }
         tokio::spawn(
             f.requests
                 .track_future(self.clone().accept_loop(f.clone(), listener)),
         );
+        f
     }
 
     async fn accept_loop(self: Arc<Self>, f: Arc<Function>, listener: TcpListener) {
@@ -405,9 +423,24 @@ impl Daemon {
         upload: impl Read + Send + 'static,
         limits: image::Limits,
     ) -> Result<Deployed, DaemonError> {
+        self.deploy_with(name, upload, limits, &ConfigChange::default())
+            .await
+    }
+
+    /// [`deploy`](Self::deploy) with a configuration change applied with it (over the
+    /// defaults for a new function, over its current configuration for a redeploy).
+    pub async fn deploy_with(
+        self: &Arc<Self>,
+        name: &str,
+        upload: impl Read + Send + 'static,
+        limits: image::Limits,
+        change: &ConfigChange,
+    ) -> Result<Deployed, DaemonError> {
         if !valid_name(name) {
             return Err(DaemonError::InvalidName(name.to_string()));
         }
+        // A configuration refused must cost no upload.
+        self.check_change(change)?;
         // The upload streams into a staging directory without holding any lock; the
         // install permit is taken once it is spooled (a stalled upload holds none) and goes
         // with the install thread, which outlives a client that hangs up.
@@ -450,22 +483,34 @@ impl Daemon {
             }?;
             // Installs that ran beside this one may have used the store up meanwhile.
             store.check(&images)?;
-            Ok::<_, DaemonError>(staged)
+            // For describe; a failed walk only loses that line.
+            let size = store_quota::disk_usage(staged.path()).ok();
+            Ok::<_, DaemonError>((staged, size))
         })
         .await??;
+        let (staged, image_size) = staged;
         let config = staged.config().clone();
         let mut registry = self.registry.lock().await;
         if self.removing.lock().unwrap().contains(name) {
             return Err(DaemonError::Removing(name.to_string()));
         }
         let dest = self.cfg.images_dir().join(name);
-        let ip = match self.function(name) {
+        let f = match self.function(name) {
             Some(f) => {
-                self.redeploy(&mut registry, &f, staged, &dest).await?;
-                f.ip
+                self.redeploy(&mut registry, &f, (staged, image_size), &dest, change)
+                    .await?;
+                f
             }
-            None => self.deploy_new(&mut registry, name, staged, &dest).await?,
+            None => {
+                self.deploy_new(&mut registry, name, (staged, image_size), &dest, change)
+                    .await?
+            }
         };
+        drop(registry);
+        // The answer waits for the first waiting container, so that the first request
+        // is served warm (bounded: a handler that never connects must not hold a deploy).
+        f.prewarmed.settled(self.cfg.connect_timeout()).await;
+        let ip = f.ip;
         tracing::info!(function = %name, %ip, cmd = ?config.cmd, "deployed");
         Ok(Deployed {
             name: name.to_string(),
@@ -478,18 +523,25 @@ impl Daemon {
         self: &Arc<Self>,
         registry: &mut Registry,
         name: &str,
-        staged: image::StagedImage,
+        (staged, image_size): (image::StagedImage, Option<u64>),
         dest: &Path,
-    ) -> Result<Ipv4Addr, DaemonError> {
+        change: &ConfigChange,
+    ) -> Result<Arc<Function>, DaemonError> {
+        let mut record = FunctionRecord {
+            ip: Ipv4Addr::UNSPECIFIED,
+            config: staged.config().clone(),
+            resources: self.cfg.resources(),
+            settings: Default::default(),
+            image_digest: staged.digest().to_string(),
+            deployed_at: Some(unix_now()),
+            image_size,
+        };
+        settings::apply(&mut record, change, &self.maxima)?;
         let mut taken: HashSet<Ipv4Addr> = registry.functions().values().map(|r| r.ip).collect();
         taken.extend(self.lo_ips().await?);
         let ip = pool::lowest_free(self.cfg.subnet, &taken)
             .ok_or(DaemonError::PoolExhausted(self.cfg.subnet))?;
-        let record = FunctionRecord {
-            ip,
-            config: staged.config().clone(),
-            resources: self.cfg.resources(),
-        };
+        record.ip = ip;
         self.lo.add(ip).await?;
         let undo_address = |e: DaemonError| async move {
             if let Err(e2) = self.lo.remove_ours(ip).await {
@@ -515,27 +567,32 @@ impl Daemon {
             return Err(undo_address(e.into()).await);
         }
         let image = Image::new(dest.to_path_buf(), record.config.clone());
-        self.activate(name, &record, image, listener);
-        Ok(ip)
+        Ok(self.activate(name, &record, image, listener))
     }
 
     async fn redeploy(
         &self,
         registry: &mut Registry,
         f: &Function,
-        staged: image::StagedImage,
+        (staged, image_size): (image::StagedImage, Option<u64>),
         dest: &Path,
+        change: &ConfigChange,
     ) -> Result<(), DaemonError> {
         let config = staged.config().clone();
-        let old_record = registry.functions().get(&f.name).cloned();
-        registry.put(
-            &f.name,
-            FunctionRecord {
-                ip: f.ip,
-                config: config.clone(),
-                resources: f.resources,
-            },
-        )?;
+        let old_record = registry
+            .functions()
+            .get(&f.name)
+            .cloned()
+            .ok_or_else(|| DaemonError::NotFound(f.name.clone()))?;
+        let mut record = FunctionRecord {
+            config: config.clone(),
+            image_digest: staged.digest().to_string(),
+            deployed_at: Some(unix_now()),
+            image_size,
+            ..old_record.clone()
+        };
+        settings::apply(&mut record, change, &self.maxima)?;
+        registry.put(&f.name, record.clone())?;
         let aside = self.retired_path(&f.name);
         let swapped = f
             .with_image_mut(|current| -> Result<(), DaemonError> {
@@ -551,14 +608,98 @@ impl Daemon {
             .await;
         match swapped {
             // Containers waiting with the old image must not serve new requests.
-            Ok(()) => f.prewarmed.clear(),
-            Err(_) => {
-                if let Some(old) = old_record {
-                    let _ = registry.put(&f.name, old);
+            Ok(()) => {
+                if !change.is_empty() {
+                    f.set_live(Live::of(&record, &self.cfg));
                 }
+                f.prewarmed.clear()
+            }
+            Err(_) => {
+                let _ = registry.put(&f.name, old_record);
             }
         }
         swapped
+    }
+
+    /// Refuses a change that no function could take (bad env, above a maximum), before
+    /// anything is done for it.
+    pub fn check_change(&self, change: &ConfigChange) -> Result<(), DaemonError> {
+        Ok(settings::check(change, self.cfg.resources(), &self.maxima)?)
+    }
+
+    /// Changes function `name`'s configuration without touching its image: persisted
+    /// first, then the requests that start from now on get it; those in flight finish
+    /// with theirs. Prewarmed containers (made with the old one) are discarded.
+    pub async fn configure(
+        &self,
+        name: &str,
+        change: &ConfigChange,
+    ) -> Result<ConfigView, DaemonError> {
+        let mut registry = self.registry.lock().await;
+        let f = self
+            .function(name)
+            .ok_or_else(|| DaemonError::NotFound(name.to_string()))?;
+        let mut record = registry
+            .functions()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| DaemonError::NotFound(name.to_string()))?;
+        settings::apply(&mut record, change, &self.maxima)?;
+        registry.put(name, record.clone())?;
+        f.set_live(Live::of(&record, &self.cfg));
+        f.prewarmed.clear();
+        tracing::info!(function = %name, env = ?record.settings.env.keys().collect::<Vec<_>>(),
+            resources = ?record.resources, timeout_secs = ?record.settings.timeout_secs,
+            max_concurrency = ?record.settings.max_concurrency, "configuration updated");
+        Ok(self.config_view(name, &record))
+    }
+
+    /// Everything about function `name` but its env values (`GET /api/functions/<name>`).
+    pub async fn describe(&self, name: &str) -> Result<Description, DaemonError> {
+        let f = self
+            .function(name)
+            .ok_or_else(|| DaemonError::NotFound(name.to_string()))?;
+        let record = self
+            .records()
+            .await
+            .remove(name)
+            .ok_or_else(|| DaemonError::NotFound(name.to_string()))?;
+        let view = self.config_view(name, &record);
+        let env = settings::merge_env(&record.config.env, &record.settings.env);
+        let counts = f.stats.snapshot();
+        Ok(Description {
+            name: name.to_string(),
+            ip: record.ip,
+            port: self.cfg.function_port,
+            image_digest: record.image_digest,
+            image_size_bytes: record.image_size,
+            cmd: record.config.cmd,
+            workdir: record.config.working_dir,
+            user: format!("{}:{}", record.config.uid, record.config.gid),
+            env: crate::api::env_names(&env),
+            limits: view.limits,
+            deployed_at: record.deployed_at,
+            requests_served: counts.served,
+            failures: counts.failures,
+            last_failure: counts.last_failure,
+            warm: self.metrics.prewarm(name).waiting.get().max(0) as u64,
+        })
+    }
+
+    /// A function's configuration as the API answers it (env names, not values).
+    pub fn config_view(&self, name: &str, record: &FunctionRecord) -> ConfigView {
+        let live = Live::of(record, &self.cfg);
+        ConfigView {
+            name: name.to_string(),
+            env: record.settings.env.keys().cloned().collect(),
+            limits: FunctionLimits {
+                memory_mb: live.resources.memory_bytes >> 20,
+                cpus: live.resources.cpu_millis as f64 / 1000.0,
+                pids_max: live.resources.pids_max,
+                timeout_secs: live.exec_timeout.as_secs_f64(),
+                max_concurrency: live.max_concurrency,
+            },
+        }
     }
 
     fn retired_path(&self, name: &str) -> PathBuf {
@@ -583,7 +724,8 @@ impl Daemon {
         f.stop.cancel();
         f.prewarmed.clear();
         f.requests.close();
-        let bound = self.cfg.exec_timeout() + self.cfg.queue_timeout() + DRAIN_SLACK;
+        let longest = std::time::Duration::from_secs_f64(self.maxima.timeout_secs);
+        let bound = longest + self.cfg.queue_timeout() + DRAIN_SLACK;
         if tokio::time::timeout(bound, f.requests.wait())
             .await
             .is_err()
@@ -607,6 +749,7 @@ impl Daemon {
 
     /// The metrics in Prometheus text format, as /metrics serves them.
     pub fn metrics_text(&self) -> String {
+        self.metrics.set_netns(self.backend.netns_stats());
         self.metrics.render()
     }
 

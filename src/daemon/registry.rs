@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::settings::FunctionSettings;
 use crate::image::ImageConfig;
 use crate::runtime::Resources;
 
@@ -40,6 +41,18 @@ pub struct FunctionRecord {
     pub ip: Ipv4Addr,
     pub config: ImageConfig,
     pub resources: Resources,
+    /// Env, timeout and concurrency set through the API.
+    #[serde(default)]
+    pub settings: FunctionSettings,
+    /// `sha256:<hex>` of the image's config blob (empty in older registries).
+    #[serde(default)]
+    pub image_digest: String,
+    /// Seconds since the Unix epoch of the last deploy (absent in older registries).
+    #[serde(default)]
+    pub deployed_at: Option<u64>,
+    /// Bytes the image takes on disk, measured at deploy (absent in older registries).
+    #[serde(default)]
+    pub image_size: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -142,10 +155,10 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn record(ip: [u8; 4]) -> FunctionRecord {
+    pub(crate) fn record(ip: [u8; 4]) -> FunctionRecord {
         FunctionRecord {
             ip: Ipv4Addr::from(ip),
             config: ImageConfig {
@@ -156,6 +169,10 @@ mod tests {
                 gid: 0,
             },
             resources: Resources::default(),
+            settings: FunctionSettings::default(),
+            image_digest: String::new(),
+            deployed_at: None,
+            image_size: None,
         }
     }
 

@@ -20,6 +20,8 @@ use super::admission::SourceSlot;
 use super::function::{Function, Image};
 use super::logs;
 use super::metrics::Metrics;
+use super::prewarm;
+use super::settings::{self, Live};
 use super::Daemon;
 use crate::backend::{BackendError, Container};
 use crate::fdpass;
@@ -141,6 +143,7 @@ pub async fn serve(d: Arc<Daemon>, f: Arc<Function>, tcp: TcpStream, _source: So
         // Dropping `handle` tears its container and bundle down.
         _ = d.kill_requests.cancelled() => Err(RequestError::Shutdown),
     };
+    f.prewarmed.request_done();
     d.metrics.in_flight.get_or_create(&label).dec();
     let total = accepted.elapsed();
     Metrics::observe(&d.metrics.duration, &f.name, total);
@@ -148,8 +151,13 @@ pub async fn serve(d: Arc<Daemon>, f: Arc<Function>, tcp: TcpStream, _source: So
         Ok(served) => {
             Metrics::observe(&d.metrics.cold_start, &f.name, served.cold_start);
             let ok = served.status.success();
-            if !ok {
-                d.metrics.failure(&f.name, exit_reason(&served.status));
+            if ok {
+                f.stats.served();
+            } else {
+                let reason = exit_reason(&served.status);
+                d.metrics.failure(&f.name, reason);
+                let status = format!("the handler ended with {:?}", served.status.exit);
+                f.stats.failed(&served.id, reason, status);
             }
             tracing::info!(
                 function = %f.name,
@@ -163,6 +171,7 @@ pub async fn serve(d: Arc<Daemon>, f: Arc<Function>, tcp: TcpStream, _source: So
         }
         Err(e) => {
             d.metrics.failure(&f.name, e.reason());
+            f.stats.failed(&id, e.reason(), e.to_string());
             tracing::warn!(function = %f.name, request = %id, total_ms = ms(total), "request failed: {e}");
         }
     }
@@ -210,17 +219,15 @@ async fn handle(
     // A prewarmed container whose handover fails (its handler died while waiting) is
     // discarded, and the request takes the cold path like any other.
     let mut started = None;
-    let ready = match d.cfg.prewarm {
-        0 => None,
-        _ => f.prewarmed.take(&f.current_image().await),
-    };
+    // One started before a configuration update runs the old one: not for new requests.
+    let ready = f
+        .prewarmed
+        .take(&f.current_image().await)
+        .filter(|r| Arc::ptr_eq(&r.live, &f.live()));
     if let Some(ready) = ready {
         match hand_over(&ready.control, &tcp).await {
             Ok(()) => {
-                d.metrics
-                    .prewarmed_used
-                    .get_or_create(&Metrics::label(&f.name))
-                    .inc();
+                f.prewarmed.hit();
                 started = Some(Ok(ready));
             }
             Err(e) => {
@@ -232,10 +239,13 @@ async fn handle(
     // so that failure too gets its answer below (the container is torn down on drop).
     let started = match started {
         Some(s) => s,
-        None => match start(d, f, id, accepted).await {
-            Ok(s) => hand_over(&s.control, &tcp).await.map(|()| s),
-            Err(e) => Err(e),
-        },
+        None => {
+            let _cold = prewarm::cold_start(d, f);
+            match start(d, f, id, accepted).await {
+                Ok(s) => hand_over(&s.control, &tcp).await.map(|()| s),
+                Err(e) => Err(e),
+            }
+        }
     };
     match started {
         // The fields left in `started` (bundle, slots, image) are dropped when this
@@ -244,6 +254,7 @@ async fn handle(
             id,
             container,
             control,
+            live,
             ..
         }) => {
             let cold_start = accepted.elapsed();
@@ -261,7 +272,7 @@ async fn handle(
             drop(control);
             // The handler owns the connection now; our copy must not keep it open.
             drop(tcp);
-            let budget = d.cfg.exec_timeout().saturating_sub(accepted.elapsed());
+            let budget = live.exec_timeout.saturating_sub(accepted.elapsed());
             let status = container.wait(budget).await?;
             Ok(Served {
                 id,
@@ -286,6 +297,8 @@ pub struct Started {
     pub control: tokio::net::UnixStream,
     /// The image it runs, kept alive (a redeploy's old rootfs stays until it ends).
     pub image: Arc<Image>,
+    /// The configuration it was started with (its timeout applies to it to the end).
+    pub live: Arc<Live>,
     _bundle: Bundle,
     _slots: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
@@ -297,7 +310,8 @@ pub async fn start(
     id: &str,
     accepted: Instant,
 ) -> Result<Started, RequestError> {
-    let slots = acquire_slots(d, f).await?;
+    let live = f.live();
+    let slots = acquire_slots(d, &live).await?;
     let bundle = Bundle::create(&d.cfg.bundles_dir(), id)?;
     let image = f.image().await;
     let image_arc = Arc::clone(&image);
@@ -311,21 +325,23 @@ pub async fn start(
     logs::forward(log_rd, &f.name, id, dropped);
 
     let spawn_d = d.clone();
-    let (resources, id_owned, sock) = (f.resources, id.to_string(), bundle.socket());
+    let (id_owned, sock) = (id.to_string(), bundle.socket());
     let bundle_dir = bundle.dir.clone();
+    let spawn_live = live.clone();
     let container = tokio::task::spawn_blocking(move || {
         let cfg = &image.config;
         let rootfs = image.rootfs();
+        let env = settings::merge_env(&cfg.env, &spawn_live.env);
         let spec = ContainerSpec {
             id: &id_owned,
             rootfs: &rootfs,
             argv: &cfg.cmd,
-            env: &cfg.env,
+            env: &env,
             workdir: &cfg.working_dir,
             uid: cfg.uid,
             gid: cfg.gid,
             hostname: &id_owned,
-            resources,
+            resources: spawn_live.resources,
             control_socket: Some(&sock),
             stdout: Some(log_wr.as_fd()),
             stderr: Some(log_wr.as_fd()),
@@ -346,6 +362,7 @@ pub async fn start(
                 container,
                 control,
                 image: image_arc,
+                live,
                 _bundle: bundle,
                 _slots: slots,
             }),
@@ -381,11 +398,11 @@ fn container_exit(c: &Container) -> impl std::future::Future<Output = ()> {
 
 async fn acquire_slots(
     d: &Daemon,
-    f: &Function,
+    live: &Live,
 ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), RequestError> {
     let wait = d.cfg.queue_timeout();
     let both = async {
-        let mine = f.slots.clone().acquire_owned().await;
+        let mine = live.slots.clone().acquire_owned().await;
         let global = d.global_slots.clone().acquire_owned().await;
         (mine, global)
     };

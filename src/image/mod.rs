@@ -46,6 +46,8 @@ const SPOOL_FILE: &str = "upload.tar";
 pub struct StagedImage {
     dir: PathBuf,
     config: ImageConfig,
+    /// `sha256:<hex>` of the image's config blob: its image id, as `docker images` shows it.
+    digest: String,
     committed: bool,
 }
 
@@ -53,6 +55,11 @@ impl StagedImage {
     /// The run configuration read from the image.
     pub fn config(&self) -> &ImageConfig {
         &self.config
+    }
+
+    /// The image id, `sha256:<hex>` of its config blob.
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
 
     /// The staging directory (holding `rootfs/` and `config.json`).
@@ -112,6 +119,7 @@ fn new_staging(work_dir: &Path) -> Result<StagedImage, ImageError> {
                         uid: 0,
                         gid: 0,
                     },
+                    digest: String::new(),
                     committed: false,
                 })
             }
@@ -164,6 +172,10 @@ pub fn install_gated<G>(
     let ar = archive::Archive::index(spool, limits)?;
     let plan = ar.plan()?;
     let parsed = config::parse_config(&plan.config_name, &plan.config)?;
+    staged.digest = {
+        use sha2::Digest;
+        format!("sha256:{:x}", sha2::Sha256::digest(&plan.config))
+    };
 
     let rootfs = staged.dir.join(ROOTFS_DIR);
     std::fs::DirBuilder::new()

@@ -345,6 +345,24 @@ pub fn sweep(parent: &str) -> Result<usize> {
     Ok(removed.len())
 }
 
+/// The memory charged to container `id` under `parent` now, in bytes: `memory.current`
+/// (v2) or `memory.usage_in_bytes` (v1), read from the memory hierarchy.
+pub fn memory_usage(parent: &str, id: &str) -> io::Result<u64> {
+    for dir in parent_dirs(parent) {
+        for file in ["memory.current", "memory.usage_in_bytes"] {
+            match fs::read_to_string(dir.join(id).join(file)) {
+                Ok(s) => return s.trim().parse().map_err(io::Error::other),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no memory controller file for cgroup {parent}/{id}"),
+    ))
+}
+
 /// Names of the container cgroups currently under `parent` (any hierarchy).
 pub fn children(parent: &str) -> Vec<String> {
     let mut names: Vec<String> = parent_dirs(parent)

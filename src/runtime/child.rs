@@ -208,7 +208,7 @@ pub struct ChildPlan<'a> {
     pub uid: libc::uid_t,
     pub gid: libc::gid_t,
     pub caps: &'static CapPlan,
-    pub seccomp: &'static [BpfProgram],
+    pub seccomp: &'static BpfProgram,
     pub exe: CString,
     pub argv: CStrArray<'a>,
     pub envp: CStrArray<'a>,
@@ -623,10 +623,7 @@ fn restrict_network(plan: &ChildPlan) -> StepResult {
 }
 
 fn install_seccomp(plan: &ChildPlan) -> StepResult {
-    for prog in plan.seccomp {
-        seccompiler::apply_filter(prog).map_err(|_| Failure(Step::Seccomp, 0, errno()))?;
-    }
-    Ok(())
+    seccompiler::apply_filter(plan.seccomp).map_err(|_| Failure(Step::Seccomp, 0, errno()))
 }
 
 fn exec(plan: &ChildPlan, mask: &libc::sigset_t) -> Failure {

@@ -3,7 +3,9 @@
 //! Killing the first process kills the whole container: it is pid 1 of its pid namespace,
 //! and the kernel SIGKILLs every other member when it dies and reaps them itself, so
 //! orphaned grandchildren never linger as zombies. The cgroup kill then catches anything
-//! still exiting, and the cgroup is removed only once it is empty.
+//! still exiting, and the cgroup is removed only once it is empty. Only then, with
+//! nothing of the container left to run in it, does a pooled network namespace go back
+//! to its pool (which checks that it is empty first).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -13,6 +15,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::cgroup::ContainerCgroup;
 use super::error::{Result, RuntimeError};
+use super::netns_pool::LentNetns;
 use super::timeline::Timeline;
 
 /// How a container ended.
@@ -42,16 +45,23 @@ pub struct Container {
     pid: i32,
     pidfd: OwnedFd,
     cgroup: Option<ContainerCgroup>,
+    netns: Option<LentNetns>,
     reaped: bool,
     timeline: Option<Timeline>,
 }
 
 impl Container {
-    pub(super) fn new(pid: i32, pidfd: OwnedFd, cgroup: ContainerCgroup) -> Self {
+    pub(super) fn new(
+        pid: i32,
+        pidfd: OwnedFd,
+        cgroup: ContainerCgroup,
+        netns: Option<LentNetns>,
+    ) -> Self {
         Container {
             pid,
             pidfd,
             cgroup: Some(cgroup),
+            netns,
             reaped: false,
             timeline: None,
         }
@@ -82,8 +92,8 @@ impl Container {
         let _ = crate::pidfd::send_signal(&self.pidfd, libc::SIGKILL);
     }
 
-    /// Blocks until the container exits or `timeout` passes (then kills it), reaps it and
-    /// removes its cgroup.
+    /// Blocks until the container exits or `timeout` passes (then kills it) and reaps it;
+    /// its cgroup is removed and its namespace returned off this path (see `tear_down`).
     pub fn wait_blocking(mut self, timeout: Duration) -> Result<ExitStatus> {
         let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
         let ms = PollTimeout::try_from(timeout.as_millis().min(i32::MAX as u128) as i32)
@@ -98,8 +108,8 @@ impl Container {
         self.finish(ready)
     }
 
-    /// Waits from tokio until the container exits or `timeout` passes (then kills it),
-    /// reaps it and removes its cgroup.
+    /// Waits from tokio until the container exits or `timeout` passes (then kills it) and
+    /// reaps it; the rest of the teardown as for `wait_blocking`.
     pub async fn wait(mut self, timeout: Duration) -> Result<ExitStatus> {
         let exited = crate::pidfd::exited(self.pidfd.as_fd(), timeout)
             .await
@@ -117,7 +127,7 @@ impl Container {
         }
         let status = self.reap()?;
         let oom_killed = self.cgroup.as_ref().is_some_and(|c| c.oom_killed());
-        self.destroy_cgroup()?;
+        self.tear_down(true);
         Ok(ExitStatus {
             exit: if exited { status } else { Exit::TimedOut },
             oom_killed,
@@ -158,11 +168,27 @@ impl Container {
         }
     }
 
-    fn destroy_cgroup(&mut self) -> Result<()> {
-        match self.cgroup.take() {
-            Some(cg) => cg.destroy(),
-            None => Ok(()),
-        }
+    /// Removes the cgroup (draining it first), then returns the network namespace to its
+    /// pool if `reuse_netns` (only once reaped: nothing of the container can run in it
+    /// any more). Off the async threads, and off the caller's path: the exit status is
+    /// known by now, and the next request must not wait for this one's cleanup.
+    fn tear_down(&mut self, reuse_netns: bool) {
+        let (pid, cgroup) = (self.pid, self.cgroup.take());
+        let netns = self.netns.take().filter(|_| reuse_netns);
+        crate::offload::off_async(move || {
+            if let Some(cg) = cgroup {
+                if let Err(e) = cg.destroy() {
+                    // Processes may remain in it: the namespace is dropped, never reused.
+                    tracing::error!(pid, "removing a container's cgroup: {e}");
+                    return;
+                }
+            }
+            if let Some(ns) = netns {
+                if let Err(e) = ns.give_back() {
+                    tracing::warn!(pid, "network namespace not reused: {e}");
+                }
+            }
+        });
     }
 }
 
@@ -176,8 +202,7 @@ impl Drop for Container {
                 tracing::error!(pid = self.pid, "reaping a dropped container: {e}");
             }
         }
-        if let Err(e) = self.destroy_cgroup() {
-            tracing::error!(pid = self.pid, "removing a dropped container's cgroup: {e}");
-        }
+        // Not reaped: not provably gone, so its namespace is never reused.
+        self.tear_down(self.reaped);
     }
 }

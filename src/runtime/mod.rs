@@ -13,6 +13,7 @@ mod error;
 mod kept_fds;
 mod landlock;
 mod netns_pool;
+mod netns_probe;
 mod privileges;
 mod process;
 mod rootfs;
@@ -31,13 +32,14 @@ use seccompiler::BpfProgram;
 use serde::{Deserialize, Serialize};
 
 pub use cgroup::{
-    children as cgroup_children, limit_parent as limit_cgroup_parent, sweep as sweep_cgroups,
-    ParentLimits,
+    children as cgroup_children, limit_parent as limit_cgroup_parent,
+    memory_usage as cgroup_memory_usage, sweep as sweep_cgroups, ParentLimits,
 };
 pub use child::Step;
 pub use container::{Container, Exit, ExitStatus};
 pub use error::{Result, RuntimeError};
 pub use landlock::{abi as landlock_abi, net_support, NetSupport, NET_ABI as LANDLOCK_NET_ABI};
+pub use netns_pool::NetnsStats;
 pub use rootfs::{Kind as MountPointKind, MOUNT_POINTS};
 pub use timeline::{Timeline, PHASES as SETUP_PHASES};
 
@@ -97,14 +99,14 @@ pub struct Runtime {
 }
 
 static CAPS: OnceLock<CapPlan> = OnceLock::new();
-static SECCOMP: OnceLock<Vec<BpfProgram>> = OnceLock::new();
+static SECCOMP: OnceLock<BpfProgram> = OnceLock::new();
 
 impl Runtime {
     /// `cgroup_parent` is the cgroup (relative to each hierarchy's root) that holds every
     /// container, e.g. "faasd".
     pub fn new(cgroup_parent: &str) -> Result<Self> {
         if SECCOMP.get().is_none() {
-            let _ = SECCOMP.set(seccomp::filters()?);
+            let _ = SECCOMP.set(seccomp::filter()?);
         }
         CAPS.get_or_init(privileges::cap_plan);
         keep_non_dumpable()?;
@@ -126,14 +128,23 @@ impl Runtime {
         self
     }
 
-    /// Keeps `size` empty network namespaces made in advance (see netns_pool.rs); 0 makes
-    /// each container's namespace at clone time.
+    /// Keeps `size` empty network namespaces ready, made in advance or returned empty by
+    /// ended containers (see netns_pool.rs); 0 makes each container's namespace at clone
+    /// time.
     pub fn with_netns_pool(mut self, size: usize) -> Result<Self> {
         self.netns_pool = match size {
             0 => None,
             n => Some(netns_pool::NetnsPool::start(n)?),
         };
         Ok(self)
+    }
+
+    /// How the pooled network namespaces have fared (all zero without a pool).
+    pub fn netns_stats(&self) -> NetnsStats {
+        self.netns_pool
+            .as_ref()
+            .map(|p| p.stats())
+            .unwrap_or_default()
     }
 
     pub fn cgroup_parent(&self) -> &str {
@@ -183,7 +194,7 @@ impl Runtime {
                 stdio,
                 pipe_w.as_fd(),
                 self.landlock.as_ref().map(|fd| fd.as_fd()),
-                netns.as_ref().map(|fd| fd.as_fd()),
+                netns.as_ref().map(|ns| ns.fd()),
                 &join_fds,
             )?,
             new_root: rootfs::cstring("rootfs", spec.rootfs)?,
@@ -212,16 +223,16 @@ impl Runtime {
         drop(pipe_w);
         drop(join_fds);
         drop(join_files);
-        drop(netns);
         let spawned = match spawned {
             Ok(s) => s,
             Err(e) => {
+                // No process ever joined the namespace; dropping it only costs a fresh one.
                 cgroup.destroy()?;
                 return Err(e);
             }
         };
         let killed_in_setup = spawned.killed_in_setup;
-        let mut container = Container::new(spawned.pid, spawned.pidfd, cgroup);
+        let mut container = Container::new(spawned.pid, spawned.pidfd, cgroup, netns);
         // On any error below, dropping `container` kills, reaps and removes its cgroup.
         if killed_in_setup {
             return Err(RuntimeError::SetupTimeout {

@@ -1,10 +1,13 @@
-//! The seccomp filters every container runs under, built once per process.
+//! The seccomp filter every container runs under, built once per process.
 //!
 //! A deny list in Docker's spirit: syscalls a function has no business making fail with
-//! EPERM; everything else is allowed so arbitrary images keep working. A second filter
-//! answers clone3 with ENOSYS, as Docker does: its flags sit behind a pointer the filter
-//! cannot inspect, and libc falls back to clone, whose namespace flags the first filter
-//! checks.
+//! EPERM; everything else is allowed so arbitrary images keep working. clone3 gets ENOSYS,
+//! as in Docker: its flags sit behind a pointer the filter cannot inspect, and libc falls
+//! back to clone, whose namespace flags the filter checks. Any arch but x86_64 kills the
+//! process, and so does any x32 syscall: the kernel reports those as x86_64, with the x32
+//! bit in the number, so without that check every rule here could be bypassed on a kernel
+//! that runs x32 (CONFIG_X86_X32_ABI, e.g. Debian's with syscall.x32=y). The policy below
+//! is compiled into one tree-shaped BPF program (bpf_tree.rs).
 //!
 //! Compared with Docker's default profile (moby/profiles seccomp/default.json, 2025: an
 //! allow list, EPERM by default, some entries allowed only when the container holds a
@@ -47,17 +50,27 @@
 //!   userfaultfd, keyctl/add_key/request_key, open_by_handle_at, mount and the new mount
 //!   API, umount2, pivot_root, unshare, setns, iopl/ioperm, settimeofday, clock_settime,
 //!   quotactl, lookup_dcookie, vhangup: denied in both (vhangup: no terminal anyway);
-//! - clone with a namespace flag: denied in both; clone3: ENOSYS in both.
+//! - clone with a namespace flag: denied in both; clone3: ENOSYS in both;
+//! - x32 syscalls: Docker filters them with the same rules (x32 is in its arch list); we
+//!   kill the process, as for every ABI but x86_64 (no function image is x32).
 
-use std::collections::btree_map::Entry;
+mod bpf_tree;
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
+use seccompiler::BpfProgram;
 
+use self::bpf_tree::{Action, ArgCheck, ArgTest, Policy, Rule};
 use super::error::{Result, RuntimeError};
+
+/// AUDIT_ARCH_X86_64 (linux/audit.h): EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE.
+const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+
+/// x32 syscalls come with AUDIT_ARCH_X86_64 too, their number ORed with this bit
+/// (asm/unistd.h __X32_SYSCALL_BIT).
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
 const DENIED: &[libc::c_long] = &[
     libc::SYS_mount,
@@ -123,10 +136,10 @@ const NAMESPACE_FLAGS: &[libc::c_int] = &[
 
 /// The flag that makes sendto/sendmsg an implicit connect (TCP Fast Open): it reaches the
 /// protocol's connect without the LSM connect hook Landlock checks, so seccomp refuses it.
-const MSG_FASTOPEN: u64 = libc::MSG_FASTOPEN as u64;
+const MSG_FASTOPEN: u32 = libc::MSG_FASTOPEN as u32;
 
 /// (syscall, index of its flags argument) for every way to send with MSG_FASTOPEN.
-const SEND_FLAGS_ARG: &[(libc::c_long, u8)] = &[
+const SEND_FLAGS_ARG: &[(libc::c_long, usize)] = &[
     (libc::SYS_sendto, 3),
     (libc::SYS_sendmsg, 2),
     (libc::SYS_sendmmsg, 3),
@@ -134,86 +147,61 @@ const SEND_FLAGS_ARG: &[(libc::c_long, u8)] = &[
 
 /// The socket ioctls that read or change network devices (SIOCGIFCONF, SIOCGIFADDR, ...,
 /// SIOCDEVPRIVATE): on the handed-over socket they act on the host's network namespace.
-const SIOC_DEVICE_IOCTLS: (u64, u64) = (0x8910, 0x89ff);
+const SIOC_DEVICE_IOCTLS: (u32, u32) = (0x8910, 0x89ff);
 
-fn seccomp_err(e: impl ToString) -> RuntimeError {
-    RuntimeError::Seccomp(e.to_string())
+const EPERM: Action = Action::Errno(libc::EPERM as u16);
+
+/// Builds the program, to be installed as the container's last setup step.
+pub fn filter() -> Result<BpfProgram> {
+    bpf_tree::compile(&policy()).map_err(|e| RuntimeError::Seccomp(e.to_string()))
 }
 
-/// Rules that keep the handed-over socket (host network namespace) from reaching anything
-/// new; bind and connect themselves are Landlock's (see landlock.rs).
-fn network_rules() -> Result<Vec<(i64, Vec<SeccompRule>)>> {
-    let fastopen = |arg| -> Result<Vec<SeccompRule>> {
-        let cond = SeccompCondition::new(
-            arg,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::MaskedEq(MSG_FASTOPEN),
-            MSG_FASTOPEN,
-        )
-        .map_err(seccomp_err)?;
-        Ok(vec![SeccompRule::new(vec![cond]).map_err(seccomp_err)?])
-    };
-    let mut rules = SEND_FLAGS_ARG
+fn nr(syscall: libc::c_long) -> u32 {
+    u32::try_from(syscall).expect("x86_64 syscall numbers are small and positive")
+}
+
+fn policy() -> Policy {
+    let mut rules: BTreeMap<u32, Rule> = DENIED
         .iter()
-        .map(|&(nr, arg)| Ok((nr, fastopen(arg)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let (lo, hi) = SIOC_DEVICE_IOCTLS;
-    let device_ioctl = vec![
-        SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Ge, lo)
-            .map_err(seccomp_err)?,
-        SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Le, hi)
-            .map_err(seccomp_err)?,
-    ];
-    rules.push((
-        libc::SYS_ioctl,
-        vec![SeccompRule::new(device_ioctl).map_err(seccomp_err)?],
-    ));
-    Ok(rules)
-}
-
-fn errno_filter(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32) -> Result<BpfProgram> {
-    let err = |e: seccompiler::BackendError| RuntimeError::Seccomp(e.to_string());
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(errno as u32),
-        TargetArch::x86_64,
-    )
-    .map_err(err)?;
-    filter.try_into().map_err(err)
-}
-
-/// Builds the filters in the order they are to be installed.
-pub fn filters() -> Result<Vec<BpfProgram>> {
-    let mut deny: BTreeMap<i64, Vec<SeccompRule>> =
-        DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
-    let clone_rules = NAMESPACE_FLAGS
-        .iter()
-        .map(|&flag| {
-            let cond = SeccompCondition::new(
-                0,
-                SeccompCmpArgLen::Qword,
-                SeccompCmpOp::MaskedEq(flag as u64),
-                flag as u64,
-            )?;
-            SeccompRule::new(vec![cond])
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| RuntimeError::Seccomp(e.to_string()))?;
-    deny.insert(libc::SYS_clone, clone_rules);
-    for (nr, rules) in network_rules()? {
-        match deny.entry(nr) {
-            Entry::Vacant(e) => {
-                e.insert(rules);
-            }
-            // An empty rule list already denies the syscall whatever its arguments.
-            Entry::Occupied(mut e) if !e.get().is_empty() => e.get_mut().extend(rules),
-            Entry::Occupied(_) => {}
-        }
+        .map(|&syscall| (nr(syscall), Rule::Always(EPERM)))
+        .collect();
+    // Every namespace flag lives in the low word of clone's 64-bit flags argument.
+    let namespace_mask = NAMESPACE_FLAGS.iter().fold(0, |mask, &f| mask | f as u32);
+    deny_if(
+        &mut rules,
+        libc::SYS_clone,
+        0,
+        ArgTest::AnyBit(namespace_mask),
+    );
+    // Rules that keep the handed-over socket (host network namespace) from reaching
+    // anything new; bind and connect themselves are Landlock's (see landlock.rs).
+    for &(syscall, arg) in SEND_FLAGS_ARG {
+        deny_if(&mut rules, syscall, arg, ArgTest::AnyBit(MSG_FASTOPEN));
     }
-    let clone3 = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
-    Ok(vec![
-        errno_filter(deny, libc::EPERM)?,
-        errno_filter(clone3, libc::ENOSYS)?,
-    ])
+    let (lo, hi) = SIOC_DEVICE_IOCTLS;
+    deny_if(&mut rules, libc::SYS_ioctl, 1, ArgTest::InRange(lo, hi));
+    rules.insert(
+        nr(libc::SYS_clone3),
+        Rule::Always(Action::Errno(libc::ENOSYS as u16)),
+    );
+    Policy {
+        arch: AUDIT_ARCH_X86_64,
+        wrong_arch: Action::KillProcess,
+        other_abi_from: Some(X32_SYSCALL_BIT),
+        default: Action::Allow,
+        rules,
+    }
+}
+
+/// EPERM for `syscall` when `test` holds on argument `arg` (or any earlier check does).
+fn deny_if(rules: &mut BTreeMap<u32, Rule>, syscall: libc::c_long, arg: usize, test: ArgTest) {
+    let check = ArgCheck { arg, test };
+    match rules.entry(nr(syscall)).or_insert_with(|| Rule::IfAny {
+        checks: Vec::new(),
+        then: EPERM,
+    }) {
+        Rule::IfAny { checks, .. } => checks.push(check),
+        // Denied whatever its arguments already.
+        Rule::Always(_) => {}
+    }
 }

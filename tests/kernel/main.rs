@@ -10,9 +10,12 @@ mod archives;
 mod child_security;
 mod daemon;
 mod e2e;
+mod function_config;
 mod gateway;
 mod image_security;
 mod net_isolation;
+mod pools;
+mod prewarm;
 mod registry;
 mod request_security;
 mod runtime;
@@ -43,10 +46,13 @@ fn main() {
         .chain(archives::tests())
         .chain(registry::tests())
         .chain(net_isolation::tests())
+        .chain(pools::tests())
         .chain(child_security::tests())
         .chain(request_security::tests())
         .chain(api_security::tests())
         .chain(image_security::tests())
+        .chain(prewarm::tests())
+        .chain(function_config::tests())
         .map(|t| t.with_ignored_flag(!root))
         .collect();
     libtest_mimic::run(&args, trials).exit();

@@ -1,0 +1,212 @@
+//! The control API's request and answer bodies, defined once: the daemon serializes them
+//! (`daemon::api`) and `faas` deserializes them. The seed's endpoints keep their exact
+//! shapes (the prototype's client reads them); README "Control API" lists every endpoint.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::Resources;
+
+/// Header of `POST /api/new` naming the function.
+pub const IMAGE_NAME_HEADER: &str = "X-Image-Name";
+/// Optional header of `POST /api/new`: a [`ConfigChange`] as JSON, applied with the deploy
+/// (the body is the tarball, so the configuration travels beside it).
+pub const CONFIG_HEADER: &str = "X-Function-Config";
+
+/// Every error answer: `{"error": "..."}` with a 4xx or 5xx status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// `POST /api/new`: the function is live at `ip`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployed {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub cmd: Vec<String>,
+}
+
+/// `GET /api/ip/<name>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionIp {
+    pub name: String,
+    pub ip: Ipv4Addr,
+}
+
+/// `DELETE /api/functions/<name>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Removed {
+    pub name: String,
+}
+
+/// `GET /api/list`: function name -> its entry.
+pub type List = BTreeMap<String, ListEntry>;
+
+/// One function in `GET /api/list` (the prototype's fields, plus env names and limits).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListEntry {
+    pub ip: Ipv4Addr,
+    pub rootfs: PathBuf,
+    pub cmd: Vec<String>,
+    /// Names only: values are often secrets, and the list needs no token.
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub workdir: String,
+    /// `uid:gid`.
+    #[serde(default)]
+    pub user: String,
+    pub resources: Resources,
+    /// Containers waiting for a request now (--prewarm); absent from an older daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<usize>,
+}
+
+/// A change to a function's configuration: the body of `PATCH /api/functions/<name>/config`
+/// and, at deploy, the [`CONFIG_HEADER`]. Absent fields keep their current value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigChange {
+    /// Set (or replace) these variables; merged over the image's `Env`, these win.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Remove these variables set earlier (the image's own `Env` is not touched).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unset_env: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_max: Option<u32>,
+    /// Seconds a request may take before its container is killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<f64>,
+    /// Containers of this function running at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<usize>,
+}
+
+impl ConfigChange {
+    pub fn is_empty(&self) -> bool {
+        *self == ConfigChange::default()
+    }
+}
+
+/// What each of a function's requests runs with (in [`ConfigView`] and [`Description`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionLimits {
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub pids_max: u32,
+    pub timeout_secs: f64,
+    pub max_concurrency: usize,
+}
+
+/// A function's configuration as answered (`PATCH .../config`): env names, never values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigView {
+    pub name: String,
+    /// Names of the variables set through the API (over the image's).
+    pub env: Vec<String>,
+    #[serde(flatten)]
+    pub limits: FunctionLimits,
+}
+
+/// `GET /api/functions/<name>`: everything about a function but its env values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Description {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// `sha256:<hex>` of the image's config blob (its image id); empty for a function
+    /// deployed before faasd recorded it.
+    pub image_digest: String,
+    /// Bytes the image takes on disk, measured at deploy (None: before faasd recorded it).
+    pub image_size_bytes: Option<u64>,
+    pub cmd: Vec<String>,
+    pub workdir: String,
+    /// `uid:gid`.
+    pub user: String,
+    /// Names of every variable the handler gets (the image's and ours), never values.
+    pub env: Vec<String>,
+    #[serde(flatten)]
+    pub limits: FunctionLimits,
+    /// Seconds since the Unix epoch of the last deploy (None: before faasd recorded it).
+    pub deployed_at: Option<u64>,
+    /// Requests whose handler ran to its exit, since the daemon started.
+    pub requests_served: u64,
+    /// Failed requests by reason (the `faasd_failures_total` reasons), since the start.
+    pub failures: BTreeMap<String, u64>,
+    pub last_failure: Option<LastFailure>,
+    /// Prewarmed containers waiting for a request.
+    pub warm: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastFailure {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub request: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// `KEY=value` -> `KEY`.
+pub fn env_names(env: &[String]) -> Vec<String> {
+    env.iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map_or(kv.as_str(), |(k, _)| k)
+                .to_string()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_entry_keeps_the_prototype_field_names() {
+        let e = ListEntry {
+            ip: Ipv4Addr::new(10, 0, 0, 10),
+            rootfs: "/var/lib/faasd/images/f/rootfs".into(),
+            cmd: vec!["/h".into()],
+            env: vec!["PATH".into()],
+            workdir: "/".into(),
+            user: "0:0".into(),
+            resources: Resources::default(),
+            warm: Some(1),
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        for key in ["ip", "rootfs", "cmd", "env", "workdir", "user", "resources"] {
+            assert!(v.get(key).is_some(), "{key} missing from {v}");
+        }
+        assert_eq!(v["ip"], "10.0.0.10");
+        let back: ListEntry = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn config_change_omits_what_it_does_not_change_and_refuses_unknown_fields() {
+        assert_eq!(
+            serde_json::to_string(&ConfigChange::default()).unwrap(),
+            "{}"
+        );
+        let c: ConfigChange = serde_json::from_str(r#"{"memory_mb":64}"#).unwrap();
+        assert_eq!(c.memory_mb, Some(64));
+        assert!(!c.is_empty());
+        assert!(serde_json::from_str::<ConfigChange>(r#"{"memory":64}"#).is_err());
+    }
+
+    #[test]
+    fn env_names_drop_values() {
+        let env = vec!["A=1".to_string(), "B=x=y".into(), "C".into()];
+        assert_eq!(env_names(&env), ["A", "B", "C"]);
+    }
+}
