@@ -6,14 +6,17 @@
 //! make stay inside it and vanish with it.
 
 mod api_security;
+mod archives;
 mod child_security;
 mod daemon;
 mod e2e;
 mod function_config;
+mod gateway;
 mod image_security;
 mod net_isolation;
 mod pools;
 mod prewarm;
+mod registry;
 mod request_security;
 mod runtime;
 mod support;
@@ -39,6 +42,9 @@ fn main() {
         .into_iter()
         .chain(daemon::tests())
         .chain(e2e::tests())
+        .chain(gateway::tests())
+        .chain(archives::tests())
+        .chain(registry::tests())
         .chain(net_isolation::tests())
         .chain(pools::tests())
         .chain(child_security::tests())

@@ -21,6 +21,7 @@ mod invoke;
 mod ip;
 mod list;
 mod new;
+mod pull;
 mod rm;
 
 use std::path::PathBuf;
@@ -114,6 +115,7 @@ mod tests {
         Command::New(new::Args {
             name: name.into(),
             file: file.map(PathBuf::from),
+            image: None,
             config: ConfigFlags::default(),
         })
     }
@@ -181,6 +183,7 @@ mod tests {
             Command::New(new::Args {
                 name: "f".into(),
                 file: Some("i.tar".into()),
+                image: None,
                 config: flags,
             })
         );
