@@ -841,6 +841,9 @@ impl Daemon {
         if let Err(e) = recover(&self.cfg, &self.backend) {
             tracing::error!("final cleanup failed: {e}");
         }
+        if let Err(e) = runtime::remove_cgroup_parent(&self.cfg.cgroup_parent) {
+            tracing::warn!("leaving the cgroup parent: {e}");
+        }
         drop(self.store_mount.lock().unwrap().take());
         tracing::info!("stopped");
     }

@@ -345,6 +345,23 @@ pub fn sweep(parent: &str) -> Result<usize> {
     Ok(removed.len())
 }
 
+/// Removes `parent` itself from every hierarchy, once the containers under it are gone
+/// (a clean stop): the next start makes it again with its limits.
+pub fn remove_parent(parent: &str) -> io::Result<()> {
+    for dir in parent_dirs(parent) {
+        match fs::remove_dir(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("removing {}: {e}", dir.display()),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The memory charged to container `id` under `parent` now, in bytes: `memory.current`
 /// (v2) or `memory.usage_in_bytes` (v1), read from the memory hierarchy.
 pub fn memory_usage(parent: &str, id: &str) -> io::Result<u64> {

@@ -35,7 +35,8 @@ use serde::{Deserialize, Serialize};
 
 pub use cgroup::{
     children as cgroup_children, limit_parent as limit_cgroup_parent,
-    memory_usage as cgroup_memory_usage, sweep as sweep_cgroups, ParentLimits,
+    memory_usage as cgroup_memory_usage, remove_parent as remove_cgroup_parent,
+    sweep as sweep_cgroups, ParentLimits,
 };
 pub use child::{Step, SO_NETNS_COOKIE};
 pub use container::{Container, Exit, ExitStatus};

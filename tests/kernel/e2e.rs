@@ -703,6 +703,17 @@ fn sigterm_removes_only_our_addresses() -> TestResult {
         s.processes().is_empty(),
         format!("processes {:?}", s.processes()),
     )?;
+    // So does the cgroup parent it made (in every hierarchy: v2, or each v1 controller's).
+    let roots = fs::read_dir("/sys/fs/cgroup")?.flatten().map(|e| e.path());
+    let parents: Vec<_> = std::iter::once(PathBuf::from("/sys/fs/cgroup"))
+        .chain(roots)
+        .map(|root| root.join(&s.cgroup_parent))
+        .filter(|p| p.exists())
+        .collect();
+    s.check(
+        parents.is_empty(),
+        format!("cgroup parent left after SIGTERM: {parents:?}"),
+    )?;
     // The store's nosuid mount goes with a clean stop: the state dir removes like any other.
     let images = s.state().join("images");
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
