@@ -57,11 +57,14 @@ struct Shared {
 struct State {
     /// Registered containers by network namespace cookie.
     containers: HashMap<u64, Registered>,
+    /// Tells registrations of one (reused) namespace apart.
+    generation: u64,
     /// Connections that matched no container yet, oldest first.
     parked: VecDeque<Parked>,
 }
 
 struct Registered {
+    generation: u64,
     init: i32,
     pid_ns: Option<u64>,
     /// Taken by the first connection that belongs to the container.
@@ -78,6 +81,7 @@ struct Parked {
 pub struct Registration {
     shared: Arc<Shared>,
     cookie: u64,
+    generation: u64,
     connected: Option<oneshot::Receiver<UnixStream>>,
 }
 
@@ -100,21 +104,24 @@ impl ControlSocket {
     }
 
     /// Registers the container whose network namespace has `netns_cookie` and whose
-    /// first process is `init` (host pid). None if that namespace is registered already.
-    pub fn register(&self, netns_cookie: u64, init: i32) -> Option<Registration> {
+    /// first process is `init` (host pid). A namespace is lent to a container only once
+    /// its previous one is gone (netns_pool.rs), so a registration of the same cookie
+    /// still here is that dead container's, whose request has not ended yet: replaced.
+    pub fn register(&self, netns_cookie: u64, init: i32) -> Registration {
         let pid_ns = control_peer::pid_namespace(init);
         let (tx, rx) = oneshot::channel();
-        let mut registered = Registered {
-            init,
-            pid_ns,
-            waiting: Some(tx),
-        };
         let mut rejects = Vec::new();
+        let generation;
         {
             let mut state = self.shared.state.lock().unwrap();
-            if state.containers.contains_key(&netns_cookie) {
-                return None;
-            }
+            state.generation += 1;
+            generation = state.generation;
+            let mut registered = Registered {
+                generation,
+                init,
+                pid_ns,
+                waiting: Some(tx),
+            };
             // Connections that came before the registration, in their order.
             let parked = std::mem::take(&mut state.parked);
             for p in parked {
@@ -133,11 +140,12 @@ impl ControlSocket {
         for (p, reason) in rejects {
             self.shared.reject(p.stream, reason);
         }
-        Some(Registration {
+        Registration {
             shared: self.shared.clone(),
             cookie: netns_cookie,
+            generation,
             connected: Some(rx),
-        })
+        }
     }
 }
 
@@ -164,13 +172,16 @@ impl Registration {
 }
 
 impl Drop for Registration {
+    /// Removes this registration, not a later one of the same (reused) namespace.
     fn drop(&mut self) {
-        self.shared
-            .state
-            .lock()
-            .unwrap()
+        let mut state = self.shared.state.lock().unwrap();
+        if state
             .containers
-            .remove(&self.cookie);
+            .get(&self.cookie)
+            .is_some_and(|r| r.generation == self.generation)
+        {
+            state.containers.remove(&self.cookie);
+        }
     }
 }
 

@@ -42,8 +42,6 @@ pub enum RequestError {
     },
     #[error("starting the container failed: {0}")]
     Spawn(#[from] BackendError),
-    #[error("the container's network namespace is registered on the control socket already")]
-    ControlRegistration,
     #[error("the container's start task failed: {0}")]
     SpawnTask(#[source] tokio::task::JoinError),
     #[error("the handler did not connect to /control.sock within {0:?}")]
@@ -64,7 +62,6 @@ impl RequestError {
             RequestError::Busy(_) => "busy",
             RequestError::Bundle { .. } => "bundle",
             RequestError::Spawn(_) => "spawn",
-            RequestError::ControlRegistration => "control_registration",
             RequestError::SpawnTask(_) => "spawn_task",
             RequestError::ConnectTimeout(_) => "connect_timeout",
             RequestError::ExitedEarly(_) => "exited_early",
@@ -82,9 +79,7 @@ impl RequestError {
             }
             RequestError::ConnectTimeout(_) => ("504 Gateway Timeout", self.to_string()),
             // Our own failure, not the handler's.
-            RequestError::SpawnTask(_)
-            | RequestError::ControlRegistration
-            | RequestError::Spawn(BackendError::TeardownTask(_)) => {
+            RequestError::SpawnTask(_) | RequestError::Spawn(BackendError::TeardownTask(_)) => {
                 ("500 Internal Server Error", self.to_string())
             }
             _ => ("502 Bad Gateway", self.to_string()),
@@ -394,12 +389,7 @@ pub async fn start(
         let (netns_cookie, init) = container
             .native_identity()
             .expect("the native runtime's container");
-        *registration = Some(
-            native
-                .control
-                .register(netns_cookie, init)
-                .ok_or(RequestError::ControlRegistration)?,
-        );
+        *registration = Some(native.control.register(netns_cookie, init));
     }
 
     let connect = d.cfg.connect_timeout().saturating_sub(accepted.elapsed());

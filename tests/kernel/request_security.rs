@@ -91,8 +91,11 @@ fn control_socket_attack() -> TestResult {
     )
 }
 
-/// The mount namespaces a daemon holds (its mount templates) and its mount table.
-fn mount_state(pid: i32) -> io::Result<(usize, Vec<String>)> {
+/// The mount namespaces a daemon holds (its mount templates) and its mount table, less
+/// the mounts of the other tests' daemons running beside it in the harness namespace.
+fn mount_state(pid: i32, own: &std::path::Path) -> io::Result<(usize, Vec<String>)> {
+    let all_tests = support::state_dir().to_string_lossy().into_owned();
+    let own = own.to_string_lossy().into_owned();
     let templates = std::fs::read_dir(format!("/proc/{pid}/fd"))?
         .flatten()
         .filter(|e| {
@@ -101,6 +104,7 @@ fn mount_state(pid: i32) -> io::Result<(usize, Vec<String>)> {
         .count();
     let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?
         .lines()
+        .filter(|l| !l.contains(&all_tests) || l.contains(&own))
         .map(str::to_string)
         .collect();
     Ok((templates, mounts))
@@ -113,7 +117,7 @@ fn mount_templates_released() -> TestResult {
     let s = Setup::new(&[])?;
     let d = s.start()?;
     let pid = d.pid();
-    let (templates, mounts) = mount_state(pid)?;
+    let (templates, mounts) = mount_state(pid, &s.state())?;
     s.check(
         templates == 0,
         format!("{templates} templates before any deploy"),
@@ -122,24 +126,24 @@ fn mount_templates_released() -> TestResult {
     s.expect_hello(ip, "/first")?;
     s.check(
         eventually(SLACK, || {
-            mount_state(pid).is_ok_and(|m| m == (1, mounts.clone()))
+            mount_state(pid, &s.state()).is_ok_and(|m| m == (1, mounts.clone()))
         }),
-        format!("after deploy: {:?}", mount_state(pid)?),
+        format!("after deploy: {:?}", mount_state(pid, &s.state())?),
     )?;
     s.deploy("tpl", "test-handler-serve.tar", Via::File)?;
     s.expect_hello(ip, "/second")?;
     s.check(
         eventually(SLACK, || {
-            mount_state(pid).is_ok_and(|m| m == (1, mounts.clone()))
+            mount_state(pid, &s.state()).is_ok_and(|m| m == (1, mounts.clone()))
         }),
-        format!("after redeploy: {:?}", mount_state(pid)?.0),
+        format!("after redeploy: {:?}", mount_state(pid, &s.state())?.0),
     )?;
     s.faas(&["rm", "tpl"], None)?;
     s.check(
         eventually(SLACK, || {
-            mount_state(pid).is_ok_and(|m| m == (0, mounts.clone()))
+            mount_state(pid, &s.state()).is_ok_and(|m| m == (0, mounts.clone()))
         }),
-        format!("after undeploy: {:?}", mount_state(pid)?),
+        format!("after undeploy: {:?}", mount_state(pid, &s.state())?),
     )
 }
 
@@ -425,9 +429,14 @@ fn undeploy_drains() -> TestResult {
                 .output()
         })
     };
-    // Refused (or unreachable) once the removal has started, while the request runs on.
+    // Refused (or unreachable) once the removal has started (the function has left the
+    // list: starting `faas` takes a while in the VM), while the request runs on.
+    let removing = eventually(Duration::from_millis(1500), || {
+        s.list().is_ok_and(|l| l.get("slow").is_none())
+    });
+    s.check(removing, "the removal did not start within 1.5 s")?;
     let mut last = None;
-    let refused = eventually(Duration::from_secs(1), || {
+    let refused = eventually(Duration::from_millis(300), || {
         last = Some(TcpStream::connect_timeout(
             &(ip, 80).into(),
             Duration::from_millis(200),
@@ -437,7 +446,7 @@ fn undeploy_drains() -> TestResult {
     s.check(
         refused && !in_flight.is_finished(),
         format!(
-            "1 s into the removal: new connection {last:?}, request in flight finished: {}",
+            "0.3 s into the removal: new connection {last:?}, request in flight finished: {}",
             in_flight.is_finished()
         ),
     )?;
