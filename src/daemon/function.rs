@@ -8,6 +8,7 @@ use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::log_file::FunctionLog;
 use super::prewarm::Prewarmed;
 use super::settings::Live;
 use super::stats::Stats;
@@ -74,6 +75,8 @@ pub struct Function {
     pub requests: TaskTracker,
     /// Its requests since the daemon started, for `describe`.
     pub stats: Stats,
+    /// Its handlers' stdout and stderr.
+    pub log: Arc<FunctionLog>,
 }
 
 impl Function {
@@ -84,6 +87,7 @@ impl Function {
         image: Image,
         stop: CancellationToken,
         prewarmed: Prewarmed,
+        log: FunctionLog,
     ) -> Self {
         Function {
             name: name.to_string(),
@@ -94,6 +98,7 @@ impl Function {
             prewarmed,
             requests: TaskTracker::new(),
             stats: Stats::default(),
+            log: Arc::new(log),
         }
     }
 

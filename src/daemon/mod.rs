@@ -6,6 +6,8 @@ mod api;
 pub mod config;
 mod function;
 mod http_server;
+mod log_file;
+mod log_stream;
 mod logs;
 pub mod loopback;
 mod metrics;
@@ -35,6 +37,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::Config;
 use function::{Function, Image};
+use log_file::FunctionLog;
 use loopback::{Loopback, LoopbackError};
 use metrics::Metrics;
 pub use registry::FunctionRecord;
@@ -281,7 +284,9 @@ impl Daemon {
                     self.lo.add(rec.ip).await?;
                 }
                 let listener = self.bind(rec.ip).await?;
-                self.activate(&name, &rec, Image::new(dir, rec.config.clone()), listener);
+                let log = self.open_log(&name)?;
+                let image = Image::new(dir, rec.config.clone());
+                self.activate(&name, &rec, image, listener, log);
                 Ok::<_, DaemonError>(())
             }
             .await;
@@ -309,6 +314,13 @@ impl Daemon {
             .map_err(|source| DaemonError::Listen { addr, source })
     }
 
+    /// Opens function `name`'s log (keeping what an earlier run wrote).
+    fn open_log(&self, name: &str) -> Result<FunctionLog, DaemonError> {
+        let dir = self.cfg.logs_dir();
+        FunctionLog::open(&dir, name, self.cfg.log_max_mb << 20)
+            .map_err(fs_err("open the log of a function in", &dir))
+    }
+
     /// Makes a function live: in the table, and accepting on its listener.
     fn activate(
         self: &Arc<Self>,
@@ -316,6 +328,7 @@ impl Daemon {
         rec: &FunctionRecord,
         image: Image,
         listener: TcpListener,
+        log: FunctionLog,
     ) -> Arc<Function> {
         let stop = self.stop_accepting.child_token();
         let f = Arc::new(Function::new(
@@ -325,6 +338,7 @@ impl Daemon {
             image,
             stop,
             prewarm::Prewarmed::new(self.prewarm.clone(), self.metrics.prewarm(name)),
+            log,
         ));
         self.functions
             .write()
@@ -530,8 +544,8 @@ impl Daemon {
             }
             e
         };
-        let listener = match self.bind(ip).await {
-            Ok(l) => l,
+        let (listener, log) = match self.bind(ip).await.and_then(|l| Ok((l, self.open_log(name)?))) {
+            Ok(opened) => opened,
             Err(e) => return Err(undo_address(e).await),
         };
         // A leftover directory of the same name (a crash mid-undeploy) is not ours to keep.
@@ -548,7 +562,7 @@ impl Daemon {
             return Err(undo_address(e.into()).await);
         }
         let image = Image::new(dest.to_path_buf(), record.config.clone());
-        Ok(self.activate(name, &record, image, listener))
+        Ok(self.activate(name, &record, image, listener, log))
     }
 
     async fn redeploy(
@@ -723,6 +737,7 @@ impl Daemon {
             Err(e) => tracing::error!(function = %name, "moving its image aside failed: {e}"),
         })
         .await;
+        f.log.remove();
         self.removing.lock().unwrap().remove(name);
         tracing::info!(function = %name, "undeployed");
         Ok(())
