@@ -10,6 +10,7 @@ mod child_security;
 mod daemon;
 mod e2e;
 mod function_config;
+mod function_logs;
 mod image_security;
 mod net_isolation;
 mod pools;
@@ -47,6 +48,7 @@ fn main() {
         .chain(image_security::tests())
         .chain(prewarm::tests())
         .chain(function_config::tests())
+        .chain(function_logs::tests())
         .map(|t| t.with_ignored_flag(!root))
         .collect();
     libtest_mimic::run(&args, trials).exit();
