@@ -18,6 +18,7 @@ mod prewarm;
 mod request_security;
 mod runtime;
 mod support;
+mod systemd_unit;
 
 use libtest_mimic::{Arguments, Trial};
 
@@ -49,6 +50,7 @@ fn main() {
         .chain(prewarm::tests())
         .chain(function_config::tests())
         .chain(function_logs::tests())
+        .chain(systemd_unit::tests())
         .map(|t| t.with_ignored_flag(!root))
         .collect();
     libtest_mimic::run(&args, trials).exit();
