@@ -29,7 +29,9 @@ pub struct FunctionLog {
 }
 
 struct Open {
-    file: File,
+    /// Opened at the first line: a function that never logs (or a deploy that fails
+    /// after this is made) leaves no file.
+    file: Option<File>,
     size: u64,
     followers: broadcast::Sender<Arc<str>>,
 }
@@ -41,21 +43,21 @@ pub struct Snapshot {
 }
 
 impl FunctionLog {
-    /// Opens (creating 0600) `dir/<name>.log`, appending to what an earlier run kept.
-    pub fn open(dir: &Path, name: &str, max_bytes: u64) -> io::Result<Self> {
+    /// The log `dir/<name>.log`, appending to what an earlier run kept; the file is
+    /// created (0600) with the first line.
+    pub fn new(dir: &Path, name: &str, max_bytes: u64) -> Self {
         let path = dir.join(format!("{name}.log"));
-        let file = open_append(&path)?;
-        let size = file.metadata()?.len();
-        Ok(FunctionLog {
+        let size = fs::metadata(&path).map_or(0, |m| m.len());
+        FunctionLog {
             function: name.to_string(),
             path,
             generation_max: max_bytes / 2,
             state: Mutex::new(Some(Open {
-                file,
+                file: None,
                 size,
                 followers: broadcast::channel(FOLLOW_BACKLOG).0,
             })),
-        })
+        }
     }
 
     pub fn function(&self) -> &str {
@@ -78,9 +80,19 @@ impl FunctionLog {
                 return;
             }
         }
-        match open.file.write_all(json.as_bytes()) {
+        let written = match &mut open.file {
+            Some(file) => file.write_all(json.as_bytes()),
+            None => open_append(&self.path).and_then(|mut file| {
+                let written = file.write_all(json.as_bytes());
+                open.file = Some(file);
+                written
+            }),
+        };
+        match written {
             Ok(()) => open.size += json.len() as u64,
-            Err(e) => tracing::error!(log = %self.path.display(), "writing a function's log failed: {e}"),
+            Err(e) => {
+                tracing::error!(log = %self.path.display(), "writing a function's log failed: {e}")
+            }
         }
         // No follower is not an error.
         let _ = open.followers.send(Arc::from(json.trim_end()));
@@ -88,7 +100,7 @@ impl FunctionLog {
 
     fn rotate(&self, open: &mut Open) -> io::Result<()> {
         fs::rename(&self.path, self.rotated())?;
-        open.file = open_append(&self.path)?;
+        open.file = Some(open_append(&self.path)?);
         open.size = 0;
         Ok(())
     }
@@ -164,7 +176,7 @@ mod tests {
     #[test]
     fn keeps_two_generations_under_the_bound() {
         let dir = tempfile::tempdir().unwrap();
-        let log = FunctionLog::open(dir.path(), "f", 4096).unwrap();
+        let log = FunctionLog::new(dir.path(), "f", 4096);
         for i in 0..500 {
             log.append(&line(i, &format!("line {i}")));
         }
@@ -173,13 +185,16 @@ mod tests {
         assert!(total <= 4096, "{total} bytes kept");
         let kept = log.read(0, None, false).unwrap().lines;
         assert_eq!(kept.last().unwrap().text, "line 499", "newest kept");
-        assert!(kept.windows(2).all(|w| w[0].ts_ms + 1 == w[1].ts_ms), "in order, no gap");
+        assert!(
+            kept.windows(2).all(|w| w[0].ts_ms + 1 == w[1].ts_ms),
+            "in order, no gap"
+        );
     }
 
     #[test]
     fn since_tail_and_follow() {
         let dir = tempfile::tempdir().unwrap();
-        let log = FunctionLog::open(dir.path(), "f", 1 << 20).unwrap();
+        let log = FunctionLog::new(dir.path(), "f", 1 << 20);
         for i in 0..10 {
             log.append(&line(i * 1000, &i.to_string()));
         }

@@ -284,9 +284,7 @@ impl Daemon {
                     self.lo.add(rec.ip).await?;
                 }
                 let listener = self.bind(rec.ip).await?;
-                let log = self.open_log(&name)?;
-                let image = Image::new(dir, rec.config.clone());
-                self.activate(&name, &rec, image, listener, log);
+                self.activate(&name, &rec, Image::new(dir, rec.config.clone()), listener);
                 Ok::<_, DaemonError>(())
             }
             .await;
@@ -314,13 +312,6 @@ impl Daemon {
             .map_err(|source| DaemonError::Listen { addr, source })
     }
 
-    /// Opens function `name`'s log (keeping what an earlier run wrote).
-    fn open_log(&self, name: &str) -> Result<FunctionLog, DaemonError> {
-        let dir = self.cfg.logs_dir();
-        FunctionLog::open(&dir, name, self.cfg.log_max_mb << 20)
-            .map_err(fs_err("open the log of a function in", &dir))
-    }
-
     /// Makes a function live: in the table, and accepting on its listener.
     fn activate(
         self: &Arc<Self>,
@@ -328,7 +319,6 @@ impl Daemon {
         rec: &FunctionRecord,
         image: Image,
         listener: TcpListener,
-        log: FunctionLog,
     ) -> Arc<Function> {
         let stop = self.stop_accepting.child_token();
         let f = Arc::new(Function::new(
@@ -338,7 +328,7 @@ impl Daemon {
             image,
             stop,
             prewarm::Prewarmed::new(self.prewarm.clone(), self.metrics.prewarm(name)),
-            log,
+            FunctionLog::new(&self.cfg.logs_dir(), name, self.cfg.log_max_mb << 20),
         ));
         self.functions
             .write()
@@ -544,8 +534,8 @@ impl Daemon {
             }
             e
         };
-        let (listener, log) = match self.bind(ip).await.and_then(|l| Ok((l, self.open_log(name)?))) {
-            Ok(opened) => opened,
+        let listener = match self.bind(ip).await {
+            Ok(l) => l,
             Err(e) => return Err(undo_address(e).await),
         };
         // A leftover directory of the same name (a crash mid-undeploy) is not ours to keep.
@@ -562,7 +552,7 @@ impl Daemon {
             return Err(undo_address(e.into()).await);
         }
         let image = Image::new(dest.to_path_buf(), record.config.clone());
-        Ok(self.activate(name, &record, image, listener, log))
+        Ok(self.activate(name, &record, image, listener))
     }
 
     async fn redeploy(

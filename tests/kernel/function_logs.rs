@@ -109,6 +109,12 @@ fn lines_tagged_tailed_followed_and_removed() -> TestResult {
         format!("modes {:o} {:o}", mode(&dir)?, mode(&file)?),
     )?;
 
+    let bad = s.control("GET /api/functions/lg/logs?tail=-1 HTTP/1.1", b"")?;
+    s.check(
+        bad.status() == Some(400) && bad.body().contains("\"error\""),
+        format!("a bad tail: {bad}"),
+    )?;
+
     // -f prints the next request's lines as they come, and ends with the function.
     let mut follower = Command::new(env!("CARGO_BIN_EXE_faas"))
         .args(["--url", &format!("http://{}", s.control_addr())])
@@ -155,7 +161,10 @@ fn lines_tagged_tailed_followed_and_removed() -> TestResult {
         "the log outlived faas rm",
     )?;
     let err = s.faas_err(&["logs", "lg"], None)?;
-    s.check(err.contains("no function named"), format!("faas logs after rm: {err}"))
+    s.check(
+        err.contains("no function named"),
+        format!("faas logs after rm: {err}"),
+    )
 }
 
 fn flood_is_cut_and_the_file_bounded() -> TestResult {
@@ -170,7 +179,9 @@ fn flood_is_cut_and_the_file_bounded() -> TestResult {
         s.check(r.status() == Some(200), format!("GET /flood: {r}"))?;
     }
     let dropped = "faasd_log_bytes_dropped_total{function=\"fl\"}";
-    eventually(SLACK, || metric(&s, dropped).unwrap_or(0.0) > (64 << 20) as f64);
+    eventually(SLACK, || {
+        metric(&s, dropped).unwrap_or(0.0) > (64 << 20) as f64
+    });
     let dir = s.state().join("logs");
     let size = |name: &str| fs::metadata(dir.join(name)).map_or(0, |m| m.len());
     let (current, rotated) = (size("fl.log"), size("fl.log.1"));
@@ -182,6 +193,11 @@ fn flood_is_cut_and_the_file_bounded() -> TestResult {
     let last = logs(&s, "fl", &["--tail", "3"])?;
     s.check(
         last.len() == 3 && last.iter().all(|l| l.ends_with(" [line continues]")),
-        format!("last lines: {:?}", last.iter().map(|l| &l[..l.len().min(80)]).collect::<Vec<_>>()),
+        format!(
+            "last lines: {:?}",
+            last.iter()
+                .map(|l| &l[..l.len().min(80)])
+                .collect::<Vec<_>>()
+        ),
     )
 }

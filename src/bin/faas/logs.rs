@@ -114,7 +114,10 @@ mod tests {
 
     #[test]
     fn since_takes_a_duration_or_a_time() {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let five_min = parse_since("5m").unwrap();
         assert!((now - 301..=now - 299).contains(&five_min), "{five_min}");
         assert_eq!(parse_since("2026-01-02T03:04:05Z").unwrap(), 1_767_323_045);
