@@ -10,14 +10,16 @@ mod support;
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use faasd::runtime::{ContainerSpec, Resources, Runtime, SETUP_PHASES};
+use faasd::runtime::{
+    ContainerSpec, ControlSocketOwner, MountTemplate, Resources, Runtime, SETUP_PHASES,
+};
 use support::{ms, ratio, Recorder, Stats};
 
 /// Containers started for the phase breakdown.
@@ -77,12 +79,13 @@ fn oci_run(tool: &str, bundle: &Path) -> bool {
 fn native_spec<'a>(
     id: &'a str,
     root: &'a Path,
+    template: &'a MountTemplate,
     argv: &'a [String],
-    control_socket: Option<&'a Path>,
 ) -> ContainerSpec<'a> {
     ContainerSpec {
         id,
         rootfs: root,
+        template: Some(template),
         argv,
         env: &[],
         workdir: "/",
@@ -90,13 +93,14 @@ fn native_spec<'a>(
         gid: 0,
         hostname: "bench",
         resources: Resources::default(),
-        control_socket,
+        control_socket: None,
         stdout: None,
         stderr: None,
     }
 }
 
 fn spawn_to_exit(c: &mut Criterion, root: &Path, rt: &Runtime) {
+    let (template, _) = MountTemplate::build(root, None).expect("mount template");
     let argv = ["/test-handler".to_string(), "true".to_string()];
     let mut g = c.benchmark_group("spawn_to_exit");
     g.sample_size(30).measurement_time(Duration::from_secs(5));
@@ -123,7 +127,7 @@ fn spawn_to_exit(c: &mut Criterion, root: &Path, rt: &Runtime) {
             rec.run(iters, || {
                 let id = format!("b{}", n.fetch_add(1, Ordering::Relaxed));
                 let status = rt
-                    .spawn(&native_spec(&id, root, &argv, None))
+                    .spawn(&native_spec(&id, root, &template, &argv))
                     .unwrap()
                     .wait_blocking(Duration::from_secs(10))
                     .unwrap();
@@ -187,10 +191,9 @@ fn spawn_summary(results: &[(&str, Stats)], skipped: &[String]) -> String {
 /// up to exec, then the handler's start until it connects to /control.sock, the
 /// hand-over of a connection until the answer is read, and the exit and teardown.
 fn breakdown(root: &Path, rt: &Runtime) {
-    let dir = root.parent().unwrap().join("bundle");
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("control.sock");
-    let listener = UnixListener::bind(&sock).unwrap();
+    let owner = ControlSocketOwner { uid: 0, gid: 0 };
+    let (template, listener) = MountTemplate::build(root, Some(owner)).expect("mount template");
+    let listener = listener.expect("a control socket");
     let argv = ["/test-handler".to_string()];
     let names: Vec<&str> = SETUP_PHASES
         .iter()
@@ -203,7 +206,7 @@ fn breakdown(root: &Path, rt: &Runtime) {
         let id = format!("bd{i}");
         let start = Instant::now();
         let container = rt
-            .spawn(&native_spec(&id, root, &argv, Some(&sock)))
+            .spawn(&native_spec(&id, root, &template, &argv))
             .expect("spawn");
         let execd = Instant::now();
         let timeline = *container

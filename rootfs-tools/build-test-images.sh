@@ -10,6 +10,8 @@
 #   OUTDIR/python-handler.tar    python3.11 from Debian packages + /test_handler.py
 #   OUTDIR/net-attack.tar        /net-attack (static C): a handler that tries to take the
 #                                client socket to the host network (see net-attack.c)
+#   OUTDIR/control-attack.tar    /control-attack (static C): a handler that connects to its
+#                                function's control socket three times (see control-attack.c)
 #   OUTDIR/exe-attack.tar        entrypoint "#!/proc/self/exe", glibc from Debian packages and
 #                                LD_PRELOAD=/exe-attack.so: the CVE-2019-5736 attack (exe-attack.c)
 # Downloads (apt-get download) are cached in OUTDIR/.debs; reruns are fast and idempotent.
@@ -100,15 +102,17 @@ for mode in serve crash noconnect hang flood floodlines slow forkbomb memhog pro
         -o "$OUT/test-handler-$mode.tar"
 done
 
-# --- the network attack handler ------------------------------------------------------------
-say "compiling net-attack (static)"
-ATTACK="$BUILD/rootfs-net-attack"
-rm -rf "$ATTACK"
-mkdir -p "$ATTACK"
-gcc -static -O2 -Wall -o "$ATTACK/net-attack" "$HERE/net-attack.c"
-say "writing $OUT/net-attack.tar"
-"${MKIMAGE[@]}" --rootfs "$ATTACK" --cmd '["/net-attack"]' \
-    --tag net-attack:latest --layout classic --compress none -o "$OUT/net-attack.tar"
+# --- the attack handlers: network (net-attack.c), control socket (control-attack.c) --------
+for attack in net-attack control-attack; do
+    say "compiling $attack (static)"
+    ATTACK="$BUILD/rootfs-$attack"
+    rm -rf "$ATTACK"
+    mkdir -p "$ATTACK"
+    gcc -static -O2 -Wall -o "$ATTACK/$attack" "$HERE/$attack.c"
+    say "writing $OUT/$attack.tar"
+    "${MKIMAGE[@]}" --rootfs "$ATTACK" --cmd "[\"/$attack\"]" \
+        --tag "$attack:latest" --layout classic --compress none -o "$OUT/$attack.tar"
+done
 
 # --- the /proc/self/exe attack (glibc for faasd's own binary to load) -----------------------
 PY_PKGS=(python3.11-minimal libpython3.11-minimal libc6 zlib1g libexpat1 libgcc-s1)

@@ -8,11 +8,8 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
-static int receive_client(void) {
-    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un addr = {.sun_family = AF_UNIX, .sun_path = "/control.sock"};
-    if (s < 0 || connect(s, (struct sockaddr *)&addr, sizeof addr) < 0)
-        return -1;
+/* Receives one message on `s`; returns the fd it carried, -1 (errno set) without one. */
+static inline int receive_fd(int s) {
     char data[64];
     struct iovec iov = {.iov_base = data, .iov_len = sizeof data};
     union {
@@ -21,8 +18,12 @@ static int receive_client(void) {
     } ctl;
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
                          .msg_controllen = sizeof ctl.buf};
-    if (recvmsg(s, &msg, MSG_CMSG_CLOEXEC) < 0)
+    ssize_t n = recvmsg(s, &msg, MSG_CMSG_CLOEXEC);
+    if (n <= 0) {
+        if (n == 0)
+            errno = ECONNRESET;
         return -1;
+    }
     struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
     if (!c || c->cmsg_type != SCM_RIGHTS) {
         errno = EPROTO;
@@ -31,4 +32,12 @@ static int receive_client(void) {
     int fd;
     memcpy(&fd, CMSG_DATA(c), sizeof fd);
     return fd;
+}
+
+static inline int receive_client(void) {
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un addr = {.sun_family = AF_UNIX, .sun_path = "/control.sock"};
+    if (s < 0 || connect(s, (struct sockaddr *)&addr, sizeof addr) < 0)
+        return -1;
+    return receive_fd(s);
 }

@@ -27,6 +27,8 @@ pub enum BackendError {
     Poll(#[source] std::io::Error),
     #[error("the container's teardown task failed: {0}")]
     TeardownTask(#[source] tokio::task::JoinError),
+    #[error("the runc backend needs a bundle directory")]
+    NoBundle,
 }
 
 pub enum Backend {
@@ -64,18 +66,25 @@ impl Backend {
         })
     }
 
-    /// Starts a container; `bundle` is the request's private directory (the runc backend
-    /// writes its config.json there).
+    /// Starts a container; `bundle` is the request's private directory, where the runc
+    /// backend writes its config.json (the native runtime needs none).
     pub fn spawn(
         &self,
         spec: &ContainerSpec<'_>,
-        bundle: &Path,
+        bundle: Option<&Path>,
     ) -> Result<Container, BackendError> {
         Ok(match self {
             Backend::Native(rt) => Inner::Native(rt.spawn(spec)?),
-            Backend::Runc(runc) => Inner::Runc(runc.spawn(spec, bundle)?),
+            Backend::Runc(runc) => {
+                Inner::Runc(runc.spawn(spec, bundle.ok_or(BackendError::NoBundle)?)?)
+            }
         }
         .into())
+    }
+
+    /// Whether this is the native runtime (which takes each image's mount template).
+    pub fn is_native(&self) -> bool {
+        matches!(self, Backend::Native(_))
     }
 
     /// How the native runtime's pooled network namespaces have fared (runc: none).
@@ -119,6 +128,15 @@ impl Container {
     pub fn timeline(&self) -> Option<&Timeline> {
         match self.inner() {
             Inner::Native(c) => c.timeline(),
+            Inner::Runc(_) => None,
+        }
+    }
+
+    /// The native runtime's container: its network namespace's cookie and the host pid
+    /// of its first process, by which its control connection is known.
+    pub fn native_identity(&self) -> Option<(u64, i32)> {
+        match self.inner() {
+            Inner::Native(c) => Some((c.netns_cookie(), c.pid())),
             Inner::Runc(_) => None,
         }
     }

@@ -8,11 +8,13 @@ use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::control::ControlSocket;
 use super::log_file::FunctionLog;
 use super::prewarm::Prewarmed;
 use super::settings::Live;
 use super::stats::Stats;
 use crate::image::ImageConfig;
+use crate::runtime::MountTemplate;
 
 /// An installed image directory (`rootfs/` and `config.json`).
 ///
@@ -22,14 +24,24 @@ use crate::image::ImageConfig;
 pub struct Image {
     dir: PathBuf,
     pub config: ImageConfig,
+    /// The native runtime's mount template and control socket (None with runc).
+    pub native: Option<NativeRoot>,
     retired_to: Mutex<Option<PathBuf>>,
 }
 
+/// What the native runtime prepares once per image: the containers' mount tree and
+/// the control socket in it (released with the image).
+pub struct NativeRoot {
+    pub template: MountTemplate,
+    pub control: ControlSocket,
+}
+
 impl Image {
-    pub fn new(dir: PathBuf, config: ImageConfig) -> Self {
+    pub fn new(dir: PathBuf, config: ImageConfig, native: Option<NativeRoot>) -> Self {
         Image {
             dir,
             config,
+            native,
             retired_to: Mutex::new(None),
         }
     }
@@ -46,6 +58,8 @@ impl Image {
 
 impl Drop for Image {
     fn drop(&mut self) {
+        // The template's mounts go before the directory they were made of.
+        drop(self.native.take());
         if let Some(dir) = self.retired_to.lock().unwrap().take() {
             // A rootfs can be large: never make the dropping task wait for it.
             std::thread::spawn(move || remove_tree(&dir));

@@ -54,6 +54,7 @@ pub struct Metrics {
     pub log_bytes_dropped: Family<FunctionLabel, Counter>,
     pub idle_closed: Family<FunctionLabel, Counter>,
     pub connections_refused: Family<ReasonLabels, Counter>,
+    pub control_rejected: Family<ReasonLabels, Counter>,
     netns: Family<OutcomeLabel, Counter>,
 }
 
@@ -152,6 +153,14 @@ impl Default for Metrics {
             "Connections closed at accept: per_source (--max-conns-per-source) or fd_reserve",
             connections_refused.clone(),
         );
+        let control_rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "control_connections_rejected",
+            "Connections to a function's control socket closed unused: second_connection, \
+             not_its_container, no_container (none registered in time), too_many_waiting, \
+             unreadable_peer",
+            control_rejected.clone(),
+        );
         let netns = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "netns",
@@ -177,6 +186,7 @@ impl Default for Metrics {
             log_bytes_dropped,
             idle_closed,
             connections_refused,
+            control_rejected,
             netns,
         }
     }

@@ -4,6 +4,8 @@
 mod admission;
 mod api;
 pub mod config;
+mod control;
+mod control_peer;
 mod function;
 mod http_server;
 mod log_file;
@@ -36,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::Config;
-use function::{Function, Image};
+use function::{Function, Image, NativeRoot};
 use log_file::FunctionLog;
 use loopback::{Loopback, LoopbackError};
 use metrics::Metrics;
@@ -94,6 +96,14 @@ pub enum DaemonError {
     Totals(#[from] totals::TotalsError),
     #[error(transparent)]
     InstallThread(#[from] upload::InstallThreadError),
+    #[error("preparing the image's mount template failed: {0}")]
+    TemplateTask(#[source] tokio::task::JoinError),
+    #[error("serving the control socket of {function} failed: {source}")]
+    ControlSocket {
+        function: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Settings(#[from] SettingsError),
     #[error("reading the token file {path} failed: {source}")]
@@ -283,8 +293,10 @@ impl Daemon {
                 if !on_lo.contains(&rec.ip) {
                     self.lo.add(rec.ip).await?;
                 }
+                let native = self.native_root(&name, &dir, &rec.config).await?;
                 let listener = self.bind(rec.ip).await?;
-                self.activate(&name, &rec, Image::new(dir, rec.config.clone()), listener);
+                let image = Image::new(dir, rec.config.clone(), native);
+                self.activate(&name, &rec, image, listener);
                 Ok::<_, DaemonError>(())
             }
             .await;
@@ -547,11 +559,19 @@ impl Daemon {
         if let Err(e) = staged.commit(dest) {
             return Err(undo_address(e.into()).await);
         }
+        let native = match self.native_root(name, dest, &record.config).await {
+            Ok(native) => native,
+            Err(e) => {
+                function::remove_tree(dest);
+                return Err(undo_address(e).await);
+            }
+        };
         if let Err(e) = registry.put(name, record.clone()) {
+            drop(native);
             function::remove_tree(dest);
             return Err(undo_address(e.into()).await);
         }
-        let image = Image::new(dest.to_path_buf(), record.config.clone());
+        let image = Image::new(dest.to_path_buf(), record.config.clone(), native);
         Ok(self.activate(name, &record, image, listener))
     }
 
@@ -564,6 +584,9 @@ impl Daemon {
         change: &ConfigChange,
     ) -> Result<(), DaemonError> {
         let config = staged.config().clone();
+        // Built from the staged directory, which the commit below renames: the template's
+        // mounts hold the directory itself, not its path.
+        let native = self.native_root(&f.name, staged.path(), &config).await?;
         let old_record = registry
             .functions()
             .get(&f.name)
@@ -587,7 +610,7 @@ impl Daemon {
                     return Err(e.into());
                 }
                 current.retire(aside.clone());
-                *current = Arc::new(Image::new(dest.to_path_buf(), config));
+                *current = Arc::new(Image::new(dest.to_path_buf(), config, native));
                 Ok(())
             })
             .await;
@@ -604,6 +627,37 @@ impl Daemon {
             }
         }
         swapped
+    }
+
+    /// The native runtime's mount template and control socket for the image in `dir`
+    /// (None with runc).
+    async fn native_root(
+        &self,
+        name: &str,
+        dir: &Path,
+        config: &image::ImageConfig,
+    ) -> Result<Option<NativeRoot>, DaemonError> {
+        if !self.backend.is_native() {
+            return Ok(None);
+        }
+        let rootfs = dir.join("rootfs");
+        let owner = runtime::ControlSocketOwner {
+            uid: config.uid,
+            gid: config.gid,
+        };
+        let (template, listener) = tokio::task::spawn_blocking(move || {
+            runtime::MountTemplate::build(&rootfs, Some(owner))
+        })
+        .await
+        .map_err(DaemonError::TemplateTask)??;
+        let listener = listener.expect("a control socket was asked for");
+        let control =
+            control::ControlSocket::start(listener, name, self.metrics.control_rejected.clone())
+                .map_err(|source| DaemonError::ControlSocket {
+                    function: name.to_string(),
+                    source,
+                })?;
+        Ok(Some(NativeRoot { template, control }))
     }
 
     /// Refuses a change that no function could take (bad env, above a maximum), before

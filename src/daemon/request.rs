@@ -1,9 +1,11 @@
 //! One request: a fresh container that gets the client's TCP connection over SCM_RIGHTS.
 //!
-//! accept -> first byte -> slot -> bundle dir with the control socket -> spawn -> handler connects ->
-//! hand over the fd -> wait for exit -> teardown. Every resource is owned by a guard
-//! (`Bundle`, `Container`, the slot permits), so whatever path ends the request (error,
-//! timeout, shutdown dropping the future), nothing is left behind.
+//! accept -> first byte -> slot -> spawn -> handler connects to /control.sock -> hand over
+//! the fd -> wait for exit -> teardown. The native runtime's handlers connect to their
+//! image's one control socket, which tells containers apart (control.rs); runc's to a
+//! socket in the request's bundle directory. Every resource is owned by a guard
+//! (`Registration` or `Bundle`, `Container`, the slot permits), so whatever path ends the
+//! request (error, timeout, shutdown dropping the future), nothing is left behind.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -17,6 +19,7 @@ use tokio::net::{TcpStream, UnixListener};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::admission::SourceSlot;
+use super::control::Registration;
 use super::function::{Function, Image};
 use super::logs;
 use super::metrics::Metrics;
@@ -40,6 +43,8 @@ pub enum RequestError {
     },
     #[error("starting the container failed: {0}")]
     Spawn(#[from] BackendError),
+    #[error("the container's network namespace is registered on the control socket already")]
+    ControlRegistration,
     #[error("the container's start task failed: {0}")]
     SpawnTask(#[source] tokio::task::JoinError),
     #[error("the handler did not connect to /control.sock within {0:?}")]
@@ -60,6 +65,7 @@ impl RequestError {
             RequestError::Busy(_) => "busy",
             RequestError::Bundle { .. } => "bundle",
             RequestError::Spawn(_) => "spawn",
+            RequestError::ControlRegistration => "control_registration",
             RequestError::SpawnTask(_) => "spawn_task",
             RequestError::ConnectTimeout(_) => "connect_timeout",
             RequestError::ExitedEarly(_) => "exited_early",
@@ -77,7 +83,9 @@ impl RequestError {
             }
             RequestError::ConnectTimeout(_) => ("504 Gateway Timeout", self.to_string()),
             // Our own failure, not the handler's.
-            RequestError::SpawnTask(_) | RequestError::Spawn(BackendError::TeardownTask(_)) => {
+            RequestError::SpawnTask(_)
+            | RequestError::ControlRegistration
+            | RequestError::Spawn(BackendError::TeardownTask(_)) => {
                 ("500 Internal Server Error", self.to_string())
             }
             _ => ("502 Bad Gateway", self.to_string()),
@@ -89,7 +97,7 @@ impl RequestError {
     }
 }
 
-/// The per-request directory holding the control socket; removed on drop.
+/// The per-request directory holding the control socket (runc backend); removed on drop.
 struct Bundle {
     dir: PathBuf,
 }
@@ -104,10 +112,6 @@ impl Bundle {
                 source,
             })?;
         Ok(Bundle { dir })
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("control.sock")
     }
 }
 
@@ -300,7 +304,7 @@ pub struct Started {
     pub image: Arc<Image>,
     /// The configuration it was started with (its timeout applies to it to the end).
     pub live: Arc<Live>,
-    _bundle: Bundle,
+    _control: ControlEnd,
     _slots: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
@@ -322,6 +326,29 @@ fn output_pipe(
     Ok(wr)
 }
 
+/// Where a request's handler connects.
+enum ControlEnd {
+    /// The image's control socket (native runtime), once the container is registered.
+    Shared(Option<Registration>),
+    /// A socket in the request's own bundle directory (runc backend).
+    Bundle(Bundle, UnixListener),
+}
+
+impl ControlEnd {
+    /// The handler's connection.
+    async fn accept(&mut self) -> Result<tokio::net::UnixStream, RequestError> {
+        match self {
+            ControlEnd::Shared(Some(registration)) => Ok(registration.connected().await),
+            ControlEnd::Shared(None) => std::future::pending().await,
+            ControlEnd::Bundle(_, listener) => listener
+                .accept()
+                .await
+                .map(|(stream, _)| stream)
+                .map_err(RequestError::Accept),
+        }
+    }
+}
+
 /// Everything up to the handler's connect on /control.sock.
 pub async fn start(
     d: &Arc<Daemon>,
@@ -331,26 +358,37 @@ pub async fn start(
 ) -> Result<Started, RequestError> {
     let live = f.live();
     let slots = acquire_slots(d, &live).await?;
-    let bundle = Bundle::create(&d.cfg.bundles_dir(), id)?;
     let image = f.image().await;
     let image_arc = Arc::clone(&image);
-    let listener = bind_control_socket(&bundle, image.config.uid, image.config.gid)?;
+    let mut control = match image.native {
+        Some(_) => ControlEnd::Shared(None),
+        None => {
+            let bundle = Bundle::create(&d.cfg.bundles_dir(), id)?;
+            let listener = bind_control_socket(&bundle, image.config.uid, image.config.gid)?;
+            ControlEnd::Bundle(bundle, listener)
+        }
+    };
     let (stdout_wr, stderr_wr) = (
         output_pipe(d, f, id, LogStream::Stdout)?,
         output_pipe(d, f, id, LogStream::Stderr)?,
     );
 
     let spawn_d = d.clone();
-    let (id_owned, sock) = (id.to_string(), bundle.socket());
-    let bundle_dir = bundle.dir.clone();
+    let id_owned = id.to_string();
+    let bundle = match &control {
+        ControlEnd::Bundle(bundle, _) => Some(bundle.dir.clone()),
+        ControlEnd::Shared(_) => None,
+    };
     let spawn_live = live.clone();
     let container = tokio::task::spawn_blocking(move || {
         let cfg = &image.config;
         let rootfs = image.rootfs();
+        let sock = bundle.as_ref().map(|dir| dir.join("control.sock"));
         let env = settings::merge_env(&cfg.env, &spawn_live.env);
         let spec = ContainerSpec {
             id: &id_owned,
             rootfs: &rootfs,
+            template: image.native.as_ref().map(|n| &n.template),
             argv: &cfg.cmd,
             env: &env,
             workdir: &cfg.working_dir,
@@ -358,31 +396,42 @@ pub async fn start(
             gid: cfg.gid,
             hostname: &id_owned,
             resources: spawn_live.resources,
-            control_socket: Some(&sock),
+            control_socket: sock.as_deref(),
             stdout: Some(stdout_wr.as_fd()),
             stderr: Some(stderr_wr.as_fd()),
         };
         // `image` (a read guard) lives until the mounts are done: no redeploy can swap
         // the rootfs under a spawn.
-        spawn_d.backend.spawn(&spec, &bundle_dir)
+        spawn_d.backend.spawn(&spec, bundle.as_deref())
     })
     .await
     .map_err(RequestError::SpawnTask)??;
+    if let (ControlEnd::Shared(registration), Some(native)) = (&mut control, &image_arc.native) {
+        let (netns_cookie, init) = container
+            .native_identity()
+            .expect("the native runtime's container");
+        *registration = Some(
+            native
+                .control
+                .register(netns_cookie, init)
+                .ok_or(RequestError::ControlRegistration)?,
+        );
+    }
 
     let connect = d.cfg.connect_timeout().saturating_sub(accepted.elapsed());
     let pidfd_exit = container_exit(&container);
     tokio::select! {
-        conn = tokio::time::timeout(connect, listener.accept()) => match conn {
-            Ok(Ok((control, _))) => Ok(Started {
+        conn = tokio::time::timeout(connect, control.accept()) => match conn {
+            Ok(Ok(stream)) => Ok(Started {
                 id: id.to_string(),
                 container,
-                control,
+                control: stream,
                 image: image_arc,
                 live,
-                _bundle: bundle,
+                _control: control,
                 _slots: slots,
             }),
-            Ok(Err(e)) => Err(RequestError::Accept(e)),
+            Ok(Err(e)) => Err(e),
             Err(_) => {
                 let status = container.wait(Duration::ZERO).await?;
                 tracing::debug!(?status, "handler killed after connect timeout");
@@ -429,7 +478,7 @@ async fn acquire_slots(
 }
 
 fn bind_control_socket(bundle: &Bundle, uid: u32, gid: u32) -> Result<UnixListener, RequestError> {
-    let path = bundle.socket();
+    let path = bundle.dir.join("control.sock");
     let err = |source| RequestError::Bundle {
         path: path.clone(),
         source,

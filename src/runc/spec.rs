@@ -115,6 +115,7 @@ mod tests {
         let spec = ContainerSpec {
             id: "hello-7",
             rootfs: Path::new("/var/lib/faasd/images/hello/rootfs"),
+            template: None,
             argv: &argv,
             env: &env,
             workdir: "/srv",

@@ -17,8 +17,11 @@
 //! - the pre-made network namespace (if any) while we still have CAP_SYS_ADMIN;
 //! - cgroup before anything allocates or forks, and before the cgroup namespace, so the
 //!   namespace is rooted at the container's own cgroup;
-//! - mounts before pivot_root (their sources live in the host's tree), pivot_root before
-//!   opening the working directory, from the container's own root;
+//! - the netns cookie is read once the container's network namespace is its own: the
+//!   daemon knows the container's connections to the control socket by it;
+//! - the template's mount namespace is joined and copied (setns, unshare) before the
+//!   container's own mounts, which are made inside its root, and before the working
+//!   directory is opened from that root;
 //! - the bounding set is dropped before setuid (it needs CAP_SETPCAP);
 //! - Landlock after the capabilities are dropped and before seccomp (it needs
 //!   no_new_privs, set right before it);
@@ -28,6 +31,7 @@ use std::ffi::CString;
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use seccompiler::BpfProgram;
 
@@ -43,12 +47,12 @@ pub enum Step {
     CloseFds,
     NewSession,
     JoinNetns,
+    ReadNetnsCookie,
     JoinCgroup,
     UnshareCgroupNamespace,
-    MakeMountsPrivate,
+    EnterTemplate,
+    UnshareMountNamespace,
     Mount,
-    PivotRoot,
-    DetachOldRoot,
     SetHostname,
     OpenWorkdir,
     Chdir,
@@ -70,12 +74,12 @@ impl Step {
         Step::CloseFds,
         Step::NewSession,
         Step::JoinNetns,
+        Step::ReadNetnsCookie,
         Step::JoinCgroup,
         Step::UnshareCgroupNamespace,
-        Step::MakeMountsPrivate,
+        Step::EnterTemplate,
+        Step::UnshareMountNamespace,
         Step::Mount,
-        Step::PivotRoot,
-        Step::DetachOldRoot,
         Step::SetHostname,
         Step::OpenWorkdir,
         Step::Chdir,
@@ -103,12 +107,12 @@ impl fmt::Display for Step {
             Step::CloseFds => "close inherited fds",
             Step::NewSession => "start a new session",
             Step::JoinNetns => "join the pre-made network namespace",
+            Step::ReadNetnsCookie => "read the network namespace's cookie",
             Step::JoinCgroup => "join cgroup",
             Step::UnshareCgroupNamespace => "unshare cgroup namespace",
-            Step::MakeMountsPrivate => "make mounts private",
+            Step::EnterTemplate => "join the image's mount template",
+            Step::UnshareMountNamespace => "copy the mount template",
             Step::Mount => "mount",
-            Step::PivotRoot => "pivot_root",
-            Step::DetachOldRoot => "detach old root",
             Step::SetHostname => "set hostname",
             Step::OpenWorkdir => "open the working directory",
             Step::Chdir => "chdir to working directory",
@@ -127,7 +131,7 @@ impl fmt::Display for Step {
     }
 }
 
-/// One filesystem operation of the container's root, prepared as C strings by the parent.
+/// One mount of the container's own, prepared as C strings once (rootfs::container_mounts).
 pub enum MountOp {
     Mount {
         source: CString,
@@ -142,25 +146,11 @@ pub enum MountOp {
         target: CString,
         flags: libc::c_ulong,
     },
-    /// Hide `target`: /dev/null over a file, an empty read-only tmpfs over a directory;
-    /// absent paths are skipped (runc's maskedPaths).
-    Mask {
-        target: CString,
-        null: CString,
-    },
-    MakeNode {
-        path: CString,
-        mode: libc::mode_t,
-        dev: libc::dev_t,
-    },
-    Mkdir {
-        path: CString,
-        mode: libc::mode_t,
-    },
-    Symlink {
-        target: CString,
-        link: CString,
-    },
+    /// Hide the file `target` under /dev/null (an empty read-only tmpfs should it be a
+    /// directory); absent paths are skipped (runc's maskedPaths).
+    Mask { target: CString, null: CString },
+    /// Hide the directory `target` under an empty read-only tmpfs; skipped if absent.
+    MaskDir { target: CString },
 }
 
 /// The capability sets to leave the process with, as the kernel's numbers and masks.
@@ -200,8 +190,7 @@ impl<'a> CStrArray<'a> {
 /// Every pointer and fd in it borrows from an owner in the parent (`'a`).
 pub struct ChildPlan<'a> {
     pub fds: KeptFds<'a>,
-    pub new_root: CString,
-    pub mounts: Vec<MountOp>,
+    pub mounts: &'static [MountOp],
     pub hostname: CString,
     /// The canonical working directory inside the container (see rootfs::resolve_workdir).
     pub workdir: CString,
@@ -214,6 +203,8 @@ pub struct ChildPlan<'a> {
     pub envp: CStrArray<'a>,
     /// Where the child records when each phase ended.
     pub clock: &'a Clock,
+    /// Where the child stores its network namespace's cookie (SO_NETNS_COOKIE).
+    pub netns_cookie: &'a AtomicU64,
 }
 
 /// A failed step: what it was, which mount (index into `mounts`) if any, and errno.
@@ -313,11 +304,12 @@ fn setup(plan: &ChildPlan) -> StepResult {
     // SAFETY: setsid takes no arguments.
     check(unsafe { libc::setsid() } as _, Step::NewSession)?;
     join_netns(plan)?;
+    read_netns_cookie(plan)?;
     plan.clock.mark(Mark::NetnsJoined);
     join_cgroup(plan)?;
     plan.clock.mark(Mark::CgroupJoined);
     enter_root(plan)?;
-    plan.clock.mark(Mark::RootPivoted);
+    plan.clock.mark(Mark::Mounted);
     set_hostname(plan)?;
     enter_workdir(plan)?;
     drop_privileges(plan)?;
@@ -343,6 +335,35 @@ fn join_netns(plan: &ChildPlan) -> StepResult {
     Ok(())
 }
 
+/// SO_NETNS_COOKIE (5.14+): the kernel's never-reused id of a network namespace.
+pub const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// Records the cookie of the network namespace we are in, through a throwaway socket.
+/// A socket made in this namespace carries the cookie for life, whoever holds it later:
+/// the daemon matches control connections on it (daemon/control.rs).
+fn read_netns_cookie(plan: &ChildPlan) -> StepResult {
+    // SAFETY: socket with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    check(fd as _, Step::ReadNetnsCookie)?;
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt into a u64 on our stack, with its size; then close of our fd.
+    let rc = unsafe {
+        let rc = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        );
+        libc::close(fd);
+        rc
+    };
+    check(rc as _, Step::ReadNetnsCookie)?;
+    plan.netns_cookie.store(cookie, Ordering::Relaxed);
+    Ok(())
+}
+
 fn join_cgroup(plan: &ChildPlan) -> StepResult {
     for fd in plan.fds.cgroup_join() {
         // SAFETY: "0" names the writer; fd is an open cgroup.procs (v2) or tasks (v1) of ours.
@@ -361,21 +382,24 @@ fn join_cgroup(plan: &ChildPlan) -> StepResult {
 }
 
 fn enter_root(plan: &ChildPlan) -> StepResult {
-    // Nothing we mount may propagate back to the host's mount namespace.
-    // SAFETY: all pointers are NUL-terminated literals or null.
-    check(
-        unsafe {
-            libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            )
-        } as _,
-        Step::MakeMountsPrivate,
-    )?;
-    // Device nodes and directories get exactly the modes the plan names.
+    let template = plan.fds.template();
+    // Joining a mount namespace also makes its root our root and cwd; the copy that
+    // unshare makes is ours alone, root and cwd moved into it (copy_mnt_ns).
+    // SAFETY: setns on the template's namespace fd the parent kept open for us, then
+    // close of that fd (no longer needed) and unshare with a flag constant.
+    unsafe {
+        check(
+            libc::setns(template, libc::CLONE_NEWNS) as _,
+            Step::EnterTemplate,
+        )?;
+        libc::close(template);
+        check(
+            libc::unshare(libc::CLONE_NEWNS) as _,
+            Step::UnshareMountNamespace,
+        )?;
+    }
+    plan.clock.mark(Mark::RootEntered);
+    // Directories and files get exactly the modes the mounts name.
     // SAFETY: umask only changes this process's file mode mask.
     let umask = unsafe { libc::umask(0) };
     for (i, op) in plan.mounts.iter().enumerate() {
@@ -383,22 +407,7 @@ fn enter_root(plan: &ChildPlan) -> StepResult {
     }
     // SAFETY: as above.
     unsafe { libc::umask(umask) };
-    plan.clock.mark(Mark::Mounted);
-    // pivot_root(".", ".") stacks the old root on top of the new one; detaching "." then
-    // removes it without needing a directory for it inside the image.
-    // SAFETY: new_root is a prepared C string; the rest are literals.
-    unsafe {
-        check(libc::chdir(plan.new_root.as_ptr()) as _, Step::PivotRoot)?;
-        check(
-            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()),
-            Step::PivotRoot,
-        )?;
-        check(
-            libc::umount2(c".".as_ptr(), libc::MNT_DETACH) as _,
-            Step::DetachOldRoot,
-        )?;
-        check(libc::chdir(c"/".as_ptr()) as _, Step::DetachOldRoot)
-    }
+    Ok(())
 }
 
 /// Applies one prepared mount operation, returning errno on failure.
@@ -446,6 +455,7 @@ fn apply_mount(op: &MountOp) -> Result<(), i32> {
                     std::ptr::null(),
                 ))
             }
+            MountOp::MaskDir { target } => mask_dir(target),
             MountOp::Mask { target, null } => {
                 let r = libc::mount(
                     null.as_ptr(),
@@ -457,20 +467,29 @@ fn apply_mount(op: &MountOp) -> Result<(), i32> {
                 match (r, errno()) {
                     (0, _) => Ok(()),
                     (_, libc::ENOENT) => Ok(()),
-                    (_, libc::ENOTDIR) => rc(libc::mount(
-                        c"tmpfs".as_ptr(),
-                        target.as_ptr(),
-                        c"tmpfs".as_ptr(),
-                        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                        c"size=0".as_ptr().cast(),
-                    )),
+                    (_, libc::ENOTDIR) => mask_dir(target),
                     _ => rc(r),
                 }
             }
-            MountOp::MakeNode { path, mode, dev } => rc(libc::mknod(path.as_ptr(), *mode, *dev)),
-            MountOp::Mkdir { path, mode } => rc(libc::mkdir(path.as_ptr(), *mode)),
-            MountOp::Symlink { target, link } => rc(libc::symlink(target.as_ptr(), link.as_ptr())),
         }
+    }
+}
+
+/// An empty read-only tmpfs over `target`; nothing if it does not exist.
+fn mask_dir(target: &CString) -> Result<(), i32> {
+    // SAFETY: a NUL-terminated target owned by the plan and literals.
+    let r = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            c"size=0".as_ptr().cast(),
+        )
+    };
+    match (r, errno()) {
+        (0, _) | (_, libc::ENOENT) => Ok(()),
+        _ => Err(errno()),
     }
 }
 

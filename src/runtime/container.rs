@@ -48,6 +48,7 @@ pub struct Container {
     netns: Option<LentNetns>,
     reaped: bool,
     timeline: Option<Timeline>,
+    netns_cookie: u64,
 }
 
 impl Container {
@@ -55,6 +56,7 @@ impl Container {
         pid: i32,
         pidfd: OwnedFd,
         cgroup: ContainerCgroup,
+        netns_cookie: u64,
         netns: Option<LentNetns>,
     ) -> Self {
         Container {
@@ -64,7 +66,14 @@ impl Container {
             netns,
             reaped: false,
             timeline: None,
+            netns_cookie,
         }
+    }
+
+    /// The cookie (SO_NETNS_COOKIE) of the container's network namespace: every socket
+    /// made in the container carries it.
+    pub fn netns_cookie(&self) -> u64 {
+        self.netns_cookie
     }
 
     pub(super) fn set_timeline(&mut self, t: Timeline) {

@@ -31,8 +31,15 @@ pub enum RuntimeError {
     },
     #[error("too many fds for the container's first process: {0}")]
     TooManyFds(usize),
-    #[error("control socket {0} is missing")]
-    ControlSocketMissing(PathBuf),
+    #[error("the native runtime needs the image's mount template")]
+    NoTemplate,
+    #[error("building the mount template: {op} {path} failed: {source}")]
+    Template {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cgroup {path}: {op} failed: {source}")]
     Cgroup {
         path: String,

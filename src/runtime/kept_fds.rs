@@ -13,16 +13,19 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use super::child::Step;
 use super::error::{Result, RuntimeError};
 
-/// stdin, stdout, stderr, the error pipe, a Landlock ruleset, a netns and one cgroup
-/// file per hierarchy leave room to spare.
+/// stdin, stdout, stderr, the error pipe, the mount template, a Landlock ruleset, a netns
+/// and one cgroup file per hierarchy leave room to spare.
 const MAX: usize = 16;
 
 /// Where the error pipe ends up.
 pub const ERROR_PIPE: RawFd = 3;
+/// Where the mount template's namespace ends up.
+const TEMPLATE: RawFd = ERROR_PIPE + 1;
 
-/// The fds to keep, in their final order: 0, 1, 2, the error pipe (3), then the
-/// Landlock ruleset and the pre-made netns if any, then the cgroup join files. Borrowed from their owners in the
-/// parent, which must outlive the clone.
+/// The fds to keep, in their final order: 0, 1, 2, the error pipe (3), the mount
+/// template's namespace (4), then the Landlock ruleset and the pre-made netns if any,
+/// then the cgroup join files. Borrowed from their owners in the parent, which must
+/// outlive the clone.
 pub struct KeptFds<'a> {
     sources: [RawFd; MAX],
     len: usize,
@@ -42,13 +45,14 @@ impl<'a> KeptFds<'a> {
     pub fn new(
         stdio: [BorrowedFd<'a>; 3],
         error_pipe: BorrowedFd<'a>,
+        template: BorrowedFd<'a>,
         landlock: Option<BorrowedFd<'a>>,
         netns: Option<BorrowedFd<'a>>,
         cgroup_join: &[BorrowedFd<'a>],
     ) -> Result<Self> {
         let all: Vec<RawFd> = stdio
             .iter()
-            .chain(std::iter::once(&error_pipe))
+            .chain([&error_pipe, &template])
             .chain(landlock.iter())
             .chain(netns.iter())
             .chain(cgroup_join)
@@ -68,20 +72,25 @@ impl<'a> KeptFds<'a> {
         })
     }
 
+    /// The mount template's namespace fd once moved.
+    pub fn template(&self) -> RawFd {
+        TEMPLATE
+    }
+
     /// The Landlock ruleset fd once moved.
     pub fn landlock(&self) -> Option<RawFd> {
-        self.has_landlock.then_some(ERROR_PIPE + 1)
+        self.has_landlock.then_some(TEMPLATE + 1)
     }
 
     /// The netns fd once moved.
     pub fn netns(&self) -> Option<RawFd> {
         self.has_netns
-            .then_some(ERROR_PIPE + 1 + self.has_landlock as RawFd)
+            .then_some(TEMPLATE + 1 + self.has_landlock as RawFd)
     }
 
     /// The cgroup join files once moved.
     pub fn cgroup_join(&self) -> Range<RawFd> {
-        ERROR_PIPE + 1 + self.has_landlock as RawFd + self.has_netns as RawFd..self.len as RawFd
+        TEMPLATE + 1 + self.has_landlock as RawFd + self.has_netns as RawFd..self.len as RawFd
     }
 
     /// In the child: moves the kept fds to 0..len and closes every other fd. Raw
@@ -137,24 +146,26 @@ mod tests {
     use std::os::fd::AsFd;
 
     #[test]
-    fn layout_puts_netns_then_cgroups_after_the_error_pipe() {
-        let f: Vec<std::fs::File> = (0..7)
+    fn layout_puts_template_netns_then_cgroups_after_the_error_pipe() {
+        let f: Vec<std::fs::File> = (0..8)
             .map(|_| std::fs::File::open("/dev/null").unwrap())
             .collect();
         let b: Vec<BorrowedFd> = f.iter().map(|f| f.as_fd()).collect();
-        let kept = KeptFds::new([b[0], b[1], b[2]], b[3], None, Some(b[4]), &b[5..7]).unwrap();
+        let stdio = [b[0], b[1], b[2]];
+        let kept = KeptFds::new(stdio, b[3], b[4], None, Some(b[5]), &b[6..8]).unwrap();
+        assert_eq!(kept.template(), 4);
         assert_eq!(kept.landlock(), None);
-        assert_eq!(kept.netns(), Some(4));
-        assert_eq!(kept.cgroup_join(), 5..7);
-        let kept = KeptFds::new([b[0], b[1], b[2]], b[3], None, None, &b[4..7]).unwrap();
-        assert_eq!(kept.netns(), None);
-        assert_eq!(kept.cgroup_join(), 4..7);
-        let kept = KeptFds::new([b[0], b[1], b[2]], b[3], Some(b[4]), Some(b[5]), &b[6..7]);
-        let kept = kept.unwrap();
-        assert_eq!(kept.landlock(), Some(4));
         assert_eq!(kept.netns(), Some(5));
-        assert_eq!(kept.cgroup_join(), 6..7);
+        assert_eq!(kept.cgroup_join(), 6..8);
+        let kept = KeptFds::new(stdio, b[3], b[4], None, None, &b[5..8]).unwrap();
+        assert_eq!(kept.netns(), None);
+        assert_eq!(kept.cgroup_join(), 5..8);
+        let kept = KeptFds::new(stdio, b[3], b[4], Some(b[5]), Some(b[6]), &b[7..8]);
+        let kept = kept.unwrap();
+        assert_eq!(kept.landlock(), Some(5));
+        assert_eq!(kept.netns(), Some(6));
+        assert_eq!(kept.cgroup_join(), 7..8);
         let many = vec![b[0]; MAX];
-        assert!(KeptFds::new([b[0], b[1], b[2]], b[3], None, None, &many).is_err());
+        assert!(KeptFds::new(stdio, b[3], b[4], None, None, &many).is_err());
     }
 }

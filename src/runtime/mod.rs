@@ -18,6 +18,7 @@ mod privileges;
 mod process;
 mod rootfs;
 mod seccomp;
+mod template;
 mod timeline;
 mod watchdog;
 
@@ -25,6 +26,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -35,12 +37,13 @@ pub use cgroup::{
     children as cgroup_children, limit_parent as limit_cgroup_parent,
     memory_usage as cgroup_memory_usage, sweep as sweep_cgroups, ParentLimits,
 };
-pub use child::Step;
+pub use child::{Step, SO_NETNS_COOKIE};
 pub use container::{Container, Exit, ExitStatus};
 pub use error::{Result, RuntimeError};
 pub use landlock::{abi as landlock_abi, net_support, NetSupport, NET_ABI as LANDLOCK_NET_ABI};
 pub use netns_pool::NetnsStats;
 pub use rootfs::{Kind as MountPointKind, MOUNT_POINTS};
+pub use template::{ControlSocketOwner, MountTemplate};
 pub use timeline::{Timeline, PHASES as SETUP_PHASES};
 
 use child::{CStrArray, CapPlan, ChildPlan};
@@ -74,6 +77,9 @@ pub struct ContainerSpec<'a> {
     /// Unique among live containers: names the cgroup.
     pub id: &'a str,
     pub rootfs: &'a Path,
+    /// The native runtime's container root: the template built from `rootfs` (required
+    /// there; the runc backend mounts `rootfs` itself).
+    pub template: Option<&'a MountTemplate>,
     pub argv: &'a [String],
     pub env: &'a [String],
     pub workdir: &'a str,
@@ -81,7 +87,8 @@ pub struct ContainerSpec<'a> {
     pub gid: u32,
     pub hostname: &'a str,
     pub resources: Resources,
-    /// Host path of a Unix socket to bind at /control.sock.
+    /// Host path of a Unix socket to bind at /control.sock (runc backend; the native
+    /// runtime's is in the template).
     pub control_socket: Option<&'a Path>,
     /// Where the container's stdout and stderr go (None: /dev/null).
     pub stdout: Option<BorrowedFd<'a>>,
@@ -157,15 +164,10 @@ impl Runtime {
         let clock = Clock::default();
         clock.mark(Mark::Start);
         let argv0 = spec.argv.first().ok_or(RuntimeError::EmptyCommand)?;
+        let template = spec.template.ok_or(RuntimeError::NoTemplate)?;
         if !spec.workdir.starts_with('/') {
             return Err(RuntimeError::RelativeWorkdir(spec.workdir.to_string()));
         }
-        if let Some(sock) = spec.control_socket {
-            if !sock.exists() {
-                return Err(RuntimeError::ControlSocketMissing(sock.into()));
-            }
-        }
-        rootfs::check_mount_points(spec.rootfs)?;
         let workdir = rootfs::resolve_workdir(spec.rootfs, spec.workdir)?;
         let exe = rootfs::resolve_command(spec.rootfs, argv0, spec.env)?;
         let argv = to_cstrings("argument", spec.argv)?;
@@ -181,7 +183,7 @@ impl Runtime {
             op: "open /dev/null",
             source,
         })?;
-        let mounts = rootfs::mount_plan(spec.rootfs, spec.control_socket)?;
+        let netns_cookie = AtomicU64::new(0);
         let netns = self.netns_pool.as_ref().and_then(|p| p.take());
         let join_fds: Vec<BorrowedFd> = join_files.iter().map(|f| f.as_fd()).collect();
         let stdio = [
@@ -193,12 +195,12 @@ impl Runtime {
             fds: KeptFds::new(
                 stdio,
                 pipe_w.as_fd(),
+                template.namespace(),
                 self.landlock.as_ref().map(|fd| fd.as_fd()),
                 netns.as_ref().map(|ns| ns.fd()),
                 &join_fds,
             )?,
-            new_root: rootfs::cstring("rootfs", spec.rootfs)?,
-            mounts,
+            mounts: rootfs::container_mounts(),
             hostname: rootfs::cstring("hostname", spec.hostname)?,
             workdir,
             uid: spec.uid,
@@ -209,6 +211,7 @@ impl Runtime {
             argv: CStrArray::new(&argv),
             envp: CStrArray::new(&env),
             clock: &clock,
+            netns_cookie: &netns_cookie,
         };
         clock.mark(Mark::Prepared);
 
@@ -219,7 +222,6 @@ impl Runtime {
             });
         // The child has exec'd or exited (CLONE_VFORK): the plan and the fds it borrowed
         // are ours again, and ours must close so the pipe reports EOF at exec.
-        let mounts = plan.mounts;
         drop(pipe_w);
         drop(join_fds);
         drop(join_files);
@@ -232,7 +234,8 @@ impl Runtime {
             }
         };
         let killed_in_setup = spawned.killed_in_setup;
-        let mut container = Container::new(spawned.pid, spawned.pidfd, cgroup, netns);
+        let netns_cookie = netns_cookie.load(Ordering::Relaxed);
+        let mut container = Container::new(spawned.pid, spawned.pidfd, cgroup, netns_cookie, netns);
         // On any error below, dropping `container` kills, reaps and removes its cgroup.
         if killed_in_setup {
             return Err(RuntimeError::SetupTimeout {
@@ -250,7 +253,7 @@ impl Runtime {
                 step,
                 detail,
                 errno,
-            })) => Err(child_error(&mounts, &exe, step, detail, errno)),
+            })) => Err(child_error(&exe, step, detail, errno)),
             Ok(None) => Err(RuntimeError::SetupTimeout {
                 after: self.setup_timeout,
                 stuck_in: clock.current_phase(),
@@ -280,16 +283,10 @@ fn keep_non_dumpable() -> Result<()> {
     Ok(())
 }
 
-fn child_error(
-    mounts: &[child::MountOp],
-    exe: &str,
-    step: Step,
-    detail: u32,
-    errno: i32,
-) -> RuntimeError {
+fn child_error(exe: &str, step: Step, detail: u32, errno: i32) -> RuntimeError {
     let source = io::Error::from_raw_os_error(errno);
     let detail = match step {
-        Step::Mount => mounts
+        Step::Mount => rootfs::container_mounts()
             .get(detail as usize)
             .map(rootfs::describe)
             .unwrap_or_default(),

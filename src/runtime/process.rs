@@ -19,10 +19,10 @@ use super::child::{self, ChildPlan, Step};
 use super::watchdog::Deadline;
 
 /// Namespaces made at clone time; the cgroup namespace comes later, after the child has
-/// joined its cgroup, so that it is rooted there. The network namespace is made here only
-/// when the plan brings no pre-made one.
-const NAMESPACES: libc::c_int =
-    libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+/// joined its cgroup, so that it is rooted there, and the mount namespace is a copy of
+/// the image's template, not of ours (template.rs). The network namespace is made here
+/// only when the plan brings no pre-made one.
+const NAMESPACES: libc::c_int = libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
 
 /// The child's stack: its setup steps need a few KiB; pages are only committed when touched.
 const STACK_SIZE: usize = 256 << 10;

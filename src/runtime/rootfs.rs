@@ -1,11 +1,12 @@
 //! The container's filesystem: checks on the untrusted image root, command lookup inside
-//! it, and the mount plan the child carries out.
+//! it, and the mounts each container makes in its copy of the template (template.rs).
 //!
 //! Images are untrusted: a mount target that is a symlink would be followed in the host's
-//! tree before pivot_root (runc CVE-2021-30465 / CVE-2019-16884 class). Every path we mount
-//! on is therefore opened with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) and its type
-//! checked. The image directory is ours and is mounted read-only into every container, so
-//! nothing can swap a checked path for a symlink between the check and the mount.
+//! tree while the template is built (runc CVE-2021-30465 / CVE-2019-16884 class). Every
+//! path we mount on is therefore opened with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
+//! and its type checked before the template is built. The image directory is ours and is
+//! mounted read-only into every container, so nothing can swap a checked path for a
+//! symlink afterwards; a container's own mounts are made inside its root.
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -14,6 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::sync::OnceLock;
 
 use super::child::MountOp;
 use super::error::{Result, RuntimeError};
@@ -35,45 +37,28 @@ pub enum Kind {
     File,
 }
 
-const MASKED: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
+/// Hidden in each container's /proc (runc's maskedPaths; those under /sys are masked in
+/// the template): /dev/null over the files, an empty read-only tmpfs over the
+/// directories. Absent ones are skipped.
+const PROC_MASKED_FILES: &[&str] = &[
     "/proc/interrupts",
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",
     "/proc/sched_debug",
-    "/proc/scsi",
     "/proc/timer_list",
     "/proc/timer_stats",
-    "/sys/devices/virtual/powercap",
-    "/sys/firmware",
 ];
 
-const READ_ONLY: &[&str] = &[
+const PROC_MASKED_DIRS: &[&str] = &["/proc/acpi", "/proc/asound", "/proc/scsi"];
+
+/// Read-only in each container's /proc (runc's readonlyPaths).
+const PROC_READ_ONLY: &[&str] = &[
     "/proc/bus",
     "/proc/fs",
     "/proc/irq",
     "/proc/sys",
     "/proc/sysrq-trigger",
-];
-
-/// (name, major, minor) of the device nodes every container gets. No /dev/tty: nothing
-/// attaches a terminal to a container, and a handler must never reach the operator's.
-const DEVICES: &[(&str, u32, u32)] = &[
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-];
-
-const DEV_LINKS: &[(&str, &str)] = &[
-    ("/proc/self/fd", "fd"),
-    ("/proc/self/fd/0", "stdin"),
-    ("/proc/self/fd/1", "stdout"),
-    ("/proc/self/fd/2", "stderr"),
-    ("pts/ptmx", "ptmx"),
 ];
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -228,124 +213,60 @@ pub fn cstring(what: &'static str, s: impl AsRef<OsStr>) -> Result<CString> {
     })
 }
 
-/// Builds the mount operations that turn `rootfs` into the container's root, with the
-/// control socket bound at /control.sock when given. All paths are host paths: the
-/// operations run before pivot_root.
-pub fn mount_plan(rootfs: &Path, control_socket: Option<&Path>) -> Result<Vec<MountOp>> {
-    let at = |rel: &str| cstring("path", rootfs.join(rel.trim_start_matches('/')));
-    let c = |s: &str| CString::new(s).expect("literal without NUL");
-    let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    let fs = |fstype: &str, target: &str, flags, data: Option<&str>| -> Result<MountOp> {
-        Ok(MountOp::Mount {
+/// The mounts each container makes for itself, in its own copy of the template (see
+/// template.rs), at paths of its own root: what cannot be shared between containers.
+/// /proc belongs to its pid namespace, mqueue to its ipc namespace; /tmp, /dev/shm and
+/// devpts are writable, and a shared one would be a channel between requests.
+pub fn container_mounts() -> &'static [MountOp] {
+    static OPS: OnceLock<Vec<MountOp>> = OnceLock::new();
+    OPS.get_or_init(|| {
+        let c = |s: &str| CString::new(s).expect("literal without NUL");
+        let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        let fs = |fstype: &str, target: &str, flags, data: Option<&str>| MountOp::Mount {
             source: c(fstype),
-            target: at(target)?,
+            target: c(target),
             fstype: Some(c(fstype)),
             flags,
             data: data.map(c),
-        })
-    };
-
-    let root = cstring("rootfs", rootfs)?;
-    let mut ops = vec![MountOp::Mount {
-        source: root.clone(),
-        target: root.clone(),
-        fstype: None,
-        flags: libc::MS_BIND | libc::MS_REC,
-        data: None,
-    }];
-    ops.push(fs("proc", "proc", nosuid_nodev_noexec, None)?);
-    ops.push(fs(
-        "tmpfs",
-        "dev",
-        libc::MS_NOSUID | libc::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
-    )?);
-    for &(name, major, minor) in DEVICES {
-        ops.push(MountOp::MakeNode {
-            path: at(&format!("dev/{name}"))?,
-            mode: libc::S_IFCHR | 0o666,
-            dev: libc::makedev(major, minor),
-        });
-    }
-    for &(target, link) in DEV_LINKS {
-        ops.push(MountOp::Symlink {
-            target: c(target),
-            link: at(&format!("dev/{link}"))?,
-        });
-    }
-    for (dir, mode) in [
-        ("dev/pts", 0o755),
-        ("dev/shm", 0o1777),
-        ("dev/mqueue", 0o755),
-    ] {
-        ops.push(MountOp::Mkdir {
-            path: at(dir)?,
-            mode,
-        });
-    }
-    ops.push(fs(
-        "devpts",
-        "dev/pts",
-        libc::MS_NOSUID | libc::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620"),
-    )?);
-    ops.push(fs(
-        "tmpfs",
-        "dev/shm",
-        nosuid_nodev_noexec,
-        Some("mode=1777,size=65536k"),
-    )?);
-    ops.push(fs("mqueue", "dev/mqueue", nosuid_nodev_noexec, None)?);
-    ops.push(fs(
-        "sysfs",
-        "sys",
-        nosuid_nodev_noexec | libc::MS_RDONLY,
-        None,
-    )?);
-    ops.push(fs(
-        "tmpfs",
-        "tmp",
-        libc::MS_NOSUID | libc::MS_NODEV,
-        Some("mode=1777,size=65536k"),
-    )?);
-    if let Some(sock) = control_socket {
-        ops.push(MountOp::Mount {
-            source: cstring("control socket", sock)?,
-            target: at("control.sock")?,
-            fstype: None,
-            flags: libc::MS_BIND,
-            data: None,
-        });
-    }
-    let null = at("dev/null")?;
-    for path in MASKED {
-        ops.push(MountOp::Mask {
-            target: at(path)?,
-            null: null.clone(),
-        });
-    }
-    for path in READ_ONLY {
-        let target = at(path)?;
-        ops.push(MountOp::BindReadOnly {
-            source: target.clone(),
-            target,
-            flags: nosuid_nodev_noexec,
-        });
-    }
-    // Last, so the mounts above could still create nodes and links: the image itself
-    // becomes read-only, and setuid bits in it mean nothing.
-    ops.push(MountOp::Mount {
-        source: root.clone(),
-        target: root,
-        fstype: None,
-        flags: libc::MS_BIND
-            | libc::MS_REMOUNT
-            | libc::MS_RDONLY
-            | libc::MS_NOSUID
-            | libc::MS_NODEV,
-        data: None,
-    });
-    Ok(ops)
+        };
+        let mut ops = vec![fs("proc", "/proc", nosuid_nodev_noexec, None)];
+        for path in PROC_MASKED_FILES {
+            ops.push(MountOp::Mask {
+                target: c(path),
+                null: c("/dev/null"),
+            });
+        }
+        for path in PROC_MASKED_DIRS {
+            ops.push(MountOp::MaskDir { target: c(path) });
+        }
+        for path in PROC_READ_ONLY {
+            ops.push(MountOp::BindReadOnly {
+                source: c(path),
+                target: c(path),
+                flags: nosuid_nodev_noexec,
+            });
+        }
+        ops.push(fs(
+            "tmpfs",
+            "/tmp",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=1777,size=65536k"),
+        ));
+        ops.push(fs(
+            "tmpfs",
+            "/dev/shm",
+            nosuid_nodev_noexec,
+            Some("mode=1777,size=65536k"),
+        ));
+        ops.push(fs("mqueue", "/dev/mqueue", nosuid_nodev_noexec, None));
+        ops.push(fs(
+            "devpts",
+            "/dev/pts",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        ));
+        ops
+    })
 }
 
 /// A person-readable name of a mount operation, for error messages.
@@ -362,9 +283,8 @@ pub fn describe(op: &MountOp) -> String {
             None => format!("bind {} on {}", s(source), s(target)),
         },
         MountOp::BindReadOnly { target, .. } => format!("make {} read-only", s(target)),
-        MountOp::Mask { target, .. } => format!("mask {}", s(target)),
-        MountOp::MakeNode { path, .. } => format!("mknod {}", s(path)),
-        MountOp::Mkdir { path, .. } => format!("mkdir {}", s(path)),
-        MountOp::Symlink { link, .. } => format!("symlink {}", s(link)),
+        MountOp::Mask { target, .. } | MountOp::MaskDir { target } => {
+            format!("mask {}", s(target))
+        }
     }
 }

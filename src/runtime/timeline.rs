@@ -20,8 +20,8 @@ pub enum Mark {
     ChildStarted,
     NetnsJoined,
     CgroupJoined,
+    RootEntered,
     Mounted,
-    RootPivoted,
     PrivilegesDropped,
     NetworkRestricted,
     SeccompInstalled,
@@ -32,14 +32,14 @@ const MARKS: usize = Mark::ExecSeen as usize + 1;
 
 /// Names of the phases between consecutive marks.
 pub const PHASES: [&str; MARKS - 1] = [
-    "checks (mount points, command)",
+    "checks (command, working directory)",
     "cgroup creation",
     "mount plan, fds",
     "clone (namespaces)",
-    "kept fds, setsid, join the pre-made netns",
+    "kept fds, setsid, join the pre-made netns, netns cookie",
     "join cgroup",
-    "mounts",
-    "pivot_root",
+    "mount namespace from the template (setns, unshare)",
+    "own mounts (proc, masks, read-only paths, tmp, shm, mqueue, pts)",
     "hostname, workdir, ids, caps",
     "no_new_privs, Landlock",
     "seccomp",

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use faasd::runtime::{ContainerSpec, Resources, Runtime, RuntimeError, Step};
+use faasd::runtime::{ContainerSpec, MountTemplate, Resources, Runtime, RuntimeError, Step};
 use libtest_mimic::{Failed, Trial};
 
 use crate::e2e::{Setup, Via};
@@ -434,9 +434,11 @@ fn expect_setup_killed(
     workdir: &str,
 ) -> TestResult {
     let argv = ["/bin/sh".to_string(), "-c".to_string(), "true".to_string()];
+    let (template, _) = MountTemplate::build(rootfs, None)?;
     let spec = ContainerSpec {
         id,
         rootfs,
+        template: Some(&template),
         argv: &argv,
         env: &[],
         workdir,

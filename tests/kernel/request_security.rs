@@ -41,7 +41,106 @@ pub fn tests() -> Vec<Trial> {
             "request_security::slow_teardowns_do_not_stall_the_daemon",
             slow_teardowns,
         ),
+        Trial::test(
+            "request_security::control_socket_gives_each_container_only_its_own_request",
+            control_socket_attack,
+        ),
+        Trial::test(
+            "request_security::mount_templates_are_released",
+            mount_templates_released,
+        ),
     ]
+}
+
+/// One control socket serves all containers of a function (issue 12). Eight requests at
+/// once to a handler that connects three times (twice itself, once from a grandchild
+/// whose parent has exited) and holds every connection open for 1.5 s after its first
+/// fd: each container must receive exactly one fd, its own request's (any other would be
+/// another client's), and see its two other connections closed; /metrics counts them.
+fn control_socket_attack() -> TestResult {
+    const REQUESTS: usize = 8;
+    // Counts exact connections: no container started ahead may add its own.
+    let s = Setup::new(&["--prewarm", "0"])?;
+    let _d = s.start()?;
+    let ip = s.deploy("attacker", "control-attack.tar", Via::File)?;
+    let answers: Vec<_> = (0..REQUESTS)
+        .map(|i| {
+            thread::spawn(move || {
+                exchange((ip, 80), format!("GET /r{i} HTTP/1.0\r\n\r\n").as_bytes())
+            })
+        })
+        .collect();
+    for (i, answer) in answers.into_iter().enumerate() {
+        let r = answer
+            .join()
+            .unwrap()
+            .map_err(|e| s.fail(format!("GET /r{i}: {e}")))?;
+        let expected = format!("fds=1 closed=2 request=GET /r{i} HTTP/1.0");
+        s.check(r.body().trim() == expected, format!("GET /r{i}: {r}"))?;
+    }
+    let rejected = metric(
+        &s,
+        "faasd_control_connections_rejected_total{function=\"attacker\",reason=\"second_connection\"}",
+    )?;
+    s.check(
+        rejected == (2 * REQUESTS) as f64,
+        format!(
+            "{rejected} second connections counted, expected {}",
+            2 * REQUESTS
+        ),
+    )
+}
+
+/// The mount namespaces a daemon holds (its mount templates) and its mount table.
+fn mount_state(pid: i32) -> io::Result<(usize, Vec<String>)> {
+    let templates = std::fs::read_dir(format!("/proc/{pid}/fd"))?
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("mnt:["))
+        })
+        .count();
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    Ok((templates, mounts))
+}
+
+/// Each image's mount template (its mount namespace, its control socket) is made at
+/// deploy, replaced at redeploy and released at undeploy; none of its mounts ever
+/// appears in the daemon's own mount namespace.
+fn mount_templates_released() -> TestResult {
+    let s = Setup::new(&[])?;
+    let d = s.start()?;
+    let pid = d.pid();
+    let (templates, mounts) = mount_state(pid)?;
+    s.check(
+        templates == 0,
+        format!("{templates} templates before any deploy"),
+    )?;
+    let ip = s.deploy("tpl", "test-handler.tar", Via::File)?;
+    s.expect_hello(ip, "/first")?;
+    s.check(
+        eventually(SLACK, || {
+            mount_state(pid).is_ok_and(|m| m == (1, mounts.clone()))
+        }),
+        format!("after deploy: {:?}", mount_state(pid)?),
+    )?;
+    s.deploy("tpl", "test-handler-serve.tar", Via::File)?;
+    s.expect_hello(ip, "/second")?;
+    s.check(
+        eventually(SLACK, || {
+            mount_state(pid).is_ok_and(|m| m == (1, mounts.clone()))
+        }),
+        format!("after redeploy: {:?}", mount_state(pid)?.0),
+    )?;
+    s.faas(&["rm", "tpl"], None)?;
+    s.check(
+        eventually(SLACK, || {
+            mount_state(pid).is_ok_and(|m| m == (0, mounts.clone()))
+        }),
+        format!("after undeploy: {:?}", mount_state(pid)?),
+    )
 }
 
 /// The value of metric `series` (name and labels, as /metrics prints them), 0 if absent.

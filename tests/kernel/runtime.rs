@@ -445,13 +445,14 @@ fn exit_code_reported() -> TestResult {
 }
 
 /// With the pool of pre-made network namespaces (4 in the test runtime) and without (12
-/// at once drain it, so the rest make theirs at clone), no two containers share one, and
-/// each holds nothing but `lo`.
+/// at once drain it, so the rest make theirs at clone), no two live containers share one
+/// (each stays 2 s, so all 12 overlap: a namespace is only lent again once its container
+/// is gone, see pools.rs), and each holds nothing but `lo`.
 fn own_empty_netns() -> TestResult {
     let runs: Vec<_> = (0..12)
         .map(|_| {
             std::thread::spawn(|| {
-                sh("readlink /proc/self/ns/net; tail -n +3 /proc/net/dev | cut -d: -f1")
+                sh("readlink /proc/self/ns/net; tail -n +3 /proc/net/dev | cut -d: -f1; sleep 2")
             })
         })
         .collect();

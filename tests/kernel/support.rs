@@ -14,7 +14,7 @@ use std::time::Duration;
 mod private_ns;
 pub use private_ns::enter_private_namespaces;
 
-use faasd::runtime::{ContainerSpec, ExitStatus, Resources, Runtime, RuntimeError};
+use faasd::runtime::{ContainerSpec, ExitStatus, MountTemplate, Resources, Runtime, RuntimeError};
 use libtest_mimic::Failed;
 
 pub type TestResult = Result<(), libtest_mimic::Failed>;
@@ -94,7 +94,6 @@ pub struct Opts<'a> {
     pub resources: Resources,
     pub workdir: &'a str,
     pub timeout: Duration,
-    pub control_socket: Option<&'a Path>,
     pub id: Option<&'a str>,
 }
 
@@ -106,7 +105,6 @@ impl Default for Opts<'_> {
             resources: Resources::default(),
             workdir: "/",
             timeout: Duration::from_secs(20),
-            control_socket: None,
             id: None,
         }
     }
@@ -126,9 +124,24 @@ pub fn run(argv: &[String], opts: Opts<'_>) -> Result<Run, RuntimeError> {
     let (rd, wr): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let id = opts.id.map(str::to_string).unwrap_or_else(|| unique("c"));
     let env = ["PATH=/bin".to_string()];
+    // The shared rootfs's template is built once, as the daemon does per image.
+    static SHARED: OnceLock<MountTemplate> = OnceLock::new();
+    let own;
+    let template = if opts.rootfs == rootfs() {
+        match SHARED.get() {
+            Some(t) => t,
+            None => {
+                SHARED.get_or_init(|| MountTemplate::build(rootfs(), None).expect("template").0)
+            }
+        }
+    } else {
+        own = MountTemplate::build(opts.rootfs, None)?.0;
+        &own
+    };
     let spec = ContainerSpec {
         id: &id,
         rootfs: opts.rootfs,
+        template: Some(template),
         argv,
         env: &env,
         workdir: opts.workdir,
@@ -136,7 +149,7 @@ pub fn run(argv: &[String], opts: Opts<'_>) -> Result<Run, RuntimeError> {
         gid: opts.uid,
         hostname: "faasd-test",
         resources: opts.resources,
-        control_socket: opts.control_socket,
+        control_socket: None,
         stdout: Some(wr.as_fd()),
         stderr: Some(wr.as_fd()),
     };
@@ -181,7 +194,7 @@ pub fn ensure(cond: bool, msg: impl std::fmt::Display) -> TestResult {
 }
 
 /// Every tarball the tests deploy, all made by rootfs-tools/build-test-images.sh.
-const IMAGES: [&str; 15] = [
+const IMAGES: [&str; 16] = [
     "test-handler.tar",
     "test-handler-oci.tar",
     "test-handler-serve.tar",
@@ -196,6 +209,7 @@ const IMAGES: [&str; 15] = [
     "test-handler-probe.tar",
     "python-handler.tar",
     "net-attack.tar",
+    "control-attack.tar",
     "exe-attack.tar",
 ];
 
