@@ -5,6 +5,7 @@
 //! new line through a bounded broadcast channel: a slow follower skips lines rather than
 //! grow the daemon's memory.
 
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -110,7 +111,8 @@ impl FunctionLog {
     /// so none is missed or repeated). Blocking: reads up to `--log-max-mb`.
     pub fn read(&self, since_ms: u64, tail: Option<usize>, follow: bool) -> io::Result<Snapshot> {
         let state = self.state.lock().unwrap();
-        let mut lines = Vec::new();
+        // With a tail, only that many lines are held while reading.
+        let mut lines = VecDeque::new();
         for path in [self.rotated(), self.path.clone()] {
             let file = match File::open(&path) {
                 Ok(f) => f,
@@ -119,21 +121,28 @@ impl FunctionLog {
             };
             for text in BufReader::new(file).lines() {
                 // A line cut by a crash mid-write is skipped, not fatal.
-                if let Ok(line) = serde_json::from_str::<LogLine>(&text?) {
-                    if line.ts_ms >= since_ms {
-                        lines.push(line);
-                    }
+                let Ok(line) = serde_json::from_str::<LogLine>(&text?) else {
+                    continue;
+                };
+                if line.ts_ms < since_ms {
+                    continue;
+                }
+                if tail.is_some_and(|n| lines.len() >= n) {
+                    lines.pop_front();
+                }
+                if tail != Some(0) {
+                    lines.push_back(line);
                 }
             }
-        }
-        if let Some(n) = tail {
-            lines.drain(..lines.len().saturating_sub(n));
         }
         let follow = state
             .as_ref()
             .filter(|_| follow)
             .map(|o| o.followers.subscribe());
-        Ok(Snapshot { lines, follow })
+        Ok(Snapshot {
+            lines: lines.into(),
+            follow,
+        })
     }
 
     /// Ends every follower and deletes both generations (`faas rm`).
