@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use faasd::daemon::{serve_api, Config, Daemon};
+use faasd::daemon::{serve_api, serve_gateway, Config, Daemon, DaemonError};
 use faasd::{kernel_check, sealed_exe};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
@@ -70,19 +70,26 @@ async fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
     let mut int = signal(SignalKind::interrupt())?;
     let daemon = Daemon::start(cfg).await?;
     let api = tokio::spawn(serve_api(daemon.clone()));
+    let gateway = tokio::spawn(serve_gateway(daemon.clone()));
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        r = api => {
-            // The API failed to start or died: take everything down cleanly.
-            daemon.shutdown().await;
-            return match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.into()),
-                Err(e) => Err(e.into()),
-            };
-        }
+        r = api => return listener_ended(&daemon, r).await,
+        r = gateway, if daemon.cfg.gateway.is_some() => return listener_ended(&daemon, r).await,
     }
     daemon.shutdown().await;
     Ok(())
+}
+
+/// The control API or the gateway failed to start or died: take everything down cleanly.
+async fn listener_ended(
+    daemon: &Daemon,
+    r: Result<Result<(), DaemonError>, tokio::task::JoinError>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    daemon.shutdown().await;
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(e.into()),
+    }
 }

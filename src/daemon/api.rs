@@ -22,7 +22,7 @@ use crate::image::{ImageError, Limits};
 /// Largest `PATCH .../config` body read.
 const MAX_CONFIG_BODY: usize = 256 << 10;
 
-struct ApiError(StatusCode, String);
+pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -61,6 +61,7 @@ fn image_status(e: &ImageError) -> StatusCode {
 pub fn router(d: Arc<Daemon>) -> Router {
     let router = Router::new()
         .route("/api/new", post(new_function))
+        .route("/api/pull", post(super::api_pull::pull_function))
         .route("/api/ip/{name}", get(function_ip))
         .route("/api/list", get(list))
         .route(
@@ -148,19 +149,7 @@ async fn new_function(
     if declared.is_some_and(|n| n > max) {
         return Err(too_large());
     }
-    let wait = d.cfg.queue_timeout();
-    let _slot = match tokio::time::timeout(wait, d.upload_slots.clone().acquire_owned()).await {
-        Ok(Ok(permit)) => permit,
-        _ => {
-            return Err(ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "{} uploads are in progress, the limit (--max-uploads); none ended within {wait:?}: try again later",
-                    d.cfg.max_uploads
-                ),
-            ))
-        }
-    };
+    let _slot = d.upload_slot().await?;
     let idle = d.cfg.body_timeout();
     let (upload, verdict) = upload::reader(body, max, idle);
     match d
@@ -174,6 +163,24 @@ async fn new_function(
             format!("the upload stalled: no data for {idle:?} (--body-timeout); nothing was kept"),
         )),
         Err(e) => Err(e.into()),
+    }
+}
+
+impl Daemon {
+    /// One of the --max-uploads slots (uploads and registry pulls), waited for at most
+    /// --queue-timeout.
+    pub(super) async fn upload_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let wait = self.cfg.queue_timeout();
+        match tokio::time::timeout(wait, self.upload_slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{} uploads are in progress, the limit (--max-uploads); none ended within {wait:?}: try again later",
+                    self.cfg.max_uploads
+                ),
+            )),
+        }
     }
 }
 

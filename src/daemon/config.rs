@@ -26,6 +26,14 @@ pub struct Config {
     /// Pool of function addresses, added to `lo`; the first handed out is host .10.
     #[arg(long, env = "FAASD_SUBNET", default_value = "10.0.0.0/24")]
     pub subnet: Ipv4Net,
+    /// Address of the gateway port (off by default): one listener for every function,
+    /// routed by `Host: <name>.<domain>` (with --gateway-domain) or the path prefix
+    /// `/function/<name>/` (which the handler sees as sent). No control API token applies.
+    #[arg(long, env = "FAASD_GATEWAY")]
+    pub gateway: Option<SocketAddr>,
+    /// Domain under which the gateway routes by Host header: `<name>.<domain>`.
+    #[arg(long, env = "FAASD_GATEWAY_DOMAIN", requires = "gateway")]
+    pub gateway_domain: Option<String>,
     /// Port each function listens on, on its own address.
     #[arg(long, env = "FAASD_FUNCTION_PORT", default_value_t = 80)]
     pub function_port: u16,
@@ -122,6 +130,14 @@ pub struct Config {
     /// File holding a bearer token that every control API request must present.
     #[arg(long, env = "FAASD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// A docker config.json whose `auths` give the credentials for registry pulls
+    /// (`faas new NAME --image REF`).
+    #[arg(long, env = "FAASD_REGISTRY_AUTH")]
+    pub registry_auth: Option<PathBuf>,
+    /// A registry (`host[:port]`, as in image references) pulled from over plain HTTP;
+    /// every other registry only over HTTPS. Repeat for more.
+    #[arg(long, env = "FAASD_INSECURE_REGISTRY", value_delimiter = ',')]
+    pub insecure_registry: Vec<String>,
     /// The cgroup (in every hierarchy) that holds all containers.
     #[arg(long, env = "FAASD_CGROUP_PARENT", default_value = "faasd")]
     pub cgroup_parent: String,

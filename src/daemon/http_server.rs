@@ -86,7 +86,7 @@ async fn serve_conn(
 /// Closing a socket with unread data makes the kernel send a reset, and a reset makes the
 /// client's kernel discard our answer if the client has not read it yet. So: send our FIN
 /// after the answer, read what the client still sends (bounded), then close.
-async fn linger(mut tcp: TcpStream) {
+pub(super) async fn linger(mut tcp: TcpStream) {
     if tcp.shutdown().await.is_err() {
         return;
     }

@@ -26,6 +26,11 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
 /// A gauge of seconds.
 pub type SecondsGauge = Gauge<f64, AtomicU64>;
 
@@ -55,6 +60,7 @@ pub struct Metrics {
     pub idle_closed: Family<FunctionLabel, Counter>,
     pub connections_refused: Family<ReasonLabels, Counter>,
     pub control_rejected: Family<ReasonLabels, Counter>,
+    gateway_closed: Family<ReasonLabel, Counter>,
     netns: Family<OutcomeLabel, Counter>,
 }
 
@@ -161,6 +167,13 @@ impl Default for Metrics {
              unreadable_peer",
             control_rejected.clone(),
         );
+        let gateway_closed = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "gateway_closed",
+            "Gateway connections closed before reaching a function: head_timeout, \
+             head_too_large, malformed, unknown_function, no_route, per_source, fd_reserve",
+            gateway_closed.clone(),
+        );
         let netns = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "netns",
@@ -187,6 +200,7 @@ impl Default for Metrics {
             idle_closed,
             connections_refused,
             control_rejected,
+            gateway_closed,
             netns,
         }
     }
@@ -220,6 +234,14 @@ impl Metrics {
 
     pub fn refused(&self, function: &str, reason: &str) {
         Self::count(&self.connections_refused, function, reason);
+    }
+
+    pub fn gateway_closed(&self, reason: &str) {
+        self.gateway_closed
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     fn count(family: &Family<ReasonLabels, Counter>, function: &str, reason: &str) {

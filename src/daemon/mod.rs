@@ -3,10 +3,12 @@
 
 mod admission;
 mod api;
+mod api_pull;
 pub mod config;
 mod control;
 mod control_peer;
 mod function;
+mod gateway;
 mod http_server;
 mod log_file;
 mod log_stream;
@@ -15,6 +17,7 @@ pub mod loopback;
 mod metrics;
 mod pool;
 mod prewarm;
+mod pull;
 mod registry;
 mod request;
 mod settings;
@@ -105,6 +108,8 @@ pub enum DaemonError {
         source: std::io::Error,
     },
     #[error(transparent)]
+    RegistryAuth(#[from] pull::AuthFileError),
+    #[error(transparent)]
     Settings(#[from] SettingsError),
     #[error("reading the token file {path} failed: {source}")]
     Token {
@@ -152,6 +157,8 @@ pub struct Daemon {
     /// Functions being undeployed, until their requests have drained.
     removing: std::sync::Mutex<HashSet<String>>,
     token: Option<String>,
+    /// Credentials and plain-HTTP registries for pulls.
+    registries: pull::Registries,
     /// The most a function's configuration may ask for.
     maxima: Maxima,
 }
@@ -222,6 +229,8 @@ impl Daemon {
             ),
             None => None,
         };
+        let registries =
+            pull::Registries::new(cfg.registry_auth.as_deref(), &cfg.insecure_registry)?;
         let backend = Backend::new(
             cfg.runtime,
             &cfg.cgroup_parent,
@@ -273,6 +282,7 @@ impl Daemon {
             per_source: admission::PerSource::new(cfg.max_conns_per_source),
             removing: Default::default(),
             token,
+            registries,
             maxima,
             cfg,
         });
@@ -375,23 +385,32 @@ impl Daemon {
     /// Starts serving an accepted connection, or closes it at once when its source has
     /// too many open or it would eat into the fd reserve.
     fn admit(self: &Arc<Self>, f: &Arc<Function>, tcp: tokio::net::TcpStream, peer: IpAddr) {
-        use std::os::fd::AsRawFd;
-        let refused = if admission::in_reserve_now(tcp.as_raw_fd()) {
-            "fd_reserve"
-        } else {
-            match self.per_source.admit(peer) {
-                Some(slot) => {
-                    let _ = tcp.set_nodelay(true);
-                    let serve = request::serve(self.clone(), f.clone(), tcp, slot);
-                    // Tracked twice: by the daemon (shutdown) and the function (undeploy).
-                    self.requests.spawn(f.requests.track_future(serve));
-                    return;
-                }
-                None => "per_source",
+        match self.admission(&tcp, peer) {
+            Ok(slot) => {
+                let _ = tcp.set_nodelay(true);
+                let serve = request::serve(self.clone(), f.clone(), tcp, slot);
+                // Tracked twice: by the daemon (shutdown) and the function (undeploy).
+                self.requests.spawn(f.requests.track_future(serve));
             }
-        };
-        self.metrics.refused(&f.name, refused);
-        tracing::debug!(function = %f.name, %peer, "connection refused: {refused}");
+            Err(refused) => {
+                self.metrics.refused(&f.name, refused);
+                tracing::debug!(function = %f.name, %peer, "connection refused: {refused}");
+            }
+        }
+    }
+
+    /// A function connection's place in the per-source bound, or why it is refused: its
+    /// source has too many open (`per_source`), or it would eat into the fd reserve.
+    fn admission(
+        &self,
+        tcp: &tokio::net::TcpStream,
+        peer: IpAddr,
+    ) -> Result<admission::SourceSlot, &'static str> {
+        use std::os::fd::AsRawFd;
+        if admission::in_reserve_now(tcp.as_raw_fd()) {
+            return Err("fd_reserve");
+        }
+        self.per_source.admit(peer).ok_or("per_source")
     }
 
     /// A short id for a request's bundle, cgroup, hostname and runc container, unique in
@@ -861,3 +880,4 @@ fn recover(cfg: &Config, backend: &Backend) -> Result<(), DaemonError> {
 }
 
 pub use api::serve_api;
+pub use gateway::serve_gateway;

@@ -184,6 +184,11 @@ impl Setup {
         })
     }
 
+    /// More flags for every start (for those made from `n`, such as an address).
+    pub(crate) fn add_flags(&mut self, flags: &[&str]) {
+        self.flags.extend(flags.iter().map(|f| f.to_string()));
+    }
+
     pub(crate) fn state(&self) -> PathBuf {
         self.dir.join("state")
     }
@@ -331,10 +336,20 @@ impl Setup {
 
     /// `faas new NAME` with test image `file`; checks the "Deployed" line, returns the IP.
     pub(crate) fn deploy(&self, name: &str, file: &str, via: Via) -> Result<Ipv4Addr, Failed> {
-        let path = image(file)?;
+        self.deploy_path(name, &image(file)?, via)
+    }
+
+    /// `faas new NAME` with the archive at `path`; checks the "Deployed" line, returns the IP.
+    pub(crate) fn deploy_path(
+        &self,
+        name: &str,
+        path: &Path,
+        via: Via,
+    ) -> Result<Ipv4Addr, Failed> {
+        let file = path.display();
         let out = match via {
             Via::File => self.faas(&["new", name, "-f", path.to_str().unwrap()], None)?,
-            Via::Stdin => self.faas(&["new", name], Some(&path))?,
+            Via::Stdin => self.faas(&["new", name], Some(path))?,
         };
         let stdout = String::from_utf8_lossy(&out.stdout);
         let ip = stdout

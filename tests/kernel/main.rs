@@ -6,15 +6,18 @@
 //! make stay inside it and vanish with it.
 
 mod api_security;
+mod archives;
 mod child_security;
 mod daemon;
 mod e2e;
 mod function_config;
 mod function_logs;
+mod gateway;
 mod image_security;
 mod net_isolation;
 mod pools;
 mod prewarm;
+mod registry;
 mod request_security;
 mod runtime;
 mod support;
@@ -41,6 +44,9 @@ fn main() {
         .into_iter()
         .chain(daemon::tests())
         .chain(e2e::tests())
+        .chain(gateway::tests())
+        .chain(archives::tests())
+        .chain(registry::tests())
         .chain(net_isolation::tests())
         .chain(pools::tests())
         .chain(child_security::tests())

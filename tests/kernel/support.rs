@@ -263,3 +263,13 @@ pub fn peak_rss(pid: i32) -> Result<u64, Failed> {
         .ok_or_else(|| format!("no VmHWM in /proc/{pid}/status"))?;
     Ok(kib << 10)
 }
+
+/// `program`, run in a mount namespace of its own with a tmpfs on /var/lib: podman and
+/// skopeo keep a blob cache there whatever their flags say, which would outlive the test.
+pub fn with_private_var_lib(program: &str) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o size=16m faasd-test /var/lib && exec "$@""#)
+        .args(["sh", program]);
+    c
+}

@@ -23,6 +23,7 @@ mod ip;
 mod list;
 mod logs;
 mod new;
+mod pull;
 mod rm;
 
 use std::path::PathBuf;
@@ -119,6 +120,7 @@ mod tests {
         Command::New(new::Args {
             name: name.into(),
             file: file.map(PathBuf::from),
+            image: None,
             config: ConfigFlags::default(),
         })
     }
@@ -186,6 +188,7 @@ mod tests {
             Command::New(new::Args {
                 name: "f".into(),
                 file: Some("i.tar".into()),
+                image: None,
                 config: flags,
             })
         );

@@ -1,4 +1,4 @@
-//! `faas new NAME [-f TAR] [config flags]`: streams a `docker save` tarball to
+//! `faas new NAME [-f TAR] [config flags]` (or `--image REF`, see pull.rs): streams a `docker save` tarball to
 //! `POST /api/new`, with the function's configuration in the `X-Function-Config` header.
 
 use std::fs::File;
@@ -19,12 +19,23 @@ pub struct Args {
     /// Read the tarball from FILE instead of stdin ("-" is stdin).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
+    /// Have the daemon pull REF from an OCI registry instead (e.g. host:5000/app:1).
+    #[arg(long, value_name = "REF", conflicts_with = "file")]
+    pub image: Option<String>,
     #[command(flatten)]
     pub config: ConfigFlags,
 }
 
 pub fn run(client: &Client, args: Args) -> Result<(), CliError> {
     let change = args.config.change(Vec::new())?;
+    if let Some(image) = &args.image {
+        if !change.is_empty() {
+            return Err(msg("configuration flags do not go with --image yet: \
+                 pull first, then `faas config NAME ...`"));
+        }
+        let ip = crate::pull::pull(client, &args.name, image)?;
+        return say(&format!("Deployed {} at {ip}", args.name));
+    }
     let done = deploy(client, &args.name, args.file.as_deref(), &change)?;
     say(&format!("Deployed {} at {}", done.name, done.ip))
 }
@@ -158,7 +169,7 @@ impl Read for Upload {
     }
 }
 
-fn progress_bar(len: Option<u64>, visible: bool) -> ProgressBar {
+pub fn progress_bar(len: Option<u64>, visible: bool) -> ProgressBar {
     if !visible {
         return ProgressBar::hidden();
     }
