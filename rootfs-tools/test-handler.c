@@ -23,7 +23,8 @@
  *                   (lines "name=ok" or "name=errno N")
  *   env             serve, and append its environment ("env K=V" lines) and what it finds
  *                   in /run/secrets ("secret NAME mode=0400 uid=U gid=G size=N: CONTENT",
- *                   or "secrets=errno N"); writes one line each to stdout and stderr
+ *                   or "secrets=errno N") and "hostname ID" (the request's id); writes
+ *                   one line each to stdout and stderr
  *
  * Build: gcc -static -O2 -o test-handler test-handler.c
  */
@@ -289,6 +290,10 @@ int main(int argc, char **argv) {
         probe(extra, sizeof extra);
     if (strcmp(mode, "env") == 0) {
         report_env(extra, sizeof extra);
+        /* The hostname is the request's id: what tags its lines in the function's log. */
+        char host[256] = "";
+        gethostname(host, sizeof host - 1);
+        append(extra, sizeof extra, "hostname %s\n", host);
         printf("env handler: stdout line\n");
         fflush(stdout);
         fprintf(stderr, "env handler: stderr line\n");

@@ -156,6 +156,53 @@ pub struct LastFailure {
     pub message: String,
 }
 
+/// Query of `GET /api/functions/<name>/logs`; the answer is NDJSON, one [`LogLine`] a line
+/// (oldest first), and with `follow` it goes on with new lines (an empty line now and then
+/// keeps an idle stream checked) until the client leaves or the function is removed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogQuery {
+    /// Only lines logged at or after this time, in seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    /// Only the last N lines of what is kept (then, with `follow`, every new one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<usize>,
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// Which of the handler's outputs a [`LogLine`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// One line a handler wrote (or a piece of a longer one), as kept in the function's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Milliseconds since the Unix epoch, when the daemon read it.
+    pub ts_ms: u64,
+    /// The request (container) id, as in the daemon's log and `describe`.
+    pub request: String,
+    pub stream: LogStream,
+    /// Invalid UTF-8 replaced.
+    pub text: String,
+    /// The line was longer than the daemon keeps as one: it goes on in the next.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cut: bool,
+}
+
 /// `KEY=value` -> `KEY`.
 pub fn env_names(env: &[String]) -> Vec<String> {
     env.iter()

@@ -4,17 +4,18 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 
-use super::{http_server, upload, valid_name, Daemon, DaemonError};
+use super::{http_server, log_stream, upload, valid_name, Daemon, DaemonError};
 use crate::api::{
     env_names, ConfigChange, ConfigView, Deployed, Description, ErrorBody, FunctionIp, List,
-    ListEntry, Removed, CONFIG_HEADER, IMAGE_NAME_HEADER,
+    ListEntry, LogQuery, Removed, CONFIG_HEADER, IMAGE_NAME_HEADER,
 };
 use crate::image::{ImageError, Limits};
 
@@ -72,6 +73,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
             "/api/functions/{name}/config",
             patch(configure).layer(DefaultBodyLimit::max(MAX_CONFIG_BODY)),
         )
+        .route("/api/functions/{name}/logs", get(logs))
         .route("/metrics", get(metrics))
         // The upload size is enforced while streaming (see new_function).
         .layer(DefaultBodyLimit::disable());
@@ -239,6 +241,24 @@ async fn configure(
 ) -> Result<Json<ConfigView>, ApiError> {
     let change = parse_change(&body, "the body")?;
     Ok(Json(d.configure(&name, &change).await?))
+}
+
+async fn logs(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    query: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let f = d
+        .function(&name)
+        .ok_or_else(|| ApiError::from(DaemonError::NotFound(name.clone())))?;
+    let body = log_stream::serve(f, query).await.map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the log of {name:?} failed: {e}"),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
 /// A [`ConfigChange`] from JSON; `from` names where it came from in the error.

@@ -105,6 +105,11 @@ pub struct Config {
     /// Uploads being received at once; more wait up to --queue-timeout, then get 503.
     #[arg(long, env = "FAASD_MAX_UPLOADS", default_value_t = 4)]
     pub max_uploads: usize,
+    /// Disk space one function's handler output may take, in MiB (its log and one
+    /// rotated generation, half each); older lines go first.
+    #[arg(long, env = "FAASD_LOG_MAX_MB", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub log_max_mb: u64,
     /// Seconds a control API client has to send a request's headers (slowloris, idle
     /// keep-alive connections), and a function connection its first byte (none gets a
     /// container before); then the connection is closed.
@@ -195,6 +200,11 @@ impl Config {
 
     pub fn images_dir(&self) -> PathBuf {
         self.state_dir.join("images")
+    }
+
+    /// Each function's handler output (`<name>.log`, `<name>.log.1`).
+    pub fn logs_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
     }
 
     pub fn bundles_dir(&self) -> PathBuf {

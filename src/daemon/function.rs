@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::control::ControlSocket;
+use super::log_file::FunctionLog;
 use super::prewarm::Prewarmed;
 use super::settings::Live;
 use super::stats::Stats;
@@ -88,6 +89,8 @@ pub struct Function {
     pub requests: TaskTracker,
     /// Its requests since the daemon started, for `describe`.
     pub stats: Stats,
+    /// Its handlers' stdout and stderr.
+    pub log: Arc<FunctionLog>,
 }
 
 impl Function {
@@ -98,6 +101,7 @@ impl Function {
         image: Image,
         stop: CancellationToken,
         prewarmed: Prewarmed,
+        log: FunctionLog,
     ) -> Self {
         Function {
             name: name.to_string(),
@@ -108,6 +112,7 @@ impl Function {
             prewarmed,
             requests: TaskTracker::new(),
             stats: Stats::default(),
+            log: Arc::new(log),
         }
     }
 

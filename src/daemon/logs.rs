@@ -1,7 +1,8 @@
-//! A handler's stdout and stderr, forwarded into the daemon's log within bounds.
+//! A handler's stdout and stderr, read line by line into its function's log file
+//! (`log_file.rs`) within bounds.
 //!
 //! The handler's code controls what it writes: a gigabyte without a newline must not
-//! become a gigabyte of daemon memory, nor a flood of lines the daemon's log. Lines are
+//! become a gigabyte of daemon memory, nor a flood of lines in the log. Lines are
 //! cut at [`MAX_LINE`] (the pieces are marked), and a request may log [`REQUEST_BUDGET`]
 //! bytes at most, at [`RATE`] bytes/s after a [`BURST`]. Past that the output is still
 //! read (so the handler never blocks on a full pipe and answers its client) but dropped,
@@ -11,10 +12,14 @@
 //! how long it goes on.
 
 use std::os::fd::OwnedFd;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::AsyncReadExt;
+
+use super::log_file::FunctionLog;
+use crate::api::{LogLine, LogStream};
 
 /// Longest line logged as one; longer ones are logged in pieces of this size.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -118,39 +123,57 @@ impl Budget {
     }
 }
 
-/// Logs the handler's output read from `rd`, tagged with function and request, within
-/// the bounds above; counts what it drops in `dropped`.
-pub fn forward(rd: OwnedFd, function: &str, request: &str, dropped: Counter) {
+/// Appends the handler's `stream` output read from `rd` to `log`, tagged with the request,
+/// within the bounds above (each stream has its own budget); counts what it drops in
+/// `dropped`.
+pub fn forward(
+    rd: OwnedFd,
+    log: Arc<FunctionLog>,
+    request: &str,
+    stream: LogStream,
+    dropped: Counter,
+) {
     let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(rd) else {
         return;
     };
-    let (function, request) = (function.to_string(), request.to_string());
+    let request = request.to_string();
     tokio::spawn(async move {
         let mut buf = vec![0; READ_CHUNK];
         let (mut lines, mut budget) = (Lines::default(), Budget::new(Instant::now()));
         let mut dropped_here = 0u64;
-        let mut log = |p: Piece<'_>| {
+        let stream_name = stream.as_str();
+        let mut keep = |p: Piece<'_>| {
             // A newline counts too: a flood of empty lines is a flood.
             if budget.admit(p.text.len() + 1, Instant::now()) {
-                let text = String::from_utf8_lossy(p.text);
-                let more = if p.cut { " [line continues]" } else { "" };
-                tracing::info!(target: "handler", %function, %request, "{text}{more}");
+                log.append(&LogLine {
+                    ts_ms: now_ms(),
+                    request: request.clone(),
+                    stream,
+                    text: String::from_utf8_lossy(p.text).into_owned(),
+                    cut: p.cut,
+                });
             } else {
                 if dropped_here == 0 {
-                    tracing::warn!(%function, %request, "handler output over its budget: dropping the rest");
+                    tracing::warn!(function = log.function(), %request, stream = stream_name, "handler output over its budget: dropping the rest");
                 }
                 dropped_here += p.text.len() as u64 + 1;
                 dropped.inc_by(p.text.len() as u64 + 1);
             }
         };
         while let Ok(n @ 1..) = pipe.read(&mut buf).await {
-            lines.feed(&buf[..n], &mut log);
+            lines.feed(&buf[..n], &mut keep);
         }
-        lines.finish(&mut log);
+        lines.finish(&mut keep);
         if dropped_here > 0 {
-            tracing::warn!(%function, %request, "dropped {dropped_here} bytes of handler output");
+            tracing::warn!(function = log.function(), %request, stream = stream_name, "dropped {dropped_here} bytes of handler output");
         }
     });
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ mod control_peer;
 mod function;
 mod gateway;
 mod http_server;
+mod log_file;
+mod log_stream;
 mod logs;
 pub mod loopback;
 mod metrics;
@@ -40,6 +42,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::Config;
 use function::{Function, Image, NativeRoot};
+use log_file::FunctionLog;
 use loopback::{Loopback, LoopbackError};
 use metrics::Metrics;
 pub use registry::FunctionRecord;
@@ -347,6 +350,7 @@ impl Daemon {
             image,
             stop,
             prewarm::Prewarmed::new(self.prewarm.clone(), self.metrics.prewarm(name)),
+            FunctionLog::new(&self.cfg.logs_dir(), name, self.cfg.log_max_mb << 20),
         ));
         self.functions
             .write()
@@ -796,6 +800,7 @@ impl Daemon {
             Err(e) => tracing::error!(function = %name, "moving its image aside failed: {e}"),
         })
         .await;
+        f.log.remove();
         self.removing.lock().unwrap().remove(name);
         tracing::info!(function = %name, "undeployed");
         Ok(())

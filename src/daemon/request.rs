@@ -8,7 +8,7 @@
 //! request (error, timeout, shutdown dropping the future), nothing is left behind.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use super::metrics::Metrics;
 use super::prewarm;
 use super::settings::{self, Live};
 use super::Daemon;
+use crate::api::LogStream;
 use crate::backend::{BackendError, Container};
 use crate::fdpass;
 use crate::runtime::{ContainerSpec, Exit, ExitStatus, RuntimeError};
@@ -302,6 +303,24 @@ pub struct Started {
     _slots: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
+/// A pipe whose read end feeds the function's log as `stream`; the write end is the
+/// container's.
+fn output_pipe(
+    d: &Daemon,
+    f: &Function,
+    id: &str,
+    stream: LogStream,
+) -> Result<OwnedFd, RequestError> {
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RequestError::Spawn(RuntimeError::sys("pipe2")(e).into()))?;
+    let dropped = d
+        .metrics
+        .log_bytes_dropped
+        .get_or_create_owned(&Metrics::label(&f.name));
+    logs::forward(rd, f.log.clone(), id, stream, dropped);
+    Ok(wr)
+}
+
 /// Where a request's handler connects.
 enum ControlEnd {
     /// The image's control socket (native runtime), once the container is registered.
@@ -344,13 +363,10 @@ pub async fn start(
             ControlEnd::Bundle(bundle, listener)
         }
     };
-    let (log_rd, log_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| RequestError::Spawn(RuntimeError::sys("pipe2")(e).into()))?;
-    let dropped = d
-        .metrics
-        .log_bytes_dropped
-        .get_or_create_owned(&Metrics::label(&f.name));
-    logs::forward(log_rd, &f.name, id, dropped);
+    let (stdout_wr, stderr_wr) = (
+        output_pipe(d, f, id, LogStream::Stdout)?,
+        output_pipe(d, f, id, LogStream::Stderr)?,
+    );
 
     let spawn_d = d.clone();
     let id_owned = id.to_string();
@@ -376,8 +392,8 @@ pub async fn start(
             hostname: &id_owned,
             resources: spawn_live.resources,
             control_socket: sock.as_deref(),
-            stdout: Some(log_wr.as_fd()),
-            stderr: Some(log_wr.as_fd()),
+            stdout: Some(stdout_wr.as_fd()),
+            stderr: Some(stderr_wr.as_fd()),
         };
         // `image` (a read guard) lives until the mounts are done: no redeploy can swap
         // the rootfs under a spawn.

@@ -13,11 +13,16 @@ use crate::image::CONFIG_FILE;
 pub const DIR_MODE: u32 = 0o700;
 pub const FILE_MODE: u32 = 0o600;
 
-/// Creates (or tightens) the state directory, `images/` and `bundles/`, the registry and
-/// every installed image's directory and config, and mounts the store `nosuid,nodev`
+/// Creates (or tightens) the state directory, `images/`, `bundles/` and `logs/`, the
+/// registry, every function's log and every installed image's directory and config, and mounts the store `nosuid,nodev`
 /// (returning that mount when this call made it).
 pub fn prepare(cfg: &Config) -> Result<Option<store_mount::OurMount>, DaemonError> {
-    for dir in [cfg.state_dir.clone(), cfg.images_dir(), cfg.bundles_dir()] {
+    for dir in [
+        cfg.state_dir.clone(),
+        cfg.images_dir(),
+        cfg.bundles_dir(),
+        cfg.logs_dir(),
+    ] {
         DirBuilder::new()
             .recursive(true)
             .mode(DIR_MODE)
@@ -28,6 +33,13 @@ pub fn prepare(cfg: &Config) -> Result<Option<store_mount::OurMount>, DaemonErro
     let registry = cfg.registry_path();
     if registry.exists() {
         restrict(&registry, FILE_MODE)?;
+    }
+    let logs = cfg.logs_dir();
+    for entry in fs::read_dir(&logs).map_err(fs_err("list", &logs))? {
+        let path = entry.map_err(fs_err("list", &logs))?.path();
+        if path.is_file() {
+            restrict(&path, FILE_MODE)?;
+        }
     }
     let images = cfg.images_dir();
     for entry in fs::read_dir(&images).map_err(fs_err("list", &images))? {

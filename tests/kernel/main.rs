@@ -11,6 +11,7 @@ mod child_security;
 mod daemon;
 mod e2e;
 mod function_config;
+mod function_logs;
 mod gateway;
 mod image_security;
 mod net_isolation;
@@ -20,6 +21,7 @@ mod registry;
 mod request_security;
 mod runtime;
 mod support;
+mod systemd_unit;
 
 use libtest_mimic::{Arguments, Trial};
 
@@ -53,6 +55,8 @@ fn main() {
         .chain(image_security::tests())
         .chain(prewarm::tests())
         .chain(function_config::tests())
+        .chain(function_logs::tests())
+        .chain(systemd_unit::tests())
         .map(|t| t.with_ignored_flag(!root))
         .collect();
     libtest_mimic::run(&args, trials).exit();

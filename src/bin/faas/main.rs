@@ -6,6 +6,7 @@
 //! faas config hello --env GREETING=hello --unset-env OLD --max-concurrency 4
 //! faas describe hello                    # address, image, limits, requests, failures
 //! faas invoke hello /path -X POST -H 'X-A: b' -d @body.json -i
+//! faas logs hello -f --since 5m --tail 20 # TIME REQUEST STREAM TEXT, then new lines
 //! faas ip hello                          # 10.0.0.10
 //! faas list [--json]
 //! faas rm hello                          # Removed hello
@@ -20,6 +21,7 @@ mod describe;
 mod invoke;
 mod ip;
 mod list;
+mod logs;
 mod new;
 mod pull;
 mod rm;
@@ -65,6 +67,8 @@ enum Command {
     /// Send one HTTP request to function NAME and print the answer's body (exit 1 on a
     /// connection error or a 5xx).
     Invoke(invoke::Args),
+    /// Print function NAME's handler output (stdout and stderr), oldest first.
+    Logs(logs::Args),
     /// Print the IP address of function NAME.
     Ip(ip::Args),
     /// List the deployed functions.
@@ -95,6 +99,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Config(args) => config::run(&client, args),
         Command::Describe(args) => describe::run(&client, args),
         Command::Invoke(args) => invoke::run(&client, args),
+        Command::Logs(args) => logs::run(&client, args),
         Command::Ip(args) => ip::run(&client, args),
         Command::List(args) => list::run(&client, args),
         Command::Rm(args) => rm::run(&client, args),
@@ -255,6 +260,36 @@ mod tests {
             &["invoke", "f", "-H", "nocolon"],
             &["invoke", "f", "-X", "TWO WORDS"],
             &["describe"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn parses_logs_flags_and_refuses_bad_ones() {
+        let Command::Logs(a) = parse(&["logs", "f", "-f", "--since", "5m", "--tail", "3"])
+            .unwrap()
+            .command
+        else {
+            panic!("not logs");
+        };
+        assert_eq!((a.name.as_str(), a.follow, a.tail), ("f", true, Some(3)));
+        assert!(a.since.is_some());
+        assert_eq!(
+            parse(&["logs", "f"]).unwrap().command,
+            Command::Logs(logs::Args {
+                name: "f".into(),
+                follow: false,
+                since: None,
+                tail: None,
+            })
+        );
+        for bad in [
+            &["logs"][..],
+            &["logs", "f", "--tail", "-1"],
+            &["logs", "f", "--tail", "many"],
+            &["logs", "f", "--since", "yesterday-ish"],
+            &["logs", "f", "--since"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} must be refused");
         }

@@ -1,0 +1,225 @@
+//! A function's handler output on disk: `logs/<name>.log`, one JSON [`LogLine`] a line,
+//! and one rotated generation `logs/<name>.log.1`. Each generation holds at most half of
+//! `--log-max-mb`, so the two together never pass it whatever the handlers write (the
+//! per-request bounds of `logs.rs` apply before a line gets here). Followers get each
+//! new line through a bounded broadcast channel: a slow follower skips lines rather than
+//! grow the daemon's memory.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::broadcast;
+
+use super::state_dir::FILE_MODE;
+use crate::api::LogLine;
+
+/// Lines a follower may be behind before it loses some.
+const FOLLOW_BACKLOG: usize = 256;
+
+pub struct FunctionLog {
+    function: String,
+    path: PathBuf,
+    /// Bytes one generation may hold.
+    generation_max: u64,
+    /// None once the function is removed: late lines of its last requests are dropped.
+    state: Mutex<Option<Open>>,
+}
+
+struct Open {
+    /// Opened at the first line: a function that never logs (or a deploy that fails
+    /// after this is made) leaves no file.
+    file: Option<File>,
+    size: u64,
+    followers: broadcast::Sender<Arc<str>>,
+}
+
+/// What a reader gets: the kept lines, and (when asked) the lines logged after them.
+pub struct Snapshot {
+    pub lines: Vec<LogLine>,
+    pub follow: Option<broadcast::Receiver<Arc<str>>>,
+}
+
+impl FunctionLog {
+    /// The log `dir/<name>.log`, appending to what an earlier run kept; the file is
+    /// created (0600) with the first line.
+    pub fn new(dir: &Path, name: &str, max_bytes: u64) -> Self {
+        let path = dir.join(format!("{name}.log"));
+        let size = fs::metadata(&path).map_or(0, |m| m.len());
+        FunctionLog {
+            function: name.to_string(),
+            path,
+            generation_max: max_bytes / 2,
+            state: Mutex::new(Some(Open {
+                file: None,
+                size,
+                followers: broadcast::channel(FOLLOW_BACKLOG).0,
+            })),
+        }
+    }
+
+    pub fn function(&self) -> &str {
+        &self.function
+    }
+
+    fn rotated(&self) -> PathBuf {
+        self.path.with_extension("log.1")
+    }
+
+    /// Appends `line` (rotating first when it would not fit) and hands it to followers.
+    pub fn append(&self, line: &LogLine) {
+        let mut json = serde_json::to_string(line).expect("a LogLine always serializes");
+        json.push('\n');
+        let mut state = self.state.lock().unwrap();
+        let Some(open) = state.as_mut() else { return };
+        if open.size + json.len() as u64 > self.generation_max && open.size > 0 {
+            if let Err(e) = self.rotate(open) {
+                tracing::error!(log = %self.path.display(), "rotating a function's log failed: {e}");
+                return;
+            }
+        }
+        let written = match &mut open.file {
+            Some(file) => file.write_all(json.as_bytes()),
+            None => open_append(&self.path).and_then(|mut file| {
+                let written = file.write_all(json.as_bytes());
+                open.file = Some(file);
+                written
+            }),
+        };
+        match written {
+            Ok(()) => open.size += json.len() as u64,
+            Err(e) => {
+                tracing::error!(log = %self.path.display(), "writing a function's log failed: {e}")
+            }
+        }
+        // No follower is not an error.
+        let _ = open.followers.send(Arc::from(json.trim_end()));
+    }
+
+    fn rotate(&self, open: &mut Open) -> io::Result<()> {
+        fs::rename(&self.path, self.rotated())?;
+        open.file = Some(open_append(&self.path)?);
+        open.size = 0;
+        Ok(())
+    }
+
+    /// The kept lines logged at or after `since_ms`, the last `tail` of them; with
+    /// `follow`, a receiver of every line logged after them (taken under the same lock,
+    /// so none is missed or repeated). Blocking: reads up to `--log-max-mb`.
+    pub fn read(&self, since_ms: u64, tail: Option<usize>, follow: bool) -> io::Result<Snapshot> {
+        let state = self.state.lock().unwrap();
+        // With a tail, only that many lines are held while reading.
+        let mut lines = VecDeque::new();
+        for path in [self.rotated(), self.path.clone()] {
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for text in BufReader::new(file).lines() {
+                // A line cut by a crash mid-write is skipped, not fatal.
+                let Ok(line) = serde_json::from_str::<LogLine>(&text?) else {
+                    continue;
+                };
+                if line.ts_ms < since_ms {
+                    continue;
+                }
+                if tail.is_some_and(|n| lines.len() >= n) {
+                    lines.pop_front();
+                }
+                if tail != Some(0) {
+                    lines.push_back(line);
+                }
+            }
+        }
+        let follow = state
+            .as_ref()
+            .filter(|_| follow)
+            .map(|o| o.followers.subscribe());
+        Ok(Snapshot {
+            lines: lines.into(),
+            follow,
+        })
+    }
+
+    /// Ends every follower and deletes both generations (`faas rm`).
+    pub fn remove(&self) {
+        // Dropping the sender closes every follower's receiver.
+        self.state.lock().unwrap().take();
+        for path in [self.path.clone(), self.rotated()] {
+            if let Err(e) = fs::remove_file(&path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(log = %path.display(), "removing a function's log failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(FILE_MODE)
+        .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::LogStream;
+
+    fn line(ts_ms: u64, text: &str) -> LogLine {
+        LogLine {
+            ts_ms,
+            request: "r1".into(),
+            stream: LogStream::Stdout,
+            text: text.into(),
+            cut: false,
+        }
+    }
+
+    #[test]
+    fn keeps_two_generations_under_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = FunctionLog::new(dir.path(), "f", 4096);
+        for i in 0..500 {
+            log.append(&line(i, &format!("line {i}")));
+        }
+        let size = |p: &Path| fs::metadata(p).map_or(0, |m| m.len());
+        let total = size(&log.path) + size(&log.rotated());
+        assert!(total <= 4096, "{total} bytes kept");
+        let kept = log.read(0, None, false).unwrap().lines;
+        assert_eq!(kept.last().unwrap().text, "line 499", "newest kept");
+        assert!(
+            kept.windows(2).all(|w| w[0].ts_ms + 1 == w[1].ts_ms),
+            "in order, no gap"
+        );
+    }
+
+    #[test]
+    fn since_tail_and_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = FunctionLog::new(dir.path(), "f", 1 << 20);
+        for i in 0..10 {
+            log.append(&line(i * 1000, &i.to_string()));
+        }
+        let texts = |s: Snapshot| s.lines.into_iter().map(|l| l.text).collect::<Vec<_>>();
+        assert_eq!(texts(log.read(7000, None, false).unwrap()), ["7", "8", "9"]);
+        assert_eq!(texts(log.read(0, Some(2), false).unwrap()), ["8", "9"]);
+        let mut rx = log.read(0, Some(0), true).unwrap().follow.unwrap();
+        log.append(&line(10_000, "new"));
+        assert!(rx.try_recv().unwrap().contains("\"new\""));
+        log.remove();
+        assert!(matches!(
+            rx.try_recv(),
+            Err(broadcast::error::TryRecvError::Closed)
+        ));
+        assert!(!log.path.exists());
+        log.append(&line(11_000, "late"));
+        assert!(!log.path.exists(), "no line recreates a removed log");
+    }
+}
