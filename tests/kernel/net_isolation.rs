@@ -88,12 +88,20 @@ fn outcome(s: &Setup, step: &str) -> Result<String, Failed> {
     let needle = format!("net-attack: {step}: ");
     let mut found = None;
     eventually(REPORT_WAIT, || {
-        let log = fs::read_to_string(s.log()).unwrap_or_default();
-        // "... handler: net-attack: STEP: OUTCOME function=... request=..."
-        found = log.lines().find_map(|l| {
-            let rest = l.split_once(&needle)?.1;
-            Some(rest.split(" function=").next()?.trim().to_string())
-        });
+        // The handler's stderr, in its function's log file: a JSON line per output line.
+        let logs = fs::read_dir(s.state().join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        found = logs
+            .filter_map(|e| fs::read_to_string(e.path()).ok())
+            .flat_map(|text| {
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .filter_map(|v| Some(v["text"].as_str()?.to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .find_map(|t| Some(t.split_once(&needle)?.1.trim().to_string()));
         found.is_some()
     });
     found.ok_or_else(|| s.fail(format!("the handler never reported {step:?}")))
