@@ -201,13 +201,18 @@ impl Shared {
     fn dispatch(&self, stream: UnixStream, peer: Peer) {
         let mut state = self.state.lock().unwrap();
         let reason = match state.containers.get_mut(&peer.netns_cookie) {
-            Some(c) if c.waiting.is_none() => "second_connection",
-            Some(c) if !peer.belongs_to(c.init, c.pid_ns) => "not_its_container",
-            Some(c) => {
-                let _ = c.waiting.take().expect("checked").send(stream);
-                return;
-            }
-            None => {
+            Some(c) if peer.belongs_to(c.init, c.pid_ns) => match c.waiting.take() {
+                Some(waiting) => {
+                    let _ = waiting.send(stream);
+                    return;
+                }
+                None => "second_connection",
+            },
+            // Not the registered container's: the registration is that of the namespace's
+            // previous (dead) container whose request has not ended yet, and this is its
+            // next container, which registers soon; parked like any early connection
+            // (register() checks it against the new container, or it expires).
+            _ => {
                 let full = state.parked.len() >= PARK_MAX;
                 let oldest = full.then(|| state.parked.pop_front()).flatten();
                 state.parked.push_back(Parked {
