@@ -80,11 +80,23 @@ fn idle_function_scales_to_zero_and_back() -> TestResult {
         format!("the first request after the deploy: {hits} warm hits, {misses} misses"),
     )?;
 
+    // The served container is replaced: between its exit and its successor's start
+    // nothing waits, which is not yet idleness.
+    let since = Instant::now();
+    let one = || waiting().is_ok_and(|w| w == 1.0) && s.containers().len() == 1;
+    s.check(
+        eventually(IDLE * 3 / 4, one),
+        format!(
+            "{:?} after the first request: cgroups {:?}",
+            since.elapsed(),
+            s.containers()
+        ),
+    )?;
+
     // Idle: nothing waits any more, no cgroup, no process.
     let zero = || {
         waiting().is_ok_and(|w| w == 0.0) && s.containers().is_empty() && s.processes().is_empty()
     };
-    let since = Instant::now();
     s.check(
         eventually(IDLE + SLACK, zero),
         format!(
@@ -103,7 +115,6 @@ fn idle_function_scales_to_zero_and_back() -> TestResult {
     // The next request starts its own container, and one waits again right after.
     s.expect_hello(ip, "/wake")?;
     let answered = Instant::now();
-    let one = || waiting().is_ok_and(|w| w == 1.0) && s.containers().len() == 1;
     s.check(
         eventually(IDLE * 3 / 4, one),
         format!(
