@@ -735,6 +735,8 @@ impl Daemon {
             workdir: record.config.working_dir,
             user: format!("{}:{}", record.config.uid, record.config.gid),
             env: crate::api::env_names(&env),
+            env_set: view.env,
+            env_set_digest: crate::api::env_digest(&record.settings.env),
             limits: view.limits,
             deployed_at: record.deployed_at,
             requests_served: counts.served,
