@@ -6,6 +6,7 @@
 //! make stay inside it and vanish with it.
 
 mod api_security;
+mod apply;
 mod archives;
 mod child_security;
 mod daemon;
@@ -56,6 +57,7 @@ fn main() {
         .chain(prewarm::tests())
         .chain(function_config::tests())
         .chain(function_logs::tests())
+        .chain(apply::tests())
         .chain(systemd_unit::tests())
         .map(|t| t.with_ignored_flag(!root))
         .collect();
