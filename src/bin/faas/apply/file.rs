@@ -221,12 +221,12 @@ fn check(name: String, e: Entry, base: &Path) -> Result<Wanted, Vec<FileError>> 
             source,
             config: ConfigChange {
                 env,
-                unset_env: Vec::new(),
                 memory_mb: e.memory_mb,
                 cpus: e.cpus,
                 pids_max: e.pids_max,
                 timeout_secs: e.timeout,
                 max_concurrency: e.max_concurrency,
+                ..Default::default()
             },
         }),
         _ => Err(errors),

@@ -353,6 +353,7 @@ mod tests {
                 pids_max: None,
                 timeout_secs: Some(5.0),
                 max_concurrency: Some(2),
+                ..Default::default()
             }
         );
     }
