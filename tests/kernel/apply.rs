@@ -12,6 +12,7 @@ use libtest_mimic::{Failed, Trial};
 use serde_json::Value;
 
 use crate::e2e::{eventually, Setup, Via, SLACK};
+use crate::function_config::env_of;
 use crate::registry::{self, Registry};
 use crate::support::{image, TestResult};
 
@@ -94,17 +95,6 @@ fn logged(s: &Setup, message: &str, name: &str) -> Result<usize, Failed> {
 
 fn ip_of(s: &Setup, name: &str) -> Result<Ipv4Addr, Failed> {
     Ok(s.faas_ok(&["ip", name])?.trim().parse()?)
-}
-
-/// The handler's environment as the env test image reports it ("env K=V" lines).
-fn env_of(s: &Setup, ip: Ipv4Addr) -> Result<Vec<String>, Failed> {
-    let r = s.get(ip, "/env")?;
-    s.check(r.status() == Some(200), format!("GET /env: {r}"))?;
-    Ok(r.body()
-        .lines()
-        .filter_map(|l| l.strip_prefix("env "))
-        .map(str::to_string)
-        .collect())
 }
 
 const TWO: &str = r#"

@@ -227,6 +227,16 @@ mod tests {
         fns.into_iter().map(|(n, d)| (n.to_string(), d)).collect()
     }
 
+    /// The plan for function "f" of image `digest` configured as `want`, deployed as `have`.
+    fn plan_f(digest: &str, want: &ConfigChange, have: Description) -> Vec<Step> {
+        let t = [Target {
+            name: "f",
+            digest,
+            config: want,
+        }];
+        plan(&t, &current(vec![("f", have)]), true)
+    }
+
     fn lines(steps: &[Step]) -> Vec<String> {
         steps.iter().map(ToString::to_string).collect()
     }
@@ -300,16 +310,11 @@ mod tests {
             max_concurrency: Some(32),
             ..Default::default()
         };
-        let t = [Target {
-            name: "f",
-            digest: "sha256:a",
-            config: &want,
-        }];
-        let have = current(vec![(
-            "f",
+        let steps = plan_f(
+            "sha256:a",
+            &want,
             deployed("sha256:a", &[("A", "1"), ("B", "two")]),
-        )]);
-        let steps = plan(&t, &have, true);
+        );
         assert_eq!(lines(&steps), ["= f unchanged"]);
         assert!(!steps[0].changes());
     }
@@ -325,16 +330,11 @@ mod tests {
             max_concurrency: Some(2),
             ..Default::default()
         };
-        let t = [Target {
-            name: "f",
-            digest: "sha256:a",
-            config: &want,
-        }];
-        let have = current(vec![(
-            "f",
+        let steps = plan_f(
+            "sha256:a",
+            &want,
             deployed("sha256:a", &[("A", "old"), ("B", "2")]),
-        )]);
-        let steps = plan(&t, &have, false);
+        );
         assert_eq!(
             lines(&steps),
             ["~ update f (config: env, memory_mb, cpus, timeout, max_concurrency)"]
@@ -364,21 +364,13 @@ mod tests {
             env: env(&[("A", "2")]),
             ..Default::default()
         };
-        let t = [Target {
-            name: "f",
-            digest: "sha256:a",
-            config: &want,
-        }];
-        let have = current(vec![("f", deployed("sha256:a", &[("A", "1")]))]);
-        assert_eq!(lines(&plan(&t, &have, false)), ["~ update f (config: env)"]);
+        let have = || deployed("sha256:a", &[("A", "1")]);
+        assert_eq!(
+            lines(&plan_f("sha256:a", &want, have())),
+            ["~ update f (config: env)"]
+        );
         // Removing every variable: unset them all.
-        let none = ConfigChange::default();
-        let t = [Target {
-            name: "f",
-            digest: "sha256:a",
-            config: &none,
-        }];
-        let steps = plan(&t, &have, false);
+        let steps = plan_f("sha256:a", &ConfigChange::default(), have());
         let Step::Update { config, .. } = &steps[0] else {
             panic!("not an update");
         };
@@ -397,24 +389,16 @@ mod tests {
         let mut have = deployed("sha256:old", &[]);
         have.limits.cpus = 0.333;
         have.limits.timeout_secs = Duration::from_secs_f64(0.1).as_secs_f64();
-        let t = [Target {
-            name: "f",
-            digest: "sha256:old",
-            config: &want,
-        }];
-        let have = current(vec![("f", have)]);
-        assert_eq!(lines(&plan(&t, &have, false)), ["= f unchanged"]);
+        assert_eq!(
+            lines(&plan_f("sha256:old", &want, have.clone())),
+            ["= f unchanged"]
+        );
         let want = ConfigChange {
             pids_max: Some(16),
             ..Default::default()
         };
-        let t = [Target {
-            name: "f",
-            digest: "sha256:new",
-            config: &want,
-        }];
         assert_eq!(
-            lines(&plan(&t, &have, false)),
+            lines(&plan_f("sha256:new", &want, have)),
             ["~ update f (image, config: pids_max)"]
         );
     }
@@ -423,14 +407,8 @@ mod tests {
     fn limits_the_file_leaves_out_are_left_alone() {
         let mut have = deployed("sha256:a", &[]);
         have.limits.memory_mb = 64;
-        let none = ConfigChange::default();
-        let t = [Target {
-            name: "f",
-            digest: "sha256:a",
-            config: &none,
-        }];
         assert_eq!(
-            lines(&plan(&t, &current(vec![("f", have)]), false)),
+            lines(&plan_f("sha256:a", &ConfigChange::default(), have)),
             ["= f unchanged"]
         );
     }
