@@ -116,7 +116,8 @@ impl ConfigChange {
     }
 }
 
-/// What each of a function's requests runs with (in [`ConfigView`] and [`Description`]).
+/// What each of a function's requests runs with (in [`ConfigView`] and [`Description`]);
+/// `GET /api/defaults`: what a new function runs with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FunctionLimits {
     pub memory_mb: u64,

@@ -67,6 +67,10 @@ pub fn router(d: Arc<Daemon>) -> Router {
             "/api/check-config",
             post(check_config).layer(DefaultBodyLimit::max(MAX_CONFIG_BODY)),
         )
+        .route(
+            "/api/defaults",
+            get(|State(d): State<Arc<Daemon>>| async move { Json(d.default_limits()) }),
+        )
         .route("/api/ip/{name}", get(function_ip))
         .route("/api/list", get(list))
         .route(

@@ -189,6 +189,23 @@ fn create_noop_update_prune() -> TestResult {
         "the config update redeployed cfg or did not configure it once",
     )?;
 
+    // A limit taken out of the file goes back to the daemon's default (--memory-mb 128).
+    functions_file(&s, &changed.replace("memory_mb = 96", ""))?;
+    let out = apply_ok(&s, &file, &[])?;
+    expect_lines(
+        &s,
+        &out,
+        &[
+            "~ update cfg (config: memory_mb)",
+            "= hello unchanged",
+            "applied: 0 created, 1 updated, 0 removed, 1 unchanged",
+        ],
+    )?;
+    s.check(
+        describe(&s, "cfg")?["memory_mb"] == 128,
+        "memory_mb did not go back to the default",
+    )?;
+
     // An image change: hello redeployed at its address; then cfg pruned.
     let swapped = functions_file(
         &s,

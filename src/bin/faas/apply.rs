@@ -14,7 +14,9 @@ mod plan;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use faasd::api::{ConfigChange, ConfigView, Description, List, Removed, ResolvedImage};
+use faasd::api::{
+    ConfigChange, ConfigView, Description, FunctionLimits, List, Removed, ResolvedImage,
+};
 
 use crate::client::{encode_segment, function_path, msg, say, CliError, Client};
 use file::{Source, Wanted};
@@ -52,7 +54,8 @@ pub fn run(client: &Client, args: Args) -> Result<(), CliError> {
             config: &w.config,
         })
         .collect();
-    let steps = plan::plan(&targets, &current, args.prune);
+    let defaults: FunctionLimits = client.get("/api/defaults")?;
+    let steps = plan::plan(&targets, &current, &defaults, args.prune);
     check_configs(client, &steps)?;
     if args.dry_run {
         for step in &steps {

@@ -110,8 +110,8 @@ pub struct Wanted {
     pub name: String,
     pub source: Source,
     /// Its whole configuration: `env` is every variable set through faasd (`env_file`
-    /// merged under `env`), the limits those the file gives (one it omits is left as the
-    /// function has it: the daemon's default for a new one).
+    /// merged under `env`), the limits those the file gives (one it omits is the
+    /// daemon's default).
     pub config: ConfigChange,
 }
 

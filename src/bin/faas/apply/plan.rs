@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use faasd::api::{env_digest, ConfigChange, Description};
+use faasd::api::{env_digest, ConfigChange, Description, FunctionLimits};
 
 /// A function the file wants, with the image id its image has now.
 #[derive(Debug, Clone, Copy)]
@@ -85,10 +85,12 @@ impl fmt::Display for Step {
 }
 
 /// The steps: the file's functions first, then (with `prune`) the removals, each part by
-/// name, so that new and updated functions are up before anything is taken away.
+/// name, so that new and updated functions are up before anything is taken away. A limit
+/// a target leaves out is the daemon's default (`defaults`).
 pub fn plan(
     targets: &[Target<'_>],
     current: &BTreeMap<String, Description>,
+    defaults: &FunctionLimits,
     prune: bool,
 ) -> Vec<Step> {
     let mut steps: Vec<Step> = targets
@@ -100,7 +102,7 @@ pub fn plan(
             },
             Some(have) => {
                 let image = have.image_digest != t.digest;
-                let (config, changed) = config_diff(t.config, have);
+                let (config, changed) = config_diff(t.config, have, defaults);
                 if image || !changed.is_empty() {
                     Step::Update {
                         name: t.name.to_string(),
@@ -130,8 +132,12 @@ pub fn plan(
 
 /// The change that makes `have` configured as `want` says, and the fields it changes.
 /// The env is compared by digest (the daemon never answers values); a limit `want`
-/// leaves out is not compared.
-fn config_diff(want: &ConfigChange, have: &Description) -> (ConfigChange, Vec<&'static str>) {
+/// leaves out is compared with the daemon's default, and set back to it.
+fn config_diff(
+    want: &ConfigChange,
+    have: &Description,
+    defaults: &FunctionLimits,
+) -> (ConfigChange, Vec<&'static str>) {
     let mut change = ConfigChange::default();
     let mut changed = Vec::new();
     if env_digest(&want.env) != have.env_set_digest {
@@ -147,35 +153,34 @@ fn config_diff(want: &ConfigChange, have: &Description) -> (ConfigChange, Vec<&'
             changed.push("env");
         }
     }
-    let limits = &have.limits;
-    if let Some(mb) = want.memory_mb.filter(|mb| *mb != limits.memory_mb) {
-        change.memory_mb = Some(mb);
+    let have = &have.limits;
+    let memory_mb = want.memory_mb.unwrap_or(defaults.memory_mb);
+    if memory_mb != have.memory_mb {
+        change.memory_mb = Some(memory_mb);
         changed.push("memory_mb");
     }
     // The daemon keeps CPUs in thousandths.
     let millis = |cpus: f64| (cpus * 1000.0).round() as i64;
-    if let Some(cpus) = want.cpus.filter(|c| millis(*c) != millis(limits.cpus)) {
+    let cpus = want.cpus.unwrap_or(defaults.cpus);
+    if millis(cpus) != millis(have.cpus) {
         change.cpus = Some(cpus);
         changed.push("cpus");
     }
-    if let Some(n) = want.pids_max.filter(|n| *n != limits.pids_max) {
-        change.pids_max = Some(n);
+    let pids_max = want.pids_max.unwrap_or(defaults.pids_max);
+    if pids_max != have.pids_max {
+        change.pids_max = Some(pids_max);
         changed.push("pids_max");
     }
     // The daemon keeps the timeout as a Duration: compare as one.
     let duration = |secs: f64| Duration::try_from_secs_f64(secs).ok();
-    if let Some(secs) = want
-        .timeout_secs
-        .filter(|s| duration(*s) != duration(limits.timeout_secs))
-    {
-        change.timeout_secs = Some(secs);
+    let timeout = want.timeout_secs.unwrap_or(defaults.timeout_secs);
+    if duration(timeout) != duration(have.timeout_secs) {
+        change.timeout_secs = Some(timeout);
         changed.push("timeout");
     }
-    if let Some(n) = want
-        .max_concurrency
-        .filter(|n| *n != limits.max_concurrency)
-    {
-        change.max_concurrency = Some(n);
+    let max_concurrency = want.max_concurrency.unwrap_or(defaults.max_concurrency);
+    if max_concurrency != have.max_concurrency {
+        change.max_concurrency = Some(max_concurrency);
         changed.push("max_concurrency");
     }
     (change, changed)
@@ -184,7 +189,17 @@ fn config_diff(want: &ConfigChange, have: &Description) -> (ConfigChange, Vec<&'
 #[cfg(test)]
 mod tests {
     use super::*;
-    use faasd::api::FunctionLimits;
+
+    /// The daemon's defaults in these tests: what `deployed` functions run with.
+    fn defaults() -> FunctionLimits {
+        FunctionLimits {
+            memory_mb: 512,
+            cpus: 1.0,
+            pids_max: 128,
+            timeout_secs: 30.0,
+            max_concurrency: 32,
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -208,13 +223,7 @@ mod tests {
             env: set.keys().cloned().chain(["PATH".to_string()]).collect(),
             env_set: set.keys().cloned().collect(),
             env_set_digest: env_digest(&set),
-            limits: FunctionLimits {
-                memory_mb: 512,
-                cpus: 1.0,
-                pids_max: 128,
-                timeout_secs: 30.0,
-                max_concurrency: 32,
-            },
+            limits: defaults(),
             deployed_at: None,
             requests_served: 0,
             failures: BTreeMap::new(),
@@ -234,7 +243,7 @@ mod tests {
             digest,
             config: want,
         }];
-        plan(&t, &current(vec![("f", have)]), true)
+        plan(&t, &current(vec![("f", have)]), &defaults(), true)
     }
 
     fn lines(steps: &[Step]) -> Vec<String> {
@@ -272,10 +281,10 @@ mod tests {
             ("old", deployed("sha256:o", &[])),
         ]);
         assert_eq!(
-            lines(&plan(&targets, &have, false)),
+            lines(&plan(&targets, &have, &defaults(), false)),
             ["+ create new", "= same unchanged", "~ update image (image)"]
         );
-        let steps = plan(&targets, &have, true);
+        let steps = plan(&targets, &have, &defaults(), true);
         assert_eq!(
             lines(&steps),
             [
@@ -395,7 +404,7 @@ mod tests {
         );
         let want = ConfigChange {
             pids_max: Some(16),
-            ..Default::default()
+            ..want
         };
         assert_eq!(
             lines(&plan_f("sha256:new", &want, have)),
@@ -404,12 +413,18 @@ mod tests {
     }
 
     #[test]
-    fn limits_the_file_leaves_out_are_left_alone() {
+    fn limits_the_file_leaves_out_go_back_to_the_defaults() {
         let mut have = deployed("sha256:a", &[]);
         have.limits.memory_mb = 64;
+        have.limits.timeout_secs = 5.0;
+        let steps = plan_f("sha256:a", &ConfigChange::default(), have);
+        assert_eq!(lines(&steps), ["~ update f (config: memory_mb, timeout)"]);
+        let Step::Update { config, .. } = &steps[0] else {
+            panic!("not an update");
+        };
         assert_eq!(
-            lines(&plan_f("sha256:a", &ConfigChange::default(), have)),
-            ["= f unchanged"]
+            (config.memory_mb, config.timeout_secs, config.cpus),
+            (Some(512), Some(30.0), None)
         );
     }
 }
