@@ -417,6 +417,23 @@ fn registry_image_by_digest() -> TestResult {
     )?;
     let r = s.get(ip, "/probe")?;
     s.check(r.body().contains("sid="), format!("not the new image: {r}"))?;
+    // faas new --image takes configuration flags too; one the daemon refuses costs no pull.
+    let out = s.faas(
+        &[
+            "new",
+            "big",
+            "--image",
+            &reference,
+            "--memory-mb",
+            "100000000",
+        ],
+        None,
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    s.check(
+        out.status.code() == Some(1) && stderr.contains("--max-memory-mb"),
+        format!("an impossible memory limit at pull: {stderr:?}"),
+    )?;
     // An unknown tag is refused before anything changes.
     let file = functions_file(
         &s,
