@@ -36,27 +36,12 @@ pub struct Args {
 }
 
 pub fn run(client: &Client, args: Args) -> Result<(), CliError> {
+    let nothing_changed = |why: String| msg(format!("{why}\nnothing was changed"));
     let wanted = file::load(&args.file).map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        msg(format!("{}\nnothing was changed", lines.join("\n")))
+        nothing_changed(lines.join("\n"))
     })?;
-    let current = deployed(client)?;
-    let digests = wanted
-        .iter()
-        .map(|w| image_digest(client, w))
-        .collect::<Result<Vec<_>, _>>()?;
-    let targets: Vec<Target<'_>> = wanted
-        .iter()
-        .zip(&digests)
-        .map(|(w, digest)| Target {
-            name: &w.name,
-            digest,
-            config: &w.config,
-        })
-        .collect();
-    let defaults: FunctionLimits = client.get("/api/defaults")?;
-    let steps = plan::plan(&targets, &current, &defaults, args.prune);
-    check_configs(client, &steps)?;
+    let steps = prepare(client, &wanted, args.prune).map_err(|e| nothing_changed(e.to_string()))?;
     if args.dry_run {
         for step in &steps {
             say(&step.to_string())?;
@@ -73,6 +58,28 @@ pub fn run(client: &Client, args: Args) -> Result<(), CliError> {
         say(&step.to_string())?;
     }
     say(&format!("applied: {}", summary(&steps, "")))
+}
+
+/// The plan, once every check the daemon can make without a change has passed.
+fn prepare(client: &Client, wanted: &[Wanted], prune: bool) -> Result<Vec<Step>, CliError> {
+    let current = deployed(client)?;
+    let digests = wanted
+        .iter()
+        .map(|w| image_digest(client, w))
+        .collect::<Result<Vec<_>, _>>()?;
+    let targets: Vec<Target<'_>> = wanted
+        .iter()
+        .zip(&digests)
+        .map(|(w, digest)| Target {
+            name: &w.name,
+            digest,
+            config: &w.config,
+        })
+        .collect();
+    let defaults: FunctionLimits = client.get("/api/defaults")?;
+    let steps = plan::plan(&targets, &current, &defaults, prune);
+    check_configs(client, &steps)?;
+    Ok(steps)
 }
 
 /// Every deployed function, described (image id, env set through faasd, limits).
@@ -128,12 +135,7 @@ fn check_configs(client: &Client, steps: &[Step]) -> Result<(), CliError> {
         }
         client
             .post::<_, serde_json::Value>("/api/check-config", config)
-            .map_err(|e| {
-                msg(format!(
-                    "function {}: {e}\nnothing was changed",
-                    step.name()
-                ))
-            })?;
+            .map_err(|e| msg(format!("function {}: {e}", step.name())))?;
     }
     Ok(())
 }

@@ -61,9 +61,7 @@ pub enum FileError {
     EnvName { name: String, var: String },
     #[error("function {name}: the value of env {var:?} contains a NUL byte")]
     EnvValue { name: String, var: String },
-    #[error(
-        "function {0}: `secrets` are not supported by this faas and faasd yet; nothing was changed"
-    )]
+    #[error("function {0}: `secrets` are not supported by this faas and faasd yet")]
     Secrets(String),
 }
 
