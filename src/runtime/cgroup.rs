@@ -233,27 +233,6 @@ impl ContainerCgroup {
         })
     }
 
-    /// Asks the kernel to reclaim what the cgroup's past members left charged to it (page
-    /// cache of the files they read, slab), so that a reused cgroup starts with nothing
-    /// charged: its next container gets its whole limit, and prewarm measures only that
-    /// container. Best effort: what cannot be reclaimed now stays charged, and reclaimable.
-    pub fn reclaim(&self) {
-        let dirs: Vec<PathBuf> = self.member_dirs().collect();
-        let memory_dir = dirs
-            .iter()
-            .find(|d| d.join("memory.reclaim").exists() || d.join("memory.force_empty").exists());
-        let Some(dir) = memory_dir else { return };
-        let _ = if self.cgroup.v2() {
-            match self.memory_usage() {
-                Ok(0) | Err(_) => return,
-                // EAGAIN when less could be reclaimed than asked: fine.
-                Ok(bytes) => fs::write(dir.join("memory.reclaim"), bytes.to_string()),
-            }
-        } else {
-            fs::write(dir.join("memory.force_empty"), "0")
-        };
-    }
-
     /// SIGKILLs every process in the cgroup (all hierarchies on v1) and waits until the
     /// kernel has emptied it; the cgroup stays, empty, for reuse.
     pub fn drain(&self) -> Result<()> {

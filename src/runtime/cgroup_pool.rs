@@ -3,11 +3,15 @@
 //! A cgroup's mkdir and rmdir (one per hierarchy: three on a v1 host) were a tenth of a
 //! container's CPU at saturation, and a removed memory cgroup lingers in the kernel,
 //! "dying", until the last page charged to it is freed. An ended container's cgroup is
-//! drained instead (every member killed, until the kernel lists none in any hierarchy),
-//! what its members left charged is reclaimed, and it waits for the next container, its
-//! join files still open. A container can change nothing in its cgroup but its charges:
-//! it has no cgroupfs, no CAP_SYS_ADMIN, and its cgroup namespace is rooted there. The
-//! counters that only grow (`oom_kill`) are read against their value at lending.
+//! drained instead (every member killed, until the kernel lists none in any hierarchy)
+//! and waits for the next container, its join files still open. A container can change
+//! nothing in its cgroup but its charges: it has no cgroupfs, no CAP_SYS_ADMIN, and its
+//! cgroup namespace is rooted there. What stays charged after its members are gone is
+//! page cache of the files they read (and slab), reclaimable: the kernel takes it back
+//! first when the next container needs the memory. It is not reclaimed by force, which
+//! would evict the image's hot files from the page cache for every container. Counters
+//! that only grow (`oom_kill`) and the memory charged are read against their values at
+//! lending.
 //!
 //! Limits are per container: a pooled cgroup whose limits differ from the next
 //! container's is re-limited (and read back) before it is lent. At most `capacity` wait;
@@ -70,14 +74,16 @@ struct Pooled {
     limits: Resources,
     /// The files a child writes to join it (cgroup.procs or v1 tasks), opened once.
     join: Vec<OwnedFd>,
+    /// Its OOM kill count, and the memory still charged to it, when its last container
+    /// had gone (0 and 0 when new): read off the request path, at return.
+    oom_kills: u64,
+    memory_left: u64,
 }
 
 /// A cgroup lent to one container. [`give_back`](Self::give_back) once the container's
 /// first process is reaped; dropped without it, the cgroup is drained and removed.
 pub struct LentCgroup {
     cgroup: Option<Pooled>,
-    /// Its OOM kill count when lent.
-    oom_kills: u64,
     /// None: not pooled (the runtime keeps no pool): removed when given back.
     pool: Option<Arc<Shared>>,
 }
@@ -176,6 +182,8 @@ impl Pooled {
             cgroup,
             limits: *limits,
             join,
+            oom_kills: 0,
+            memory_left: 0,
         })
     }
 }
@@ -188,7 +196,6 @@ impl LentCgroup {
 
     fn lend(cgroup: Pooled, pool: Option<Arc<Shared>>) -> Self {
         LentCgroup {
-            oom_kills: cgroup.cgroup.oom_kills(),
             cgroup: Some(cgroup),
             pool,
         }
@@ -205,19 +212,23 @@ impl LentCgroup {
 
     /// Whether the kernel's OOM killer fired in this cgroup since it was lent.
     pub fn oom_killed(&self) -> bool {
-        self.pooled().cgroup.oom_kills() > self.oom_kills
+        let pooled = self.pooled();
+        pooled.cgroup.oom_kills() > pooled.oom_kills
     }
 
-    /// The memory charged to the container now, in bytes.
+    /// The memory charged to the cgroup since it was lent, in bytes: the container's. (If
+    /// the kernel reclaimed some of what past members left meanwhile, a little less.)
     pub fn memory_usage(&self) -> Result<u64> {
-        self.pooled().cgroup.memory_usage()
+        let pooled = self.pooled();
+        let now = pooled.cgroup.memory_usage()?;
+        Ok(now.saturating_sub(pooled.memory_left))
     }
 
     /// Drains the cgroup (blocking) and returns it to the pool, or removes it when there
     /// is no pool, the pool is full or closed. On error its processes may remain: it is
     /// never lent again, and left to the sweep at the daemon's stop or next start.
     pub fn give_back(mut self) -> Result<()> {
-        let cgroup = self.cgroup.take().expect("present until given back");
+        let mut cgroup = self.cgroup.take().expect("present until given back");
         let Some(pool) = self.pool.take() else {
             return cgroup.cgroup.destroy();
         };
@@ -225,7 +236,8 @@ impl LentCgroup {
             pool.dropped.fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
-        cgroup.cgroup.reclaim();
+        cgroup.oom_kills = cgroup.cgroup.oom_kills();
+        cgroup.memory_left = cgroup.cgroup.memory_usage().unwrap_or(0);
         let mut st = pool.state.lock().unwrap();
         if st.stopping || st.idle.len() >= pool.capacity {
             drop(st);
