@@ -28,6 +28,7 @@ pub fn tests() -> Vec<Trial> {
         bad_file_changes_nothing,
         failure_midway_says_what_was_done,
         registry_image_by_digest,
+        with_a_token,
     ]
 }
 
@@ -458,4 +459,41 @@ fn registry_image_by_digest() -> TestResult {
             s.entries("images")
         ),
     )
+}
+
+/// With --token-file, apply works with the token, and the endpoints it added answer 401
+/// without it.
+fn with_a_token() -> TestResult {
+    let mut s = Setup::new(&[])?;
+    let token = s.state().with_file_name("token");
+    fs::write(&token, "s3cret\n")?;
+    s.add_flags(&["--token-file", token.to_str().unwrap()]);
+    let _d = s.start()?;
+    let file = functions_file(&s, "[functions.t]\nfile = \"{images}/test-handler.tar\"\n")?;
+    let out = apply(&s, &file, &[])?;
+    s.check(
+        out.status.code() == Some(1) && String::from_utf8_lossy(&out.stderr).contains("token"),
+        format!("apply without the token: {out:?}"),
+    )?;
+    let out = apply_ok(&s, &file, &["--token-file", token.to_str().unwrap()])?;
+    expect_lines(
+        &s,
+        &out,
+        &[
+            "+ create t",
+            "applied: 1 created, 0 updated, 0 removed, 0 unchanged",
+        ],
+    )?;
+    for head in [
+        "GET /api/defaults HTTP/1.1",
+        "GET /api/resolve?image=127.0.0.1:1/x:1 HTTP/1.1",
+        "POST /api/check-config HTTP/1.1\r\nContent-Length: 2",
+    ] {
+        let r = s.control(head, b"{}")?;
+        s.check(
+            r.status() == Some(401),
+            format!("{head} without the token: {r}"),
+        )?;
+    }
+    Ok(())
 }
