@@ -274,6 +274,7 @@ until (($(frontend_sessions) - sessions0 >= requests / 3)); do
   kill -0 "$ab_pid" 2>/dev/null || die "the load ended before the kill"
   sleep 0.01
 done
+echo "two-node: SIGKILL to node a's faasd (pid ${pid[a]}); bash reports it as Killed"
 kill -KILL "${pid[a]}"
 killed_at=$(now_ms)
 wait "${pid[a]}" 2>/dev/null || true
