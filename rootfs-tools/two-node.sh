@@ -90,11 +90,26 @@ teardown() {
   # it made itself). All are in this script's mount namespace; deepest first.
   awk -v w="$work/" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | sort -r |
     while read -r m; do umount "$m"; done
+  ((rc == 0)) || diagnose >&2
   if ((rc == 0 && !keep)); then rm -rf "$work"; else echo "two-node: logs kept in $work" >&2; fi
   exit "$rc"
 }
 trap teardown EXIT
 trap 'exit 143' TERM INT
+
+# What explains a failure, for a log that outlives $work (the VM's tmpfs does not).
+diagnose() {
+  local f
+  echo "--- HAProxy: answers by server, status, termination; its own messages"
+  awk '$1 == "req" && $3 != "<STATS>" {print $3, $4, $6}' "$work/haproxy.log" 2>/dev/null | sort | uniq -c
+  grep -v '^req ' "$work/haproxy.log" 2>/dev/null | tail -20
+  for f in "$work"/ab-*.txt; do
+    [ -f "$f" ] && { echo "--- $f"; grep -E '^(Complete requests|Failed requests|Non-2xx responses|  +\(Connect)|apr_|timed out' "$f"; }
+  done
+  for f in "$work"/node-*/faasd.log; do
+    [ -f "$f" ] && { echo "--- $f (warnings and errors)"; grep -aE 'WARN|ERROR' "$f" | tail -10; }
+  done
+}
 
 # The cgroup directories named $1 in every hierarchy (v2, or each v1 controller).
 cgroup_dirs() {
@@ -131,7 +146,7 @@ start_node() {
   mkdir -p "$work/node-$n"
   # Not through in_node: a backgrounded function would be a subshell, and $! its pid.
   # nsenter execs faasd in place, so $! is faasd's own pid: what is SIGKILLed later.
-  nsenter --net="$work/netns-$n" "$faasd" --state-dir "$work/node-$n/state" --listen 127.0.0.1:8080 \
+  NO_COLOR=1 nsenter --net="$work/netns-$n" "$faasd" --state-dir "$work/node-$n/state" --listen 127.0.0.1:8080 \
     --gateway "${node_ip[$n]}:8081" --cgroup-parent "$cgroup_prefix-$n" \
     </dev/null >>"$work/node-$n/faasd.log" 2>&1 &
   pid[$n]=$!
@@ -179,18 +194,28 @@ wait_status() { # server, status, seconds
   done
 }
 
-# `ab` through HAProxy: $1 requests, output to $2. -r: a reset is counted, not fatal.
+# `ab` through HAProxy: $1 requests, output to $2. -r: a reset is counted, not fatal;
+# -l: lengths are not compared (a 503's would count twice, as failed and non-2xx);
+# HAProxy's log tells a cut answer instead (lb_ok).
 load() {
-  timeout 300 ab -r -n "$1" -c "$concurrency" -s 30 "http://$lb/function/hello/" >"$2" 2>&1 || true
+  timeout 300 ab -r -l -n "$1" -c "$concurrency" -s 30 "http://$lb/function/hello/" >"$2" 2>&1 || true
 }
 
 ab_field() { # file, label: the number after "label:", 0 if absent
   awk -F: -v l="$2" '$1 == l {gsub(/ /, "", $2); print $2; f=1} END {if (!f) print 0}' "$1"
 }
 
-# HAProxy's log lines (see log-format) from line $1 on: "req ACCEPT_MS SERVER STATUS RETRIES".
+# The successes of ab run $1, as the client saw them.
+ab_ok() {
+  echo $(($(ab_field "$1" "Complete requests") - $(ab_field "$1" "Failed requests") - $(ab_field "$1" "Non-2xx responses")))
+}
+
+# HAProxy's log lines (see log-format) from line $1 on:
+# "req ACCEPT_MS SERVER STATUS RETRIES TERMINATION".
 log_since() { tail -n "+$1" "$work/haproxy.log" | awk '$1 == "req"'; }
 log_lines() { wc -l <"$work/haproxy.log"; }
+# Answers HAProxy logged from line $1 on, from server $2: a 200 that ended normally.
+lb_ok() { log_since "$1" | awk -v s="$2" '$3 == s && $4 == 200 && $6 == "--"' | wc -l; }
 
 # --- the run ---------------------------------------------------------------------------
 
@@ -210,10 +235,13 @@ global
 defaults
     mode http
     log global
-    log-format "req %Ts%ms %s %ST %rc"
+    log-format "req %Ts%ms %s %ST %rc %ts"
     # faasd serves one request per connection (each goes to a fresh container).
     option http-server-close
     timeout connect 1s
+    # A check's connect is bounded by min(connect, inter), so a dead node is seen at
+    # once; its answer may take longer on a loaded machine without a DOWN.
+    timeout check 2s
     timeout client 30s
     timeout server 30s
     # What a node's death does to a request: refused connections (nothing listens any
@@ -257,11 +285,11 @@ mark=$(($(log_lines) + 1))
 start=$(now_ms)
 load "$requests" "$work/ab-1.txt"
 took1=$(($(now_ms) - start))
-ok1=$(($(ab_field "$work/ab-1.txt" "Complete requests") - $(ab_field "$work/ab-1.txt" "Failed requests") - $(ab_field "$work/ab-1.txt" "Non-2xx responses")))
+ok1=$(ab_ok "$work/ab-1.txt")
 served1_a=$(served a)
 served1_b=$(served b)
-lb1_a=$(log_since "$mark" | awk '$3 == "nodea" && $4 == 200' | wc -l)
-lb1_b=$(log_since "$mark" | awk '$3 == "nodeb" && $4 == 200' | wc -l)
+lb1_a=$(lb_ok "$mark" nodea)
+lb1_b=$(lb_ok "$mark" nodeb)
 echo "two-node: 1. $ok1 of $requests succeeded in $took1 ms; node a served $served1_a, node b $served1_b (HAProxy: $lb1_a and $lb1_b)"
 
 # 2. Node a SIGKILLed about a third of the way through the next run.
@@ -283,11 +311,11 @@ wait_status nodea DOWN 10
 down_ms=$(($(now_ms) - killed_at))
 wait "$ab_pid"
 took2=$(($(now_ms) - start))
-ok2=$(($(ab_field "$work/ab-2.txt" "Complete requests") - $(ab_field "$work/ab-2.txt" "Failed requests") - $(ab_field "$work/ab-2.txt" "Non-2xx responses")))
+ok2=$(ab_ok "$work/ab-2.txt")
 failed2=$((requests - ok2))
 served2_b=$(($(served b) - served1_b))
-lb2_a=$(log_since "$mark" | awk '$3 == "nodea" && $4 == 200' | wc -l)
-lb2_b=$(log_since "$mark" | awk '$3 == "nodeb" && $4 == 200' | wc -l)
+lb2_a=$(lb_ok "$mark" nodea)
+lb2_b=$(lb_ok "$mark" nodeb)
 # Requests HAProxy sent to node a after the kill: those that needed a retry.
 retried=$(log_since "$mark" | awk '$5 != "0"' | wc -l)
 last_retry_ms=$(log_since "$mark" | awk -v k="$killed_at" '$5 != "0" && $2 - k > m {m = $2 - k} END {print m + 0}')
@@ -302,7 +330,7 @@ wait_status nodea UP 10
 up_ms=$(($(now_ms) - back))
 third=$((requests / 10))
 load "$third" "$work/ab-3.txt"
-ok3=$(($(ab_field "$work/ab-3.txt" "Complete requests") - $(ab_field "$work/ab-3.txt" "Failed requests") - $(ab_field "$work/ab-3.txt" "Non-2xx responses")))
+ok3=$(ab_ok "$work/ab-3.txt")
 served3_a=$(served a)
 echo "two-node: 3. node a restarted: UP after $up_ms ms, then $ok3 of $third succeeded, node a served $served3_a"
 
