@@ -302,10 +302,12 @@ until (($(frontend_sessions) - sessions0 >= requests / 3)); do
   kill -0 "$ab_pid" 2>/dev/null || die "the load ended before the kill"
   sleep 0.01
 done
-echo "two-node: SIGKILL to node a's faasd (pid ${pid[a]}); bash reports it as Killed"
+echo "two-node: SIGKILL to node a's faasd (pid ${pid[a]})"
 kill -KILL "${pid[a]}"
 killed_at=$(now_ms)
+# Its sockets close once its last thread has exited: the listener refuses from then on.
 wait "${pid[a]}" 2>/dev/null || true
+reaped_ms=$(($(now_ms) - killed_at))
 pid[a]=
 wait_status nodea DOWN 10
 down_ms=$(($(now_ms) - killed_at))
@@ -320,8 +322,10 @@ lb2_b=$(lb_ok "$mark" nodeb)
 retried=$(log_since "$mark" | awk '$5 != "0"' | wc -l)
 last_retry_ms=$(log_since "$mark" | awk -v k="$killed_at" '$5 != "0" && $2 - k > m {m = $2 - k} END {print m + 0}')
 echo "two-node: 2. $ok2 of $requests succeeded in $took2 ms ($failed2 failed); node a killed after $((requests / 3)) sent,"
-echo "two-node:    marked DOWN by HAProxy $down_ms ms later; node a served $lb2_a, node b $lb2_b (its faasd counted $served2_b);"
+echo "two-node:    gone $reaped_ms ms after the kill, marked DOWN by HAProxy $down_ms ms after it; node a served $lb2_a, node b $lb2_b (its faasd counted $served2_b);"
 echo "two-node:    $retried requests retried on node b, the last accepted $last_retry_ms ms after the kill"
+# HAProxy's own words (its log has each message twice: with and without a prefix).
+echo "two-node:    HAProxy: $(grep -m1 '^Server faasd/nodea is DOWN' "$work/haproxy.log" | cut -d. -f1-2)"
 
 # 3. Node a back: its faasd on the same state dir recovers and restores the function.
 start_node a
@@ -360,6 +364,7 @@ two-node: lb2_b=$lb2_b
 two-node: served2_b=$served2_b
 two-node: retried=$retried
 two-node: down_ms=$down_ms
+two-node: reaped_ms=$reaped_ms
 two-node: last_retry_ms=$last_retry_ms
 two-node: ok3=$ok3
 two-node: served3_a=$served3_a

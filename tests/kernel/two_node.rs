@@ -43,8 +43,9 @@ const DEADLINE: Duration = Duration::from_secs(600);
 const DOWN_WITHIN_MS: u64 = 5000;
 
 /// Runs the script to its end (SIGTERM at DEADLINE: its trap tears everything down), and
-/// returns its "two-node: KEY=VALUE" lines, or its output when it failed.
-fn run_script(work: &Path, requests: u64) -> Result<HashMap<String, String>, Failed> {
+/// returns its "two-node: KEY=VALUE" lines and its report (the other lines), or its output
+/// when it failed.
+fn run_script(work: &Path, requests: u64) -> Result<(HashMap<String, String>, String), Failed> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/rootfs-tools/two-node.sh");
     let out_path = work.with_extension("out");
     let out = std::fs::File::create(&out_path)?;
@@ -82,18 +83,24 @@ fn run_script(work: &Path, requests: u64) -> Result<HashMap<String, String>, Fai
     if !status.success() {
         return Err(format!("two-node.sh: {status}\n{}", last_lines(&text, 40)).into());
     }
-    Ok(text
-        .lines()
+    let (values, report): (Vec<&str>, Vec<&str>) = text.lines().partition(|l| {
+        l.strip_prefix("two-node: ")
+            .and_then(|l| l.split_once('='))
+            .is_some_and(|(k, _)| !k.contains(' '))
+    });
+    let values = values
+        .iter()
         .filter_map(|l| l.strip_prefix("two-node: ")?.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect())
+        .collect();
+    Ok((values, report.join("\n")))
 }
 
 fn balanced_and_survives_a_node_kill() -> TestResult {
     let work = support::state_dir().join(unique("two-node"));
     let requests = requests();
-    let report = run_script(&work, requests)?;
-    let text = || format!("{report:?}");
+    let (report, said) = run_script(&work, requests)?;
+    let text = || format!("{report:?}\n{said}");
     let field = |key: &str| -> Result<&str, Failed> {
         let value = report.get(key).map(String::as_str);
         value.ok_or_else(|| format!("no {key} in the report: {}", text()).into())
@@ -159,5 +166,7 @@ fn balanced_and_survives_a_node_kill() -> TestResult {
         format!("{} (state, namespace files) left", work.display()),
     )?;
     let _ = std::fs::remove_file(work.with_extension("out"));
+    // The numbers, for whoever runs the test.
+    println!("{said}");
     Ok(())
 }
