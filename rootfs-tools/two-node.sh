@@ -181,11 +181,6 @@ server_status() {
   curl -sf --max-time 2 "http://$stats/stats;csv" | awk -F, -v s="$1" '$1 == "faasd" && $2 == s {print $18}'
 }
 
-# Client sessions HAProxy's frontend has had so far.
-frontend_sessions() {
-  curl -sf --max-time 2 "http://$stats/stats;csv" | awk -F, '$1 == "functions" && $2 == "FRONTEND" {print $8}'
-}
-
 wait_status() { # server, status, seconds
   local deadline=$(($(now_ms) + $3 * 1000))
   until [[ "$(server_status "$1")" == "$2" ]]; do
@@ -214,6 +209,8 @@ ab_ok() {
 # "req ACCEPT_MS SERVER STATUS RETRIES TERMINATION".
 log_since() { tail -n "+$1" "$work/haproxy.log" | awk '$1 == "req"'; }
 log_lines() { wc -l <"$work/haproxy.log"; }
+# Requests to functions HAProxy logged (answered, or failed) from line $1 on.
+logged() { log_since "$1" | awk '$3 != "<STATS>"' | wc -l; }
 # Answers HAProxy logged from line $1 on, from server $2: a 200 that ended normally.
 lb_ok() { log_since "$1" | awk -v s="$2" '$3 == s && $4 == 200 && $6 == "--"' | wc -l; }
 
@@ -292,17 +289,17 @@ lb1_a=$(lb_ok "$mark" nodea)
 lb1_b=$(lb_ok "$mark" nodeb)
 echo "two-node: 1. $ok1 of $requests succeeded in $took1 ms; node a served $served1_a, node b $served1_b (HAProxy: $lb1_a and $lb1_b)"
 
-# 2. Node a SIGKILLed about a third of the way through the next run.
+# 2. Node a SIGKILLed once a third of the next run has been answered.
 mark=$(($(log_lines) + 1))
-sessions0=$(frontend_sessions)
 start=$(now_ms)
 load "$requests" "$work/ab-2.txt" &
 ab_pid=$!
-until (($(frontend_sessions) - sessions0 >= requests / 3)); do
+until (($(logged "$mark") >= requests / 3)); do
   kill -0 "$ab_pid" 2>/dev/null || die "the load ended before the kill"
   sleep 0.01
 done
-echo "two-node: SIGKILL to node a's faasd (pid ${pid[a]})"
+answered_at_kill=$(logged "$mark")
+echo "two-node: SIGKILL to node a's faasd (pid ${pid[a]}) after $answered_at_kill answers"
 kill -KILL "${pid[a]}"
 killed_at=$(now_ms)
 # Its sockets close once its last thread has exited: the listener refuses from then on.
@@ -321,7 +318,7 @@ lb2_b=$(lb_ok "$mark" nodeb)
 # Requests HAProxy sent to node a after the kill: those that needed a retry.
 retried=$(log_since "$mark" | awk '$5 != "0"' | wc -l)
 last_retry_ms=$(log_since "$mark" | awk -v k="$killed_at" '$5 != "0" && $2 - k > m {m = $2 - k} END {print m + 0}')
-echo "two-node: 2. $ok2 of $requests succeeded in $took2 ms ($failed2 failed); node a killed after $((requests / 3)) sent,"
+echo "two-node: 2. $ok2 of $requests succeeded in $took2 ms ($failed2 failed); node a killed after $answered_at_kill answers,"
 echo "two-node:    gone $reaped_ms ms after the kill, marked DOWN by HAProxy $down_ms ms after it; node a served $lb2_a, node b $lb2_b (its faasd counted $served2_b);"
 echo "two-node:    $retried requests retried on node b, the last accepted $last_retry_ms ms after the kill"
 # HAProxy's own words (its log has each message twice: with and without a prefix).
@@ -358,6 +355,7 @@ two-node: ok1=$ok1
 two-node: served1_a=$served1_a
 two-node: served1_b=$served1_b
 two-node: ok2=$ok2
+two-node: answered_at_kill=$answered_at_kill
 two-node: failed2=$failed2
 two-node: lb2_a=$lb2_a
 two-node: lb2_b=$lb2_b
