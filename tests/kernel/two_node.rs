@@ -39,8 +39,14 @@ fn requests() -> u64 {
 /// The whole run takes seconds here; minutes under the VM's emulation.
 const DEADLINE: Duration = Duration::from_secs(600);
 /// How long HAProxy (health checks every 100 ms, down after 2 failures) may take to
-/// stop using a dead node, with room for a loaded machine.
-const DOWN_WITHIN_MS: u64 = 5000;
+/// stop using a dead node, with room for a loaded machine (0.1-0.2 s measured here) and
+/// for the VM's emulation (2-6 s measured there).
+fn down_within_ms() -> u64 {
+    match std::env::var_os("FAASD_IN_VMTEST") {
+        Some(_) => 15_000,
+        None => 5_000,
+    }
+}
 
 /// Runs the script to its end (SIGTERM at DEADLINE: its trap tears everything down), and
 /// returns its "two-node: KEY=VALUE" lines and its report (the other lines), or its output
@@ -116,13 +122,16 @@ fn balanced_and_survives_a_node_kill() -> TestResult {
             text()
         ),
     )?;
-    // 2. Node a killed mid-run: no request failed, a had served some before, and b's own
-    // count is exactly what the balancer says it sent there (nothing served twice).
+    // 2. Node a killed mid-run: no request failed, a had served some before and b took
+    // over, and b's own count is exactly what the balancer says it sent there (nothing
+    // served twice).
     let (a, b) = (num("lb2_a")?, num("lb2_b")?);
     support::ensure(
         num("ok2")? == requests
             && num("failed2")? == 0
+            && num("answered_at_kill")? < requests * 2 / 3
             && a > 0
+            && a < requests / 2
             && a + b == requests
             && num("served2_b")? == b,
         format!(
@@ -130,10 +139,11 @@ fn balanced_and_survives_a_node_kill() -> TestResult {
             text()
         ),
     )?;
+    let bound = down_within_ms();
     support::ensure(
-        num("down_ms")? < DOWN_WITHIN_MS,
+        num("down_ms")? < bound,
         format!(
-            "HAProxy took over {DOWN_WITHIN_MS} ms to stop using the dead node: {}",
+            "HAProxy took over {bound} ms to stop using the dead node: {}",
             text()
         ),
     )?;
