@@ -257,6 +257,8 @@ backend faasd
     balance roundrobin
     http-request disable-l7-retry unless METH_GET || METH_HEAD
     option httpchk GET /healthz
+    # Each change of a check's result in the log, with its reason and duration.
+    option log-health-checks
     http-check expect status 200
     default-server check inter 100ms fall 2 rise 2
     server nodea ${node_ip[a]}:8081
@@ -306,7 +308,7 @@ killed_at=$(now_ms)
 wait "${pid[a]}" 2>/dev/null || true
 reaped_ms=$(($(now_ms) - killed_at))
 pid[a]=
-wait_status nodea DOWN 10
+wait_status nodea DOWN 30
 down_ms=$(($(now_ms) - killed_at))
 wait "$ab_pid"
 took2=$(($(now_ms) - start))
@@ -321,13 +323,15 @@ last_retry_ms=$(log_since "$mark" | awk -v k="$killed_at" '$5 != "0" && $2 - k >
 echo "two-node: 2. $ok2 of $requests succeeded in $took2 ms ($failed2 failed); node a killed after $answered_at_kill answers,"
 echo "two-node:    gone $reaped_ms ms after the kill, marked DOWN by HAProxy $down_ms ms after it; node a served $lb2_a, node b $lb2_b (its faasd counted $served2_b);"
 echo "two-node:    $retried requests retried on node b, the last accepted $last_retry_ms ms after the kill"
-# HAProxy's own words (its log has each message twice: with and without a prefix).
-echo "two-node:    HAProxy: $(grep -m1 '^Server faasd/nodea is DOWN' "$work/haproxy.log" | cut -d. -f1-2)"
+# HAProxy's own words on node a's checks since the run began (each message is in its log
+# twice: with and without a prefix).
+tail -n "+$mark" "$work/haproxy.log" | grep -E '^Health check for server faasd/nodea failed' |
+  sed 's/^/two-node:    HAProxy: /'
 
 # 3. Node a back: its faasd on the same state dir recovers and restores the function.
 start_node a
 back=$(now_ms)
-wait_status nodea UP 10
+wait_status nodea UP 30
 up_ms=$(($(now_ms) - back))
 third=$((requests / 10))
 load "$third" "$work/ab-3.txt"
@@ -363,6 +367,7 @@ two-node: served2_b=$served2_b
 two-node: retried=$retried
 two-node: down_ms=$down_ms
 two-node: reaped_ms=$reaped_ms
+two-node: down_after_reaped_ms=$((down_ms - reaped_ms))
 two-node: last_retry_ms=$last_retry_ms
 two-node: ok3=$ok3
 two-node: served3_a=$served3_a
