@@ -95,6 +95,7 @@ teardown() {
   exit "$rc"
 }
 trap teardown EXIT
+trap 'echo "two-node: FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR
 trap 'exit 143' TERM INT
 
 # What explains a failure, for a log that outlives $work (the VM's tmpfs does not).
@@ -181,6 +182,14 @@ server_status() {
   curl -sf --max-time 2 "http://$stats/stats;csv" | awk -F, -v s="$1" '$1 == "faasd" && $2 == s {print $18}'
 }
 
+# Whether process $1 has exited (a zombie, or gone).
+exited() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  stat=${stat##*) }
+  [[ ${stat%% *} == Z ]]
+}
+
 wait_status() { # server, status, seconds
   local deadline=$(($(now_ms) + $3 * 1000))
   until [[ "$(server_status "$1")" == "$2" ]]; do
@@ -210,7 +219,13 @@ ab_ok() {
 log_since() { tail -n "+$1" "$work/haproxy.log" | awk '$1 == "req"'; }
 log_lines() { wc -l <"$work/haproxy.log"; }
 # Requests HAProxy has logged for the nodes so far (one process: it is polled).
-logged() { grep -cE '^req [0-9]+ node[ab] ' "$work/haproxy.log"; }
+logged() { grep -cE '^req [0-9]+ node[ab] ' "$work/haproxy.log" || true; }
+# Waits (10 s at most) until HAProxy has logged $1 requests for the nodes: it logs a
+# request once its connection is closed, which may be after the client has its answer.
+settle() {
+  local deadline=$(($(now_ms) + 10000))
+  until (($(logged) >= $1 || $(now_ms) > deadline)); do sleep 0.05; done
+}
 # Answers HAProxy logged from line $1 on, from server $2: a 200 that ended normally.
 lb_ok() { log_since "$1" | awk -v s="$2" '$3 == s && $4 == 200 && $6 == "--"' | wc -l; }
 
@@ -281,9 +296,11 @@ echo "two-node: nodes a (${node_ip[a]}) and b (${node_ip[b]}) up behind HAProxy 
 
 # 1. Both nodes serving.
 mark=$(($(log_lines) + 1))
+before=$(logged)
 start=$(now_ms)
 load "$requests" "$work/ab-1.txt"
 took1=$(($(now_ms) - start))
+settle $((before + requests))
 ok1=$(ab_ok "$work/ab-1.txt")
 served1_a=$(served a)
 served1_b=$(served b)
@@ -305,14 +322,25 @@ answered_at_kill=$(($(logged) - before))
 echo "two-node: SIGKILL to node a's faasd (pid ${pid[a]}) after $answered_at_kill answers"
 kill -KILL "${pid[a]}"
 killed_at=$(now_ms)
-# Its sockets close once its last thread has exited: the listener refuses from then on.
-wait "${pid[a]}" 2>/dev/null || true
-reaped_ms=$(($(now_ms) - killed_at))
-pid[a]=
-wait_status nodea DOWN 30
+# Until HAProxy marks node a DOWN, when (ms after the kill) the faasd had exited (a
+# zombie: its sockets are closed, its listener refuses) and HAProxy saw a check fail.
+exited_ms= first_fail_ms=
+while :; do
+  t=$(($(now_ms) - killed_at))
+  [[ -z $exited_ms ]] && exited "${pid[a]}" && exited_ms=$t
+  st=$(server_status nodea)
+  [[ -z $first_fail_ms && $st != UP ]] && first_fail_ms=$t
+  [[ $st == DOWN ]] && break
+  ((t < 30000)) || die "HAProxy did not mark nodea DOWN within 30 s (it says: $st)"
+  sleep 0.02
+done
 down_ms=$(($(now_ms) - killed_at))
+wait "${pid[a]}" 2>/dev/null || true
+exited_ms=${exited_ms:-$(($(now_ms) - killed_at))}
+pid[a]=
 wait "$ab_pid"
 took2=$(($(now_ms) - start))
+settle $((before + requests))
 ok2=$(ab_ok "$work/ab-2.txt")
 failed2=$((requests - ok2))
 served2_b=$(($(served b) - served1_b))
@@ -322,7 +350,8 @@ lb2_b=$(lb_ok "$mark" nodeb)
 retried=$(log_since "$mark" | awk '$5 != "0"' | wc -l)
 last_retry_ms=$(log_since "$mark" | awk -v k="$killed_at" '$5 != "0" && $2 - k > m {m = $2 - k} END {print m + 0}')
 echo "two-node: 2. $ok2 of $requests succeeded in $took2 ms ($failed2 failed); node a killed after $answered_at_kill answers,"
-echo "two-node:    gone $reaped_ms ms after the kill, marked DOWN by HAProxy $down_ms ms after it; node a served $lb2_a, node b $lb2_b (its faasd counted $served2_b);"
+echo "two-node:    after the kill: faasd exited at $exited_ms ms, HAProxy's first failed check at $first_fail_ms ms, DOWN at $down_ms ms;"
+echo "two-node:    node a served $lb2_a, node b $lb2_b (its faasd counted $served2_b);"
 echo "two-node:    $retried requests retried on node b, the last accepted $last_retry_ms ms after the kill"
 # HAProxy's own words on node a's checks since the run began (each message is in its log
 # twice: with and without a prefix).
@@ -335,7 +364,9 @@ back=$(now_ms)
 wait_status nodea UP 30
 up_ms=$(($(now_ms) - back))
 third=$((requests / 10))
+before=$(logged)
 load "$third" "$work/ab-3.txt"
+settle $((before + third))
 ok3=$(ab_ok "$work/ab-3.txt")
 served3_a=$(served a)
 echo "two-node: 3. node a restarted: UP after $up_ms ms, then $ok3 of $third succeeded, node a served $served3_a"
@@ -367,8 +398,8 @@ two-node: lb2_b=$lb2_b
 two-node: served2_b=$served2_b
 two-node: retried=$retried
 two-node: down_ms=$down_ms
-two-node: reaped_ms=$reaped_ms
-two-node: down_after_reaped_ms=$((down_ms - reaped_ms))
+two-node: exited_ms=$exited_ms
+two-node: first_fail_ms=$first_fail_ms
 two-node: last_retry_ms=$last_retry_ms
 two-node: ok3=$ok3
 two-node: served3_a=$served3_a
