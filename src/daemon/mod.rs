@@ -52,7 +52,7 @@ use settings::{Live, Maxima};
 
 pub use crate::api::Deployed;
 use crate::api::{ConfigChange, ConfigView, Description, FunctionLimits};
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, Pools};
 use crate::image::{self, ImageError};
 use crate::runtime::{self, RuntimeError};
 
@@ -172,6 +172,11 @@ const INSTALL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 const DRAIN_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Four base-36 digits that differ between runs (clock and pid).
+/// How long a drained container cgroup waits for the next container before it is removed:
+/// long enough to bridge pauses between requests, short enough that an idle daemon soon
+/// holds none.
+const CGROUP_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn start_nonce() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -234,7 +239,11 @@ impl Daemon {
         let backend = Backend::new(
             cfg.runtime,
             &cfg.cgroup_parent,
-            cfg.netns_pool,
+            Pools {
+                netns: cfg.netns_pool,
+                cgroups: cfg.cgroup_pool,
+                cgroup_idle: CGROUP_IDLE,
+            },
             &cfg.runc,
             &cfg.runc_root(),
         )?;
@@ -809,6 +818,7 @@ impl Daemon {
     /// The metrics in Prometheus text format, as /metrics serves them.
     pub fn metrics_text(&self) -> String {
         self.metrics.set_netns(self.backend.netns_stats());
+        self.metrics.set_cgroups(self.backend.cgroup_stats());
         self.metrics.render()
     }
 
@@ -843,6 +853,7 @@ impl Daemon {
                 Err(e) => tracing::error!(function = %f.name, "removing its address failed: {e}"),
             }
         }
+        self.backend.close_pools();
         if let Err(e) = recover(&self.cfg, &self.backend) {
             tracing::error!("final cleanup failed: {e}");
         }

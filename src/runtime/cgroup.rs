@@ -69,14 +69,21 @@ impl ContainerCgroup {
         Ok(this)
     }
 
-    fn apply(&self, res: &Resources) -> Result<()> {
+    /// Writes `res` and reads the limits back (also to re-limit a pooled cgroup).
+    pub fn apply(&self, res: &Resources) -> Result<()> {
         let path = self.cgroup.path();
         let mem: &MemController = self.controller(path, "memory")?;
+        // Without a swap limit a memory hog pages out instead of being killed (v1 only;
+        // absent when the kernel runs without swap accounting). v1 keeps the memory limit
+        // at most the memory+swap one: raising a pooled cgroup's limits takes memsw first,
+        // lowering them takes it last, so it is written on both sides.
+        let v1 = !self.cgroup.v2();
+        if v1 {
+            let _ = mem.set_memswap_limit(res.memory_bytes as i64);
+        }
         mem.set_limit(res.memory_bytes as i64)
             .map_err(|e| setup_error(path, "set memory limit", e))?;
-        // Without a swap limit a memory hog pages out instead of being killed (v1 only;
-        // absent when the kernel runs without swap accounting).
-        if !self.cgroup.v2() {
+        if v1 {
             let _ = mem.set_memswap_limit(res.memory_bytes as i64);
         }
         let cpu: &CpuController = self.controller(path, "cpu")?;
@@ -192,19 +199,46 @@ impl ContainerCgroup {
             .collect()
     }
 
-    /// Whether the kernel's OOM killer fired in this cgroup.
-    pub fn oom_killed(&self) -> bool {
+    /// How many processes the kernel's OOM killer has killed in this cgroup so far (the
+    /// `oom_kill` count never goes down: a reused cgroup compares it with its count at
+    /// lending). 0 when the file cannot be read.
+    pub fn oom_kills(&self) -> u64 {
         let file = if self.cgroup.v2() {
             "memory.events"
         } else {
             "memory.oom_control"
         };
         self.read_file(file)
-            .map(|s| {
+            .ok()
+            .and_then(|s| {
                 s.lines()
-                    .any(|l| l.starts_with("oom_kill ") && !l.ends_with(" 0"))
+                    .find_map(|l| l.strip_prefix("oom_kill "))
+                    .and_then(|n| n.trim().parse().ok())
             })
-            .unwrap_or(false)
+            .unwrap_or(0)
+    }
+
+    /// The memory charged to the cgroup now, in bytes.
+    pub fn memory_usage(&self) -> Result<u64> {
+        let file = if self.cgroup.v2() {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        };
+        let text = self.read_file(file)?;
+        text.trim().parse().map_err(|_| RuntimeError::CgroupSetup {
+            path: self.cgroup.path().to_string(),
+            op: "read",
+            message: format!("{file} is {:?}, not a number", text.trim()),
+        })
+    }
+
+    /// SIGKILLs every process in the cgroup (all hierarchies on v1) and waits until the
+    /// kernel has emptied it; the cgroup stays, empty, for reuse.
+    pub fn drain(&self) -> Result<()> {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        self.member_dirs()
+            .try_for_each(|dir| drain_dir(&dir, deadline))
     }
 
     /// SIGKILLs every process in the cgroup (all hierarchies on v1), then waits until the
@@ -235,28 +269,38 @@ fn destroy_dirs(dirs: &[PathBuf]) -> Result<()> {
         if !dir.exists() {
             continue;
         }
-        // v2 (5.14+) kills atomically, forks in flight included; elsewhere repeat until empty.
-        let _ = fs::write(dir.join("cgroup.kill"), "1");
-        loop {
-            let procs = procs_of(dir);
-            if procs.is_empty() {
-                break;
-            }
-            for pid in procs {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            if Instant::now() > deadline {
-                return Err(RuntimeError::CgroupSetup {
-                    path: dir.display().to_string(),
-                    op: "drain",
-                    message: "processes remain after SIGKILL".into(),
-                });
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        drain_dir(dir, deadline)?;
         remove_dir_retrying(dir, deadline)?;
     }
     Ok(())
+}
+
+/// SIGKILLs the members of one cgroup directory until it is empty, or fails at `deadline`.
+fn drain_dir(dir: &Path, deadline: Instant) -> Result<()> {
+    let mut killed = false;
+    loop {
+        let procs = procs_of(dir);
+        if procs.is_empty() {
+            return Ok(());
+        }
+        if !killed {
+            // v2 (5.14+) kills atomically, forks in flight included; elsewhere repeat
+            // until empty.
+            let _ = fs::write(dir.join("cgroup.kill"), "1");
+            killed = true;
+        }
+        for pid in procs {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if Instant::now() > deadline {
+            return Err(RuntimeError::CgroupSetup {
+                path: dir.display().to_string(),
+                op: "drain",
+                message: "processes remain after SIGKILL".into(),
+            });
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
 }
 
 /// rmdir fails with EBUSY while an exited member is still being torn down by the kernel.

@@ -7,6 +7,7 @@
 
 mod api_security;
 mod archives;
+mod cgroup_pool;
 mod child_security;
 mod daemon;
 mod e2e;
@@ -50,6 +51,7 @@ fn main() {
         .chain(registry::tests())
         .chain(net_isolation::tests())
         .chain(pools::tests())
+        .chain(cgroup_pool::tests())
         .chain(child_security::tests())
         .chain(request_security::tests())
         .chain(api_security::tests())
