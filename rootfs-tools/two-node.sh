@@ -353,6 +353,9 @@ echo "two-node: 2. $ok2 of $requests succeeded in $took2 ms ($failed2 failed); n
 echo "two-node:    after the kill: faasd exited at $exited_ms ms, HAProxy's first failed check at $first_fail_ms ms, DOWN at $down_ms ms;"
 echo "two-node:    node a served $lb2_a, node b $lb2_b (its faasd counted $served2_b);"
 echo "two-node:    $retried requests retried on node b, the last accepted $last_retry_ms ms after the kill"
+# The requests of this run HAProxy did not log as a 200 that ended normally (at most 5).
+log_since "$mark" | awk '$3 != "<STATS>" && !($4 == 200 && $6 == "--")' | head -5 |
+  sed 's/^/two-node:    not a clean 200: /'
 # HAProxy's own words on node a's checks since the run began (each message is in its log
 # twice: with and without a prefix).
 tail -n "+$mark" "$work/haproxy.log" | grep -E '^Health check for server faasd/nodea failed' |
