@@ -271,8 +271,8 @@ fn main() {
     let root = rootfs();
     // As faasd runs it: with its default pools of network namespaces and cgroups.
     let rt = Runtime::new("faasd-bench")
-        .and_then(|rt| rt.with_netns_pool(8))
-        .and_then(|rt| rt.with_cgroup_pool(16, Duration::from_secs(30)))
+        .and_then(|rt| rt.with_netns_pool(16))
+        .and_then(|rt| rt.with_cgroup_pool(32, Duration::from_secs(30)))
         .expect("runtime (run as root)");
     let mut c = Criterion::default().configure_from_args();
     spawn_to_exit(&mut c, &root, &rt);

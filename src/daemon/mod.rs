@@ -206,6 +206,21 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Limits as the API answers them.
+fn limits(
+    r: runtime::Resources,
+    exec_timeout: std::time::Duration,
+    max_concurrency: usize,
+) -> FunctionLimits {
+    FunctionLimits {
+        memory_mb: r.memory_bytes >> 20,
+        cpus: r.cpu_millis as f64 / 1000.0,
+        pids_max: r.pids_max,
+        timeout_secs: exec_timeout.as_secs_f64(),
+        max_concurrency,
+    }
+}
+
 pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     (1..=63).contains(&name.len())
@@ -744,6 +759,8 @@ impl Daemon {
             workdir: record.config.working_dir,
             user: format!("{}:{}", record.config.uid, record.config.gid),
             env: crate::api::env_names(&env),
+            env_set: view.env,
+            env_set_digest: crate::api::env_digest(&record.settings.env),
             limits: view.limits,
             deployed_at: record.deployed_at,
             requests_served: counts.served,
@@ -753,19 +770,22 @@ impl Daemon {
         })
     }
 
+    /// What a new function runs with: the daemon's defaults (`GET /api/defaults`).
+    pub fn default_limits(&self) -> FunctionLimits {
+        limits(
+            self.cfg.resources(),
+            self.cfg.exec_timeout(),
+            self.cfg.max_per_function,
+        )
+    }
+
     /// A function's configuration as the API answers it (env names, not values).
     pub fn config_view(&self, name: &str, record: &FunctionRecord) -> ConfigView {
         let live = Live::of(record, &self.cfg);
         ConfigView {
             name: name.to_string(),
             env: record.settings.env.keys().cloned().collect(),
-            limits: FunctionLimits {
-                memory_mb: live.resources.memory_bytes >> 20,
-                cpus: live.resources.cpu_millis as f64 / 1000.0,
-                pids_max: live.resources.pids_max,
-                timeout_secs: live.exec_timeout.as_secs_f64(),
-                max_concurrency: live.max_concurrency,
-            },
+            limits: limits(live.resources, live.exec_timeout, live.max_concurrency),
         }
     }
 

@@ -6,6 +6,7 @@
 //! make stay inside it and vanish with it.
 
 mod api_security;
+mod apply;
 mod archives;
 mod cgroup_pool;
 mod child_security;
@@ -59,6 +60,7 @@ fn main() {
         .chain(prewarm::tests())
         .chain(function_config::tests())
         .chain(function_logs::tests())
+        .chain(apply::tests())
         .chain(systemd_unit::tests())
         .chain(two_node::tests())
         .map(|t| t.with_ignored_flag(!root))

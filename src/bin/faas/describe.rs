@@ -89,6 +89,8 @@ mod tests {
             workdir: "/".into(),
             user: "0:0".into(),
             env: vec!["PATH".into(), "A".into()],
+            env_set: vec!["A".into()],
+            env_set_digest: "sha256:cd".into(),
             limits: FunctionLimits {
                 memory_mb: 64,
                 cpus: 0.5,
