@@ -2,9 +2,10 @@
 # two-node.sh: faasd on many nodes, shown with two. Each "node" is a faasd in a network
 # namespace of its own (own state dir, cgroup parent, control address), joined by veth
 # pairs to a bridge in a third namespace, where HAProxy balances both nodes' gateway ports
-# with HTTP health checks on /healthz. The same functions are deployed on both; then:
+# with HTTP health checks on /healthz. The same functions file is applied on both with
+# `faas apply`; then:
 #   1. N requests through HAProxy, all must succeed, served by both nodes;
-#   2. N more, node a's faasd SIGKILLed once about a third have been sent: all must
+#   2. N more, node a's faasd SIGKILLed once a third have been answered: all must
 #      still succeed (HAProxy marks a DOWN, and retries on another node what a's death
 #      cut off), and how long HAProxy took to stop sending to a is measured;
 #   3. node a's faasd started again on its state dir (its recovery removes the containers
@@ -166,10 +167,13 @@ start_node() {
   die "node $n's faasd did not answer /healthz"
 }
 
-# The same functions on node $1. Until `faas apply` is in main this deploys with
-# `faas new`; then it becomes `faas apply -f "$work/functions.toml"`.
-deploy_functions() {
-  in_node "$1" "$faas" --url http://127.0.0.1:8080 new hello -f "$image" >/dev/null
+# The functions file applied on node $1, twice: the second apply must change nothing.
+apply_functions() {
+  local again
+  in_node "$1" "$faas" --url http://127.0.0.1:8080 apply -f "$work/functions.toml" >/dev/null
+  again=$(in_node "$1" "$faas" --url http://127.0.0.1:8080 apply -f "$work/functions.toml")
+  echo "two-node: node $1, second apply: ${again//$'\n'/; }"
+  [[ $again == *"0 created, 0 updated, 0 removed"* ]] || die "the second apply on node $1 changed something"
 }
 
 # Requests node $1's faasd has served for function hello (since it started).
@@ -235,7 +239,12 @@ ip addr add "$bridge_ip/24" dev br0
 ip link set br0 up
 for n in "${nodes[@]}"; do make_node_netns "$n"; done
 for n in "${nodes[@]}"; do start_node "$n"; done
-for n in "${nodes[@]}"; do deploy_functions "$n"; done
+cat >"$work/functions.toml" <<EOF
+[functions.hello]
+file = "$image"
+timeout = 10
+EOF
+for n in "${nodes[@]}"; do apply_functions "$n"; done
 
 cat >"$work/haproxy.cfg" <<EOF
 global
