@@ -177,7 +177,9 @@ fn daemonset_service_and_configmap_fit_together() {
     // A functions file (TOML) whose functions come from a registry: an archive (`file`)
     // would have to be inside the pod.
     let file: toml::Table = cm["data"][key].as_str().unwrap().parse().expect("TOML");
-    let functions = file["functions"].as_table().expect("[functions.NAME] tables");
+    let functions = file["functions"]
+        .as_table()
+        .expect("[functions.NAME] tables");
     assert!(!functions.is_empty());
     for (name, f) in functions {
         assert!(f.get("image").is_some_and(toml::Value::is_str), "{name}");
