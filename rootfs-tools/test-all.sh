@@ -13,15 +13,18 @@ step "packages"
 # Every tool a test, bench, the demo or the VM tier calls is installed here (or by
 # vmtest-setup.sh for the VM tier); nothing may be assumed from a hand-installed machine.
 bash rootfs-tools/install-packages.sh busybox-static gcc libc6-dev iproute2 python3 curl runc \
-  crun cpio gzip zstd tar util-linux apache2-utils podman skopeo docker-registry systemd
+  crun cpio gzip zstd tar util-linux apache2-utils podman skopeo docker-registry systemd \
+  haproxy python3-yaml
 bash rootfs-tools/vmtest-setup.sh
 export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
 
 # Fail before any test runs, naming what is missing, rather than deep inside a test.
 missing=()
-for tool in busybox gcc ip python3 curl runc unshare nsenter cpio gzip zstd tar ab podman skopeo docker-registry htpasswd systemd-analyze vmtest qemu-system-x86_64 qemu-ga; do
+for tool in busybox gcc ip python3 curl runc unshare nsenter cpio gzip zstd tar ab podman skopeo docker-registry htpasswd systemd-analyze haproxy vmtest qemu-system-x86_64 qemu-ga; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+# tests/manifests.rs parses deploy/kubernetes/ with it.
+python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
 ((${#missing[@]} == 0)) || { echo "missing tools after install: ${missing[*]}" >&2; exit 1; }
 
 step "build"

@@ -24,6 +24,7 @@ mod request_security;
 mod runtime;
 mod support;
 mod systemd_unit;
+mod two_node;
 
 use libtest_mimic::{Arguments, Trial};
 
@@ -61,6 +62,7 @@ fn main() {
         .chain(function_logs::tests())
         .chain(apply::tests())
         .chain(systemd_unit::tests())
+        .chain(two_node::tests())
         .map(|t| t.with_ignored_flag(!root))
         .collect();
     libtest_mimic::run(&args, trials).exit();
