@@ -86,9 +86,8 @@ teardown() {
   # Only after a failure between the kill and the restart: containers that node a's
   # SIGKILLed faasd left behind (its own restart would have removed them).
   for n in "${nodes[@]}"; do sweep_cgroups "$cgroup_prefix-$n"; done
-  # The namespaces' files, and node a's image store mount: its restart reused the one
-  # the killed run made and so did not remove it at the stop (faasd removes only a mount
-  # it made itself). All are in this script's mount namespace; deepest first.
+  # The namespaces' files, and anything a failed run left mounted below the work dir.
+  # All are in this script's mount namespace; deepest first.
   awk -v w="$work/" 'index($5, w) == 1 {print $5}' /proc/self/mountinfo | sort -r |
     while read -r m; do umount "$m"; done
   ((rc == 0)) || diagnose >&2

@@ -5,8 +5,9 @@
 //! inert as well.
 //!
 //! Idempotent: a start finds an existing one (a crash's, or an operator's) in
-//! /proc/self/mountinfo and reuses it; a clean stop removes the mount this run made, so
-//! that the state dir can be removed like any directory afterwards. Staging, commit and retire renames all stay inside
+//! /proc/self/mountinfo and reuses it; a clean stop removes the mount faasd made (this
+//! run, or a crashed one: a marker file beside the store says so), so that the state dir
+//! can be removed like any directory afterwards; an operator's stays. Staging, commit and retire renames all stay inside
 //! `images/`, so the mount boundary never splits a rename. The runc backend bind-mounts
 //! rootfs directories from below it, which is unaffected.
 
@@ -90,10 +91,12 @@ pub fn ensure_nosuid(images: &Path) -> Result<Option<OurMount>, StoreMountError>
         })?;
     let info =
         std::fs::read_to_string("/proc/self/mountinfo").map_err(StoreMountError::MountInfo)?;
+    let marker = marker_of(&dir);
     let mut made_here = false;
     let options = match mount_options(&info, &dir) {
         Some(o) if o.iter().any(|x| x == "nosuid") && o.iter().any(|x| x == "nodev") => {
-            return Ok(None)
+            // A crashed run's mount is ours to remove at this run's clean stop.
+            return Ok(marker.exists().then(|| OurMount(dir)));
         }
         Some(o) => o,
         None => {
@@ -121,6 +124,9 @@ pub fn ensure_nosuid(images: &Path) -> Result<Option<OurMount>, StoreMountError>
                 source,
             })?;
             made_here = true;
+            if let Err(e) = std::fs::write(&marker, b"") {
+                tracing::warn!("marking the image store mount ours failed: {e}");
+            }
             Vec::new()
         }
     };
@@ -140,17 +146,27 @@ pub fn ensure_nosuid(images: &Path) -> Result<Option<OurMount>, StoreMountError>
     Ok(made_here.then_some(OurMount(dir)))
 }
 
-/// The store mount this run made, removed when dropped: at a clean stop, or when the
-/// daemon fails to start after making it.
+/// The file beside the store that says its mount is faasd's, not an operator's.
+fn marker_of(store: &Path) -> PathBuf {
+    let mut name = store.file_name().unwrap_or_default().to_os_string();
+    name.push(".faasd-mount");
+    store.with_file_name(name)
+}
+
+/// The store mount faasd made (this run or a crashed one), removed when dropped: at a
+/// clean stop, or when the daemon fails to start after making it.
 pub struct OurMount(PathBuf);
 
 impl Drop for OurMount {
     fn drop(&mut self) {
-        if let Err(e) = umount2(&self.0, MntFlags::MNT_DETACH) {
-            tracing::warn!(
+        match umount2(&self.0, MntFlags::MNT_DETACH) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(marker_of(&self.0));
+            }
+            Err(e) => tracing::warn!(
                 "removing the image store mount {} failed: {e}",
                 self.0.display()
-            );
+            ),
         }
     }
 }

@@ -797,7 +797,7 @@ fn kill9_then_restart_recovers() -> TestResult {
             "kill -9 cannot have removed the addresses",
         )?;
 
-        let _d = s.start()?;
+        let mut d = s.start()?;
         // Recovery runs before the control API answers: nothing stale is left by now (the
         // restored functions' new waiting containers have new names and processes).
         let (after_b, after_c, after_p) = (s.bundles(), s.cgroup_dirs(), s.processes());
@@ -817,6 +817,16 @@ fn kill9_then_restart_recovers() -> TestResult {
         s.check(
             s.addresses()? == s.labelled(&[web, stuck]),
             "addresses after restart",
+        )?;
+        // The store mount the killed run made goes at this run's clean stop, as its own
+        // would: the state dir can then be removed like any directory.
+        d.stop()?;
+        let state = s.state().to_string_lossy().into_owned();
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+        let left: Vec<&str> = mountinfo.lines().filter(|l| l.contains(&state)).collect();
+        s.check(
+            left.is_empty(),
+            format!("mounts left in the state dir: {left:?}"),
         )
     })
 }
