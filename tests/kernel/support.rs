@@ -150,6 +150,7 @@ pub fn run(argv: &[String], opts: Opts<'_>) -> Result<Run, RuntimeError> {
         hostname: "faasd-test",
         resources: opts.resources,
         control_socket: None,
+        secrets: &faasd::runtime::secrets::NO_SECRETS,
         stdout: Some(wr.as_fd()),
         stderr: Some(wr.as_fd()),
     };
