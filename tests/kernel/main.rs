@@ -20,6 +20,7 @@ mod prewarm;
 mod registry;
 mod request_security;
 mod runtime;
+mod secrets;
 mod support;
 mod systemd_unit;
 
@@ -56,6 +57,7 @@ fn main() {
         .chain(prewarm::tests())
         .chain(function_config::tests())
         .chain(function_logs::tests())
+        .chain(secrets::tests())
         .chain(systemd_unit::tests())
         .map(|t| t.with_ignored_flag(!root))
         .collect();
