@@ -218,7 +218,8 @@ fn shown_read_only_changed_kept_and_never_leaked() -> TestResult {
 /// `--runtime runc`: the same files, modes, owner and read-only tmpfs; no mount left on
 /// the host once the requests are done.
 fn runc_shows_the_same() -> TestResult {
-    let s = Setup::new(&["--runtime", "runc", "--prewarm", "0"])?;
+    // runc under emulation (the VM tier) takes seconds to start a container.
+    let s = Setup::new(&["--runtime", "runc", "--prewarm", "0", "--connect-timeout", "30"])?;
     let _d = s.start()?;
     let image = crate::support::image("test-handler-env-user.tar")?;
     let value = "runc-value-5e6f70";
