@@ -186,6 +186,26 @@ impl FunctionLog {
     }
 }
 
+/// Removes the logs (`<name>.log`, `<name>.log.1`) in `dir` of functions for which
+/// `deployed` is false: what a crash between an undeploy's registry change and its log
+/// removal left. Returns how many files went.
+pub fn sweep(dir: &Path, deployed: impl Fn(&str) -> bool) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        // Function names have no '.': the name is what comes before ".log".
+        let name = file.strip_suffix(".log.1").or_else(|| file.strip_suffix(".log"));
+        if name.is_some_and(|n| !deployed(n)) {
+            fs::remove_file(&path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .create(true)
@@ -238,6 +258,21 @@ mod tests {
         }
         let read: Vec<LogLine> = snap.kept.lines().collect::<io::Result<_>>().unwrap();
         assert_eq!(read, kept);
+    }
+
+    #[test]
+    fn sweep_removes_only_logs_of_functions_not_deployed() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["kept.log", "kept.log.1", "gone.log", "gone.log.1", "other.txt"] {
+            fs::write(dir.path().join(f), "x").unwrap();
+        }
+        assert_eq!(sweep(dir.path(), |n| n == "kept").unwrap(), 2);
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["kept.log", "kept.log.1", "other.txt"]);
     }
 
     #[test]

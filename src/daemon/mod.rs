@@ -306,6 +306,11 @@ impl Daemon {
             Ok(n) => tracing::info!("removed {n} leftover secret directories"),
             Err(e) => tracing::error!("sweeping the secret store failed: {e}"),
         }
+        match log_file::sweep(&self.cfg.logs_dir(), |name| records.contains_key(name)) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} logs of functions no longer deployed"),
+            Err(e) => tracing::error!("sweeping the logs failed: {e}"),
+        }
         let on_lo = self.lo_ips().await.unwrap_or_default();
         for (name, rec) in records {
             let dir = self.cfg.images_dir().join(&name);
