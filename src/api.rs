@@ -361,11 +361,18 @@ mod tests {
         assert_eq!(json, r#"{"secrets":{"db":"cGEAc3M="}}"#);
         assert_eq!(serde_json::from_str::<ConfigChange>(&json).unwrap(), c);
         let debug = format!("{c:?}");
-        assert!(debug.contains("<5 bytes redacted>") && !debug.contains("pa"), "{debug}");
-        let err = serde_json::from_str::<ConfigChange>(r#"{"secrets":{"db":"not base64 hunter2!"}}"#)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("not valid base64") && !err.contains("hunter2"), "{err}");
+        assert!(
+            debug.contains("<5 bytes redacted>") && !debug.contains("pa"),
+            "{debug}"
+        );
+        let err =
+            serde_json::from_str::<ConfigChange>(r#"{"secrets":{"db":"not base64 hunter2!"}}"#)
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("not valid base64") && !err.contains("hunter2"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -373,7 +380,18 @@ mod tests {
         for good in ["db", "api-key", "tls.crt", "A_1", &"x".repeat(128)] {
             assert_eq!(secret_name_problem(good), None, "{good}");
         }
-        for bad in ["", ".", "..", ".hidden", "a/b", "../x", "a\0b", "a b", "é", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "../x",
+            "a\0b",
+            "a b",
+            "é",
+            &"x".repeat(129),
+        ] {
             assert!(secret_name_problem(bad).is_some(), "{bad:?}");
         }
     }

@@ -197,7 +197,9 @@ pub fn sweep(dir: &Path, deployed: impl Fn(&str) -> bool) -> io::Result<usize> {
             continue;
         };
         // Function names have no '.': the name is what comes before ".log".
-        let name = file.strip_suffix(".log.1").or_else(|| file.strip_suffix(".log"));
+        let name = file
+            .strip_suffix(".log.1")
+            .or_else(|| file.strip_suffix(".log"));
         if name.is_some_and(|n| !deployed(n)) {
             fs::remove_file(&path)?;
             removed += 1;
@@ -263,7 +265,13 @@ mod tests {
     #[test]
     fn sweep_removes_only_logs_of_functions_not_deployed() {
         let dir = tempfile::tempdir().unwrap();
-        for f in ["kept.log", "kept.log.1", "gone.log", "gone.log.1", "other.txt"] {
+        for f in [
+            "kept.log",
+            "kept.log.1",
+            "gone.log",
+            "gone.log.1",
+            "other.txt",
+        ] {
             fs::write(dir.path().join(f), "x").unwrap();
         }
         assert_eq!(sweep(dir.path(), |n| n == "kept").unwrap(), 2);

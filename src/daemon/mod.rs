@@ -48,8 +48,8 @@ use loopback::{Loopback, LoopbackError};
 use metrics::Metrics;
 pub use registry::FunctionRecord;
 use registry::{Registry, RegistryError};
-pub use settings::SettingsError;
 use secret_store::{SecretStore, SecretStoreError};
+pub use settings::SettingsError;
 use settings::{FunctionSettings, Live, Maxima};
 
 pub use crate::api::Deployed;
@@ -771,7 +771,8 @@ impl Daemon {
         rootfs: &Path,
     ) -> Result<Option<secret_store::Staged>, DaemonError> {
         if !record.settings.secrets.is_empty() {
-            runtime::secrets::prepare_mount_point(rootfs).map_err(DaemonError::SecretsMountPoint)?;
+            runtime::secrets::prepare_mount_point(rootfs)
+                .map_err(DaemonError::SecretsMountPoint)?;
         }
         if !change.touches_secrets() {
             return Ok(None);

@@ -299,7 +299,10 @@ mod tests {
         let first = settings(&["a", "b"], 1);
         let file = tmp.path().join("secrets/f/1/a");
         assert_eq!(fs::read(&file).unwrap(), b"1");
-        assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let dir = fs::metadata(tmp.path().join("secrets/f/1")).unwrap();
         assert_eq!(dir.permissions().mode() & 0o777, 0o700);
 
@@ -324,7 +327,12 @@ mod tests {
         let store = SecretStore::open(tmp.path().join("secrets")).unwrap();
         let values = [("a".into(), value("1"))].into();
         let staged = store
-            .stage("f", &FunctionSettings::default(), &settings(&["a"], 0), &values)
+            .stage(
+                "f",
+                &FunctionSettings::default(),
+                &settings(&["a"], 0),
+                &values,
+            )
             .unwrap();
         drop(staged);
         assert!(!tmp.path().join("secrets/f").exists());

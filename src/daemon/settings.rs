@@ -516,7 +516,10 @@ mod tests {
         assert_eq!(rec.settings.secrets, BTreeSet::from(["db".to_string()]));
         for bad in ["", "..", "a/b", "a\0b"] {
             let err = apply(&mut rec, &set(bad, 1), &max()).unwrap_err();
-            assert!(matches!(err, SettingsError::SecretName { .. }), "{bad:?}: {err}");
+            assert!(
+                matches!(err, SettingsError::SecretName { .. }),
+                "{bad:?}: {err}"
+            );
         }
         let err = apply(&mut rec, &set("big", MAX_SECRET_BYTES + 1), &max()).unwrap_err();
         assert!(matches!(err, SettingsError::SecretTooLarge { .. }), "{err}");
@@ -528,7 +531,11 @@ mod tests {
         };
         let err = apply(&mut rec, &many, &max()).unwrap_err();
         assert_eq!(err, SettingsError::TooManySecrets(MAX_SECRETS + 1));
-        assert_eq!(rec.settings.secrets.len(), 1, "a refused change changes nothing");
+        assert_eq!(
+            rec.settings.secrets.len(),
+            1,
+            "a refused change changes nothing"
+        );
         let rm = ConfigChange {
             rm_secrets: vec!["db".into(), "never-set".into()],
             ..Default::default()

@@ -89,7 +89,9 @@ fn bind_mount(
         .destination(destination)
         .typ("bind")
         .source(source)
-        .options(strings(&[&["bind", "nosuid", "nodev", "noexec"], extra].concat()))
+        .options(strings(
+            &[&["bind", "nosuid", "nodev", "noexec"], extra].concat(),
+        ))
         .build()
 }
 
@@ -181,7 +183,10 @@ mod tests {
             .find(|m| m["destination"] == "/run/secrets")
             .expect("secrets mount");
         assert_eq!(secrets["source"], "/var/lib/faasd/bundles/hello-7/secrets");
-        assert!(secrets["options"].to_string().contains("\"ro\""), "{secrets}");
+        assert!(
+            secrets["options"].to_string().contains("\"ro\""),
+            "{secrets}"
+        );
         let ns: Vec<_> = json["linux"]["namespaces"]
             .as_array()
             .unwrap()

@@ -179,7 +179,8 @@ impl SecretsMount<'_> {
     }
 
     fn write_files(&self, dir: libc::c_int) -> std::result::Result<(), (MountStep, i32)> {
-        let create = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let create =
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         for (name, value) in &self.files.files {
             // SAFETY: a directory fd of ours and a NUL-terminated name owned by the files.
             let fd = unsafe { libc::openat(dir, name.as_ptr(), create, 0o400) };

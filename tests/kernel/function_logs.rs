@@ -195,7 +195,12 @@ fn flood_is_cut_and_the_file_bounded() -> TestResult {
     )?;
     // Without a tail the answer streams (chunked), the whole kept log.
     let all = s.control("GET /api/functions/fl/logs HTTP/1.1", b"")?;
-    let head = all.text.split("\r\n\r\n").next().unwrap_or("").to_ascii_lowercase();
+    let head = all
+        .text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
     s.check(
         all.status() == Some(200)
             && head.contains("transfer-encoding: chunked")
@@ -234,6 +239,9 @@ fn stale_logs_swept_at_start() -> TestResult {
         .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_, _>>()?;
     left.sort();
-    s.check(left == ["kept.log"], format!("logs/ after the start: {left:?}"))?;
+    s.check(
+        left == ["kept.log"],
+        format!("logs/ after the start: {left:?}"),
+    )?;
     same_lines(&s, &logs(&s, "kept", &[])?, &expected(&id))
 }

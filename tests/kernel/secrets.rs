@@ -80,7 +80,10 @@ fn expected(secrets: &[(&str, &str)]) -> Vec<String> {
 fn expect_secrets(s: &Setup, ip: Ipv4Addr, secrets: &[(&str, &str)]) -> TestResult {
     let seen = secrets_seen(s, ip)?;
     let want = expected(secrets);
-    s.check(seen == want, format!("/run/secrets: got {seen:#?}, want {want:#?}"))
+    s.check(
+        seen == want,
+        format!("/run/secrets: got {seen:#?}, want {want:#?}"),
+    )
 }
 
 fn deployed_ip(s: &Setup, out: &str) -> Result<Ipv4Addr, Failed> {
@@ -98,7 +101,10 @@ fn check_never_shown(s: &Setup, name: &str, values: &[&str]) -> TestResult {
         ("describe --json", s.faas_ok(&["describe", name, "--json"])?),
         ("faas logs", s.faas_ok(&["logs", name])?),
         ("the daemon's log", fs::read_to_string(s.log())?),
-        ("registry.json", fs::read_to_string(s.state().join("registry.json"))?),
+        (
+            "registry.json",
+            fs::read_to_string(s.state().join("registry.json"))?,
+        ),
     ];
     for (what, text) in shown {
         for v in values {
@@ -116,7 +122,9 @@ fn store_files(s: &Setup) -> Vec<(String, u32)> {
     while let Some(dir) = walk.pop() {
         for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
             let path = entry.path();
-            let mode = entry.metadata().map_or(0, |m| m.permissions().mode() & 0o777);
+            let mode = entry
+                .metadata()
+                .map_or(0, |m| m.permissions().mode() & 0o777);
             let rel = path.strip_prefix(&root).unwrap().display().to_string();
             if path.is_dir() {
                 walk.push(path.clone());
@@ -204,14 +212,29 @@ fn shown_read_only_changed_kept_and_never_leaked() -> TestResult {
     check_never_shown(&s, "sec", &[db, key, new])?;
 
     // The last one removed: an empty /run/secrets (the image's directory), no store.
-    s.faas_ok(&["config", "sec", "--rm-secret", "api.key", "--rm-secret", "new"])?;
+    s.faas_ok(&[
+        "config",
+        "sec",
+        "--rm-secret",
+        "api.key",
+        "--rm-secret",
+        "new",
+    ])?;
     expect_secrets(&s, ip, &[])?;
     s.check(store_files(&s).is_empty(), "secrets left in the store")?;
-    s.faas_ok(&["config", "sec", "--secret", &format!("db={}", db_file.display())])?;
+    s.faas_ok(&[
+        "config",
+        "sec",
+        "--secret",
+        &format!("db={}", db_file.display()),
+    ])?;
     expect_secrets(&s, ip, &[("db", db)])?;
     s.faas_ok(&["rm", "sec"])?;
     let store = store_files(&s);
-    s.check(store.is_empty(), format!("after faas rm the store holds {store:?}"))?;
+    s.check(
+        store.is_empty(),
+        format!("after faas rm the store holds {store:?}"),
+    )?;
     s.check_no_request_left()
 }
 
@@ -219,7 +242,14 @@ fn shown_read_only_changed_kept_and_never_leaked() -> TestResult {
 /// the host once the requests are done.
 fn runc_shows_the_same() -> TestResult {
     // runc under emulation (the VM tier) takes seconds to start a container.
-    let s = Setup::new(&["--runtime", "runc", "--prewarm", "0", "--connect-timeout", "30"])?;
+    let s = Setup::new(&[
+        "--runtime",
+        "runc",
+        "--prewarm",
+        "0",
+        "--connect-timeout",
+        "30",
+    ])?;
     let _d = s.start()?;
     let image = crate::support::image("test-handler-env-user.tar")?;
     let value = "runc-value-5e6f70";
@@ -238,7 +268,10 @@ fn runc_shows_the_same() -> TestResult {
     s.check_no_request_left()?;
     let state = s.state().display().to_string();
     let mounted = eventually_no_mount_under(&state);
-    s.check(mounted.is_empty(), format!("mounts left under the state dir: {mounted:?}"))?;
+    s.check(
+        mounted.is_empty(),
+        format!("mounts left under the state dir: {mounted:?}"),
+    )?;
     s.faas_ok(&["rm", "rsec"])?;
     s.check(store_files(&s).is_empty(), "secrets left after faas rm")
 }
@@ -374,7 +407,10 @@ fn refused_and_leave_nothing() -> TestResult {
             vec!["--secret".into(), format!("x={}", big_file.display())],
             "larger than 65536 bytes",
         ),
-        (vec!["--rm-secret".into(), "a/b".into()], "invalid secret name"),
+        (
+            vec!["--rm-secret".into(), "a/b".into()],
+            "invalid secret name",
+        ),
     ];
     for (flags, why) in &cli {
         let mut args = vec!["config", "ok"];

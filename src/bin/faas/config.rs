@@ -149,7 +149,8 @@ fn parse_secret_name(name: &str) -> Result<String, String> {
 
 /// FILE's bytes, refused past the daemon's limit without reading further.
 fn read_secret(path: &Path) -> Result<SecretValue, CliError> {
-    let cannot = |e: std::io::Error| msg(format!("cannot read secret file {}: {e}", path.display()));
+    let cannot =
+        |e: std::io::Error| msg(format!("cannot read secret file {}: {e}", path.display()));
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_SECRET_BYTES as u64 + 1).read_to_end(&mut bytes))
@@ -273,12 +274,17 @@ mod tests {
 
     #[test]
     fn secret_flags_parse_name_and_file() {
-        assert_eq!(parse_secret("db=/run/db.pw"), Ok(("db".into(), "/run/db.pw".into())));
+        assert_eq!(
+            parse_secret("db=/run/db.pw"),
+            Ok(("db".into(), "/run/db.pw".into()))
+        );
         assert_eq!(parse_secret("db=a=b"), Ok(("db".into(), "a=b".into())));
         for bad in ["db", "db=", "=file", "../x=f", "a/b=f", ".hidden=f"] {
             assert!(parse_secret(bad).is_err(), "{bad:?}");
         }
-        assert!(parse_secret_name("..").unwrap_err().contains("starts with '.'"));
+        assert!(parse_secret_name("..")
+            .unwrap_err()
+            .contains("starts with '.'"));
     }
 
     #[test]
