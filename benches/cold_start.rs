@@ -264,15 +264,16 @@ fn breakdown(root: &Path, rt: &Runtime) {
 const AFTER_EXEC: [&str; 3] = [
     "handler start until it connects to /control.sock",
     "hand-over until the answer is read",
-    "exit, reap, cgroup removal",
+    "exit, reap, cgroup drained",
 ];
 
 fn main() {
     support::require_root();
     let root = rootfs();
-    // As faasd runs it: with its default pool of pre-made network namespaces.
+    // As faasd runs it: with its default pools of network namespaces and cgroups.
     let rt = Runtime::new("faasd-bench")
-        .and_then(|rt| rt.with_netns_pool(8))
+        .and_then(|rt| rt.with_netns_pool(16))
+        .and_then(|rt| rt.with_cgroup_pool(32, Duration::from_secs(30)))
         .expect("runtime (run as root)");
     let mut c = Criterion::default().configure_from_args();
     spawn_to_exit(&mut c, &root, &rt);

@@ -59,7 +59,9 @@ const TOLERANCE: [Option<u64>; 8] = [
     // pool's headroom below (3 fds per namespace: its fd, sockstat, route netlink).
     Some(2 + 3 * NETNS_HEADROOM),
     Some(0), // mounts
-    Some(0), // cgroups
+    // cgroups (and their open files): the pool removes those unused for 30 s, within
+    // IDLE + SETTLE after rm.
+    Some(0),
     // Network namespaces held by the daemon: its pool is in the baseline, and keeps up to
     // `--netns-pool` + 2 of those its containers give back (netns_pool.rs).
     Some(NETNS_HEADROOM),

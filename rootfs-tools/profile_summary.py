@@ -62,9 +62,10 @@ def category(comm, pid, stack, daemon, daemon_comms):
         return "idle"
     if pid == daemon:
         return "the daemon (faasd's threads, other work)"
-    if comm in HANDLERS or comm in daemon_comms:
+    if comm in HANDLERS or (comm in daemon_comms and pid > daemon):
         # A container's process: before exec it carries the name of the daemon thread
-        # that cloned it.
+        # that cloned it (tokio-rt-worker, as threads of older processes may be named:
+        # those started before the daemon are not its containers).
         return "the container process (setup not above, exec, handler, exit)"
     if comm == "ab":
         return "the load generator (ab)"

@@ -41,6 +41,25 @@ pub struct Deployed {
     pub cmd: Vec<String>,
 }
 
+/// `POST /api/pull`: deploy function `name` from registry reference `image`, with `config`
+/// applied at the deploy (as the [`CONFIG_HEADER`] of an upload).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequest {
+    pub name: String,
+    pub image: String,
+    #[serde(default, skip_serializing_if = "ConfigChange::is_empty")]
+    pub config: ConfigChange,
+}
+
+/// `GET /api/resolve?image=REF`: the image id (`sha256:<hex>` of its config blob, as
+/// `describe` reports a deployed image) the registry gives for `image` now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResolvedImage {
+    pub image: String,
+    pub digest: String,
+}
+
 /// `GET /api/ip/<name>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FunctionIp {
@@ -190,7 +209,8 @@ pub fn secret_name_problem(name: &str) -> Option<&'static str> {
     }
 }
 
-/// What each of a function's requests runs with (in [`ConfigView`] and [`Description`]).
+/// What each of a function's requests runs with (in [`ConfigView`] and [`Description`]);
+/// `GET /api/defaults`: what a new function runs with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FunctionLimits {
     pub memory_mb: u64,
@@ -233,6 +253,13 @@ pub struct Description {
     /// Names of its secrets (files in /run/secrets), never values.
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// Names of the variables set through faasd (over the image's own).
+    #[serde(default)]
+    pub env_set: Vec<String>,
+    /// [`env_digest`] of the variables set through faasd: `faas apply` compares a file's
+    /// env with it, so the values never leave the daemon (empty from an older daemon).
+    #[serde(default)]
+    pub env_set_digest: String,
     #[serde(flatten)]
     pub limits: FunctionLimits,
     /// Seconds since the Unix epoch of the last deploy (None: before faasd recorded it).
@@ -300,6 +327,15 @@ pub struct LogLine {
     /// The line was longer than the daemon keeps as one: it goes on in the next.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cut: bool,
+}
+
+/// `sha256:<hex>` of `env` (variables set through faasd) in one canonical form, the JSON of
+/// the sorted map: the daemon reports it in [`Description::env_set_digest`] and `faas apply`
+/// computes it from its file.
+pub fn env_digest(env: &BTreeMap<String, String>) -> String {
+    use sha2::Digest;
+    let json = serde_json::to_vec(env).expect("a map of strings serializes");
+    format!("sha256:{:x}", sha2::Sha256::digest(json))
 }
 
 /// `KEY=value` -> `KEY`.
@@ -394,6 +430,20 @@ mod tests {
         ] {
             assert!(secret_name_problem(bad).is_some(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn env_digest_depends_on_names_and_values_not_on_order() {
+        let a: BTreeMap<String, String> =
+            [("A".into(), "1".into()), ("B".into(), "2".into())].into();
+        let mut b = BTreeMap::new();
+        b.insert("B".to_string(), "2".to_string());
+        b.insert("A".to_string(), "1".to_string());
+        assert_eq!(env_digest(&a), env_digest(&b));
+        assert!(env_digest(&a).starts_with("sha256:"));
+        b.insert("B".into(), "3".into());
+        assert_ne!(env_digest(&a), env_digest(&b));
+        assert_ne!(env_digest(&BTreeMap::new()), env_digest(&a));
     }
 
     #[test]

@@ -27,8 +27,21 @@ pub enum BackendError {
     Poll(#[source] std::io::Error),
     #[error("the container's teardown task failed: {0}")]
     TeardownTask(#[source] tokio::task::JoinError),
+    #[error("reading the container's memory usage: {0}")]
+    Memory(#[source] std::io::Error),
     #[error("the runc backend needs a bundle directory")]
     NoBundle,
+}
+
+/// How many kernel objects the native runtime keeps for reuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pools {
+    /// Empty network namespaces, made ahead or returned empty.
+    pub netns: usize,
+    /// Ended containers' cgroups, drained.
+    pub cgroups: usize,
+    /// How long a drained cgroup may wait unused before it is removed.
+    pub cgroup_idle: Duration,
 }
 
 pub enum Backend {
@@ -49,19 +62,21 @@ enum Inner {
 }
 
 impl Backend {
-    /// `netns_pool` is for the native backend (namespaces made ahead, 0: none);
+    /// `pools` are for the native backend (objects kept for reuse, 0: none);
     /// `runc_binary` and `runc_root` (its state directory) for the runc backend.
     pub fn new(
         kind: BackendKind,
         cgroup_parent: &str,
-        netns_pool: usize,
+        pools: Pools,
         runc_binary: &Path,
         runc_root: &Path,
     ) -> Result<Self, BackendError> {
         Ok(match kind {
-            BackendKind::Native => {
-                Backend::Native(Runtime::new(cgroup_parent)?.with_netns_pool(netns_pool)?)
-            }
+            BackendKind::Native => Backend::Native(
+                Runtime::new(cgroup_parent)?
+                    .with_netns_pool(pools.netns)?
+                    .with_cgroup_pool(pools.cgroups, pools.cgroup_idle)?,
+            ),
             BackendKind::Runc => Backend::Runc(Runc::new(runc_binary, runc_root, cgroup_parent)?),
         })
     }
@@ -92,6 +107,22 @@ impl Backend {
         match self {
             Backend::Native(rt) => rt.netns_stats(),
             Backend::Runc(_) => runtime::NetnsStats::default(),
+        }
+    }
+
+    /// How the native runtime's pooled cgroups have fared (runc: none).
+    pub fn cgroup_stats(&self) -> runtime::CgroupStats {
+        match self {
+            Backend::Native(rt) => rt.cgroup_stats(),
+            Backend::Runc(_) => runtime::CgroupStats::default(),
+        }
+    }
+
+    /// Removes the native runtime's pooled cgroups and keeps none from now on (at
+    /// shutdown, before the cgroup parent is swept).
+    pub fn close_pools(&self) {
+        if let Backend::Native(rt) = self {
+            rt.close_cgroup_pool();
         }
     }
 
@@ -139,6 +170,14 @@ impl Container {
             Inner::Native(c) => Some((c.netns_cookie(), c.pid())),
             Inner::Runc(_) => None,
         }
+    }
+
+    /// The memory charged to the container's cgroup now, in bytes.
+    pub fn memory_usage(&self) -> Result<u64, BackendError> {
+        Ok(match self.inner() {
+            Inner::Native(c) => c.memory_usage()?,
+            Inner::Runc(c) => c.memory_usage().map_err(BackendError::Memory)?,
+        })
     }
 
     /// Whether the container has already ended (without waiting or reaping).

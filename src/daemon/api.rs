@@ -65,6 +65,15 @@ pub fn router(d: Arc<Daemon>) -> Router {
     let router = Router::new()
         .route("/api/new", post(new_function))
         .route("/api/pull", post(super::api_pull::pull_function))
+        .route("/api/resolve", get(super::api_pull::resolve_image))
+        .route(
+            "/api/check-config",
+            post(check_config).layer(DefaultBodyLimit::max(MAX_CONFIG_BODY)),
+        )
+        .route(
+            "/api/defaults",
+            get(|State(d): State<Arc<Daemon>>| async move { Json(d.default_limits()) }),
+        )
         .route("/api/ip/{name}", get(function_ip))
         .route("/api/list", get(list))
         .route(
@@ -292,6 +301,17 @@ async fn configure(
 ) -> Result<Json<ConfigView>, ApiError> {
     let change = parse_change(&body, "the body")?;
     Ok(Json(d.configure(&name, &change).await?))
+}
+
+/// Whether a function could take `change` (env, the operator's maxima), changing nothing:
+/// `faas apply` checks a whole file before it deploys anything.
+async fn check_config(
+    State(d): State<Arc<Daemon>>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let change = parse_change(&body, "the body")?;
+    d.check_change(&change)?;
+    Ok(Json(serde_json::json!({})))
 }
 
 async fn logs(

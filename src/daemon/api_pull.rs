@@ -1,15 +1,20 @@
 //! `POST /api/pull` (`faas new NAME --image REF`): deploys an image from an OCI registry.
-//! The request is JSON `{"name", "image"}`. What can be known before any layer is fetched
+//! The request is JSON `{"name", "image", "config"}` (config optional, as the
+//! `X-Function-Config` of an upload). What can be known before any layer is fetched
 //! (a bad name or reference, an unknown tag, refused credentials, too large) is an
 //! ordinary error answer; then the answer is 200 with one JSON object per line:
 //! `{"progress": {"bytes", "total"}}` while the layers download, and last either
 //! `{"deployed": {"name", "ip", "cmd"}}` or `{"error": "..."}`.
+//!
+//! `GET /api/resolve?image=REF` (`faas apply`) fetches only the manifest: the image id REF
+//! names now, to compare with a deployed function's without pulling.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,16 +24,11 @@ use tokio::sync::watch;
 use super::api::ApiError;
 use super::pull::{self, PullError};
 use super::{upload, valid_name, Daemon, DaemonError};
+use crate::api::{PullRequest, ResolvedImage};
 use crate::image::Limits;
 
 /// How often a progress line is sent at most.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
-
-#[derive(serde::Deserialize)]
-pub struct PullRequest {
-    name: String,
-    image: String,
-}
 
 pub async fn pull_function(
     State(d): State<Arc<Daemon>>,
@@ -37,6 +37,8 @@ pub async fn pull_function(
     if !valid_name(&req.name) {
         return Err(DaemonError::InvalidName(req.name).into());
     }
+    // A configuration refused must cost no download.
+    d.check_change(&req.config)?;
     let max = d.cfg.max_upload_mb << 20;
     let slot = d.upload_slot().await?;
     let image = d
@@ -54,7 +56,8 @@ pub async fn pull_function(
         let d = d.clone();
         async move {
             let _slot = slot;
-            d.deploy(&name, reader, Limits::default()).await
+            d.deploy_with(&name, reader, Limits::default(), &req.config)
+                .await
         }
     });
     let lines = async_lines(move |tx| async move {
@@ -90,6 +93,25 @@ pub async fn pull_function(
         Body::from_stream(lines),
     )
         .into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub struct ResolveQuery {
+    image: String,
+}
+
+pub async fn resolve_image(
+    State(d): State<Arc<Daemon>>,
+    query: Result<Query<ResolveQuery>, QueryRejection>,
+) -> Result<Json<ResolvedImage>, ApiError> {
+    let Query(ResolveQuery { image }) =
+        query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let digest = d
+        .registries
+        .config_digest(&image)
+        .await
+        .map_err(|e| ApiError(pull_status(&e), e.to_string()))?;
+    Ok(Json(ResolvedImage { image, digest }))
 }
 
 /// The lines `produce` sends, as a response body (one JSON object per line).

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub control_rejected: Family<ReasonLabels, Counter>,
     gateway_closed: Family<ReasonLabel, Counter>,
     netns: Family<OutcomeLabel, Counter>,
+    cgroups: Family<OutcomeLabel, Counter>,
+    cgroups_idle: Gauge,
 }
 
 impl Default for Metrics {
@@ -181,6 +183,19 @@ impl Default for Metrics {
              not provably empty, never lent again)",
             netns.clone(),
         );
+        let cgroups = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "cgroups",
+            "Pooled container cgroups: made (none waited), reused (drained after a \
+             container), dropped (could not be drained or re-limited, never lent again)",
+            cgroups.clone(),
+        );
+        let cgroups_idle = Gauge::default();
+        registry.register(
+            "cgroups_idle",
+            "Drained container cgroups waiting for the next container",
+            cgroups_idle.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -202,6 +217,8 @@ impl Default for Metrics {
             control_rejected,
             gateway_closed,
             netns,
+            cgroups,
+            cgroups_idle,
         }
     }
 }
@@ -261,16 +278,27 @@ impl Metrics {
     /// Copies the runtime's namespace pool counts (kept by the runtime, which knows no
     /// metrics) into their counters.
     pub fn set_netns(&self, stats: crate::runtime::NetnsStats) {
-        for (outcome, n) in [
-            ("made", stats.made),
-            ("reused", stats.reused),
-            ("dropped", stats.dropped),
-        ] {
-            self.netns
-                .get_or_create(&OutcomeLabel { outcome })
-                .inner()
-                .store(n, std::sync::atomic::Ordering::Relaxed);
-        }
+        store_outcomes(
+            &self.netns,
+            [
+                ("made", stats.made),
+                ("reused", stats.reused),
+                ("dropped", stats.dropped),
+            ],
+        );
+    }
+
+    /// Copies the runtime's cgroup pool counts into their metrics.
+    pub fn set_cgroups(&self, stats: crate::runtime::CgroupStats) {
+        store_outcomes(
+            &self.cgroups,
+            [
+                ("made", stats.made),
+                ("reused", stats.reused),
+                ("dropped", stats.dropped),
+            ],
+        );
+        self.cgroups_idle.set(stats.idle as i64);
     }
 
     pub fn render(&self) -> String {
@@ -291,4 +319,14 @@ pub struct PrewarmMetrics {
     pub misses: Counter,
     pub failures: Counter,
     pub backoff: SecondsGauge,
+}
+
+/// Sets each outcome's counter to a count kept elsewhere.
+fn store_outcomes(family: &Family<OutcomeLabel, Counter>, counts: [(&'static str, u64); 3]) {
+    for (outcome, n) in counts {
+        family
+            .get_or_create(&OutcomeLabel { outcome })
+            .inner()
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
 }

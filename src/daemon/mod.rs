@@ -54,7 +54,7 @@ use settings::{FunctionSettings, Live, Maxima};
 
 pub use crate::api::Deployed;
 use crate::api::{ConfigChange, ConfigView, Description, FunctionLimits};
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, Pools};
 use crate::image::{self, ImageError};
 use crate::runtime::{self, RuntimeError, SecretFiles};
 
@@ -180,6 +180,11 @@ const INSTALL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 const DRAIN_SLACK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Four base-36 digits that differ between runs (clock and pid).
+/// How long a drained container cgroup waits for the next container before it is removed:
+/// long enough to bridge pauses between requests, short enough that an idle daemon soon
+/// holds none.
+const CGROUP_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn start_nonce() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -207,6 +212,21 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Limits as the API answers them.
+fn limits(
+    r: runtime::Resources,
+    exec_timeout: std::time::Duration,
+    max_concurrency: usize,
+) -> FunctionLimits {
+    FunctionLimits {
+        memory_mb: r.memory_bytes >> 20,
+        cpus: r.cpu_millis as f64 / 1000.0,
+        pids_max: r.pids_max,
+        timeout_secs: exec_timeout.as_secs_f64(),
+        max_concurrency,
+    }
 }
 
 pub fn valid_name(name: &str) -> bool {
@@ -242,7 +262,11 @@ impl Daemon {
         let backend = Backend::new(
             cfg.runtime,
             &cfg.cgroup_parent,
-            cfg.netns_pool,
+            Pools {
+                netns: cfg.netns_pool,
+                cgroups: cfg.cgroup_pool,
+                cgroup_idle: CGROUP_IDLE,
+            },
             &cfg.runc,
             &cfg.runc_root(),
         )?;
@@ -822,6 +846,8 @@ impl Daemon {
             user: format!("{}:{}", record.config.uid, record.config.gid),
             env: crate::api::env_names(&env),
             secrets: view.secrets,
+            env_set: view.env,
+            env_set_digest: crate::api::env_digest(&record.settings.env),
             limits: view.limits,
             deployed_at: record.deployed_at,
             requests_served: counts.served,
@@ -831,6 +857,15 @@ impl Daemon {
         })
     }
 
+    /// What a new function runs with: the daemon's defaults (`GET /api/defaults`).
+    pub fn default_limits(&self) -> FunctionLimits {
+        limits(
+            self.cfg.resources(),
+            self.cfg.exec_timeout(),
+            self.cfg.max_per_function,
+        )
+    }
+
     /// A function's configuration as the API answers it (env names, not values).
     pub fn config_view(&self, name: &str, record: &FunctionRecord) -> ConfigView {
         let live = Live::of(record, &self.cfg, Default::default());
@@ -838,13 +873,7 @@ impl Daemon {
             name: name.to_string(),
             env: record.settings.env.keys().cloned().collect(),
             secrets: record.settings.secrets.iter().cloned().collect(),
-            limits: FunctionLimits {
-                memory_mb: live.resources.memory_bytes >> 20,
-                cpus: live.resources.cpu_millis as f64 / 1000.0,
-                pids_max: live.resources.pids_max,
-                timeout_secs: live.exec_timeout.as_secs_f64(),
-                max_concurrency: live.max_concurrency,
-            },
+            limits: limits(live.resources, live.exec_timeout, live.max_concurrency),
         }
     }
 
@@ -900,6 +929,7 @@ impl Daemon {
     /// The metrics in Prometheus text format, as /metrics serves them.
     pub fn metrics_text(&self) -> String {
         self.metrics.set_netns(self.backend.netns_stats());
+        self.metrics.set_cgroups(self.backend.cgroup_stats());
         self.metrics.render()
     }
 
@@ -934,6 +964,7 @@ impl Daemon {
                 Err(e) => tracing::error!(function = %f.name, "removing its address failed: {e}"),
             }
         }
+        self.backend.close_pools();
         if let Err(e) = recover(&self.cfg, &self.backend) {
             tracing::error!("final cleanup failed: {e}");
         }

@@ -521,7 +521,7 @@ pub async fn keep_ready(d: Arc<Daemon>, f: Arc<Function>) {
             Ok(_) if p.epoch.load(Ordering::Relaxed) != epoch => continue,
             Ok(s) => {
                 p.demand.lock().unwrap().started_one(began.elapsed());
-                keep_within_budget(&d, p, s);
+                keep_within_budget(p, s);
                 p.settle(epoch);
             }
             Err(e) => {
@@ -535,8 +535,8 @@ pub async fn keep_ready(d: Arc<Daemon>, f: Arc<Function>) {
 
 /// Measures a container whose handler now waits and queues it, or tears it down if its
 /// memory does not fit in the budget.
-fn keep_within_budget(d: &Daemon, p: &Prewarmed, s: Started) {
-    let memory = match crate::runtime::cgroup_memory_usage(&d.cfg.cgroup_parent, &s.id) {
+fn keep_within_budget(p: &Prewarmed, s: Started) {
+    let memory = match s.container.memory_usage() {
         Ok(bytes) => bytes,
         Err(e) => {
             // Unmeasured, it would escape the bound: not kept, and retried with backoff.

@@ -172,10 +172,7 @@ pub fn install_gated<G>(
     let ar = archive::Archive::index(spool, limits)?;
     let plan = ar.plan()?;
     let parsed = config::parse_config(&plan.config_name, &plan.config)?;
-    staged.digest = {
-        use sha2::Digest;
-        format!("sha256:{:x}", sha2::Sha256::digest(&plan.config))
-    };
+    staged.digest = image_id(&plan.config);
 
     let rootfs = staged.dir.join(ROOTFS_DIR);
     std::fs::DirBuilder::new()
@@ -227,6 +224,21 @@ pub fn install_gated<G>(
             source: e,
         })?;
     Ok(staged)
+}
+
+/// The image id of the `docker save` archive (either layout) in `file`, read from its
+/// manifest and config without extracting a layer: what [`StagedImage::digest`] will be
+/// once it is installed (`faas apply` compares a local archive with a deployed function
+/// by it).
+pub fn archive_digest(file: std::fs::File) -> Result<String, ImageError> {
+    let plan = archive::Archive::index(file, &Limits::default())?.plan()?;
+    Ok(image_id(&plan.config))
+}
+
+/// `sha256:<hex>` of an image's config blob, as `docker images` shows its id.
+fn image_id(config: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{:x}", sha2::Sha256::digest(config))
 }
 
 /// Reads `<image_dir>/config.json` written by [`install`].

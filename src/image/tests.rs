@@ -1436,3 +1436,24 @@ fn gate_runs_after_the_spool_and_its_refusal_leaves_nothing() {
     assert!(e.contains("2 images are being installed already"), "{e}");
     env.assert_no_staging();
 }
+
+// ---------- the image id of an archive, without installing it ----------
+
+#[test]
+fn archive_digest_is_the_config_blobs_sha256_in_either_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = default_cfg();
+    let want = format!("sha256:{}", sha(&cfg));
+    for (name, bytes) in [
+        ("classic.tar", classic(cfg.clone(), vec![basic_layer()])),
+        ("oci.tar", oci(cfg.clone(), vec![basic_layer()], false)),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let got = archive_digest(std::fs::File::open(&path).unwrap()).unwrap();
+        assert_eq!(got, want, "{name}");
+    }
+    let not_an_image = dir.path().join("junk.tar");
+    std::fs::write(&not_an_image, b"not a tarball at all").unwrap();
+    assert!(archive_digest(std::fs::File::open(&not_an_image).unwrap()).is_err());
+}

@@ -47,6 +47,12 @@ impl RuncContainer {
         self.pidfd.as_fd()
     }
 
+    /// The memory charged to the container's cgroup (which runc made) now, in bytes.
+    pub fn memory_usage(&self) -> std::io::Result<u64> {
+        let running = self.running.as_ref().expect("present until finish or drop");
+        crate::runtime::cgroup_memory_usage(&running.runc.cgroup_parent, &running.id)
+    }
+
     /// Blocking: kills the container unless it has `exited`, reaps runc and removes
     /// whatever runc left. Killing may retry for a while: call it off the async threads.
     pub fn finish(mut self, exited: bool) -> Result<ExitStatus, RuncError> {

@@ -52,6 +52,57 @@ fn hierarchy() -> Box<dyn Hierarchy> {
 
 pub struct ContainerCgroup {
     cgroup: Cgroup,
+    /// The files read after each container, opened at the first read: a pooled cgroup
+    /// serves many containers, and reading by fd spares a kernfs path walk per file.
+    status: OnceLock<StatusFiles>,
+}
+
+/// Open status files of one cgroup, re-read from offset 0 each time (kernfs regenerates
+/// their text at each read from the start).
+struct StatusFiles {
+    /// cgroup.procs of each hierarchy's directory (empty if one could not be opened).
+    procs: Vec<fs::File>,
+    /// memory.events (v2) or memory.oom_control (v1).
+    oom: Option<fs::File>,
+    /// memory.current (v2) or memory.usage_in_bytes (v1).
+    memory: Option<fs::File>,
+}
+
+impl StatusFiles {
+    fn open(cg: &ContainerCgroup) -> Self {
+        let (oom, memory) = if cg.cgroup.v2() {
+            ("memory.events", "memory.current")
+        } else {
+            ("memory.oom_control", "memory.usage_in_bytes")
+        };
+        let mut dirs: Vec<PathBuf> = cg.member_dirs().collect();
+        dirs.dedup();
+        let open_in_any = |name: &str| dirs.iter().find_map(|d| fs::File::open(d.join(name)).ok());
+        StatusFiles {
+            // All or none: a hierarchy left unread could hide a process.
+            procs: dirs
+                .iter()
+                .map(|d| fs::File::open(d.join("cgroup.procs")).ok())
+                .collect::<Option<Vec<_>>>()
+                .unwrap_or_default(),
+            oom: open_in_any(oom),
+            memory: open_in_any(memory),
+        }
+    }
+}
+
+/// The whole text of a status file, read from its start.
+fn read_from_start(file: &fs::File) -> io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = file.read_at(&mut buf, text.len() as u64)?;
+        if n == 0 {
+            return String::from_utf8(text).map_err(io::Error::other);
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
 }
 
 impl ContainerCgroup {
@@ -61,7 +112,10 @@ impl ContainerCgroup {
         let controllers = CONTROLLERS.iter().map(|c| c.to_string()).collect();
         let cgroup = Cgroup::new_with_specified_controllers(hierarchy(), &path, Some(controllers))
             .map_err(|e| setup_error(&path, "create", e))?;
-        let this = ContainerCgroup { cgroup };
+        let this = ContainerCgroup {
+            cgroup,
+            status: OnceLock::new(),
+        };
         if let Err(e) = this.apply(res) {
             let _ = this.cgroup.delete();
             return Err(e);
@@ -69,14 +123,21 @@ impl ContainerCgroup {
         Ok(this)
     }
 
-    fn apply(&self, res: &Resources) -> Result<()> {
+    /// Writes `res` and reads the limits back (also to re-limit a pooled cgroup).
+    pub fn apply(&self, res: &Resources) -> Result<()> {
         let path = self.cgroup.path();
         let mem: &MemController = self.controller(path, "memory")?;
+        // Without a swap limit a memory hog pages out instead of being killed (v1 only;
+        // absent when the kernel runs without swap accounting). v1 keeps the memory limit
+        // at most the memory+swap one: raising a pooled cgroup's limits takes memsw first,
+        // lowering them takes it last, so it is written on both sides.
+        let v1 = !self.cgroup.v2();
+        if v1 {
+            let _ = mem.set_memswap_limit(res.memory_bytes as i64);
+        }
         mem.set_limit(res.memory_bytes as i64)
             .map_err(|e| setup_error(path, "set memory limit", e))?;
-        // Without a swap limit a memory hog pages out instead of being killed (v1 only;
-        // absent when the kernel runs without swap accounting).
-        if !self.cgroup.v2() {
+        if v1 {
             let _ = mem.set_memswap_limit(res.memory_bytes as i64);
         }
         let cpu: &CpuController = self.controller(path, "cpu")?;
@@ -192,19 +253,63 @@ impl ContainerCgroup {
             .collect()
     }
 
-    /// Whether the kernel's OOM killer fired in this cgroup.
-    pub fn oom_killed(&self) -> bool {
-        let file = if self.cgroup.v2() {
-            "memory.events"
-        } else {
-            "memory.oom_control"
-        };
-        self.read_file(file)
-            .map(|s| {
+    fn status(&self) -> &StatusFiles {
+        self.status.get_or_init(|| StatusFiles::open(self))
+    }
+
+    /// How many processes the kernel's OOM killer has killed in this cgroup so far (the
+    /// `oom_kill` count never goes down: a reused cgroup compares it with its count at
+    /// lending). 0 when the file cannot be read.
+    pub fn oom_kills(&self) -> u64 {
+        self.status()
+            .oom
+            .as_ref()
+            .and_then(|f| read_from_start(f).ok())
+            .and_then(|s| {
                 s.lines()
-                    .any(|l| l.starts_with("oom_kill ") && !l.ends_with(" 0"))
+                    .find_map(|l| l.strip_prefix("oom_kill "))
+                    .and_then(|n| n.trim().parse().ok())
             })
-            .unwrap_or(false)
+            .unwrap_or(0)
+    }
+
+    /// The memory charged to the cgroup now, in bytes.
+    pub fn memory_usage(&self) -> Result<u64> {
+        let path = self.cgroup.path();
+        let file = self
+            .status()
+            .memory
+            .as_ref()
+            .ok_or_else(|| RuntimeError::CgroupSetup {
+                path: path.to_string(),
+                op: "read",
+                message: "it has no memory usage file".into(),
+            })?;
+        let text = read_from_start(file).map_err(|source| RuntimeError::Cgroup {
+            path: path.to_string(),
+            op: "read memory usage",
+            source,
+        })?;
+        text.trim().parse().map_err(|_| RuntimeError::CgroupSetup {
+            path: path.to_string(),
+            op: "read",
+            message: format!("memory usage is {:?}, not a number", text.trim()),
+        })
+    }
+
+    /// SIGKILLs every process in the cgroup (all hierarchies on v1) and waits until the
+    /// kernel has emptied it; the cgroup stays, empty, for reuse.
+    pub fn drain(&self) -> Result<()> {
+        // The usual case, read by fd: the container's processes all went with its pid
+        // namespace's first process, which has been reaped.
+        let procs = &self.status().procs;
+        let listed_empty = |f: &fs::File| read_from_start(f).is_ok_and(|t| t.trim().is_empty());
+        if !procs.is_empty() && procs.iter().all(listed_empty) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        self.member_dirs()
+            .try_for_each(|dir| drain_dir(&dir, deadline))
     }
 
     /// SIGKILLs every process in the cgroup (all hierarchies on v1), then waits until the
@@ -235,28 +340,38 @@ fn destroy_dirs(dirs: &[PathBuf]) -> Result<()> {
         if !dir.exists() {
             continue;
         }
-        // v2 (5.14+) kills atomically, forks in flight included; elsewhere repeat until empty.
-        let _ = fs::write(dir.join("cgroup.kill"), "1");
-        loop {
-            let procs = procs_of(dir);
-            if procs.is_empty() {
-                break;
-            }
-            for pid in procs {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            if Instant::now() > deadline {
-                return Err(RuntimeError::CgroupSetup {
-                    path: dir.display().to_string(),
-                    op: "drain",
-                    message: "processes remain after SIGKILL".into(),
-                });
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        drain_dir(dir, deadline)?;
         remove_dir_retrying(dir, deadline)?;
     }
     Ok(())
+}
+
+/// SIGKILLs the members of one cgroup directory until it is empty, or fails at `deadline`.
+fn drain_dir(dir: &Path, deadline: Instant) -> Result<()> {
+    let mut killed = false;
+    loop {
+        let procs = procs_of(dir);
+        if procs.is_empty() {
+            return Ok(());
+        }
+        if !killed {
+            // v2 (5.14+) kills atomically, forks in flight included; elsewhere repeat
+            // until empty.
+            let _ = fs::write(dir.join("cgroup.kill"), "1");
+            killed = true;
+        }
+        for pid in procs {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if Instant::now() > deadline {
+            return Err(RuntimeError::CgroupSetup {
+                path: dir.display().to_string(),
+                op: "drain",
+                message: "processes remain after SIGKILL".into(),
+            });
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
 }
 
 /// rmdir fails with EBUSY while an exited member is still being torn down by the kernel.
@@ -293,7 +408,10 @@ pub fn limit_parent(parent: &str, limits: &ParentLimits) -> Result<()> {
     let controllers = CONTROLLERS.iter().map(|c| c.to_string()).collect();
     let cgroup = Cgroup::new_with_specified_controllers(hierarchy(), parent, Some(controllers))
         .map_err(|e| setup_error(parent, "create", e))?;
-    let wrap = ContainerCgroup { cgroup };
+    let wrap = ContainerCgroup {
+        cgroup,
+        status: OnceLock::new(),
+    };
     let mem: &MemController = wrap.controller(parent, "memory")?;
     mem.set_limit(limits.memory_bytes as i64)
         .map_err(|e| setup_error(parent, "set total memory limit", e))?;

@@ -3,7 +3,7 @@
 //! Killing the first process kills the whole container: it is pid 1 of its pid namespace,
 //! and the kernel SIGKILLs every other member when it dies and reaps them itself, so
 //! orphaned grandchildren never linger as zombies. The cgroup kill then catches anything
-//! still exiting, and the cgroup is removed only once it is empty. Only then, with
+//! still exiting, and the cgroup is reused or removed only once it is empty. Only then, with
 //! nothing of the container left to run in it, does a pooled network namespace go back
 //! to its pool (which checks that it is empty first).
 
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::cgroup::ContainerCgroup;
+use super::cgroup_pool::LentCgroup;
 use super::error::{Result, RuntimeError};
 use super::netns_pool::LentNetns;
 use super::timeline::Timeline;
@@ -44,7 +44,7 @@ impl ExitStatus {
 pub struct Container {
     pid: i32,
     pidfd: OwnedFd,
-    cgroup: Option<ContainerCgroup>,
+    cgroup: Option<LentCgroup>,
     netns: Option<LentNetns>,
     reaped: bool,
     timeline: Option<Timeline>,
@@ -55,7 +55,7 @@ impl Container {
     pub(super) fn new(
         pid: i32,
         pidfd: OwnedFd,
-        cgroup: ContainerCgroup,
+        cgroup: LentCgroup,
         netns_cookie: u64,
         netns: Option<LentNetns>,
     ) -> Self {
@@ -83,6 +83,14 @@ impl Container {
     /// How long each setup phase took, from `spawn` to the exec.
     pub fn timeline(&self) -> Option<&Timeline> {
         self.timeline.as_ref()
+    }
+
+    /// The memory charged to the container's cgroup now, in bytes.
+    pub fn memory_usage(&self) -> Result<u64> {
+        self.cgroup
+            .as_ref()
+            .expect("present until torn down")
+            .memory_usage()
     }
 
     /// The host pid of the container's first process.
@@ -177,18 +185,20 @@ impl Container {
         }
     }
 
-    /// Removes the cgroup (draining it first), then returns the network namespace to its
-    /// pool if `reuse_netns` (only once reaped: nothing of the container can run in it
-    /// any more). Off the async threads, and off the caller's path: the exit status is
-    /// known by now, and the next request must not wait for this one's cleanup.
-    fn tear_down(&mut self, reuse_netns: bool) {
+    /// Drains the cgroup, then returns it and the network namespace to their pools if
+    /// `reuse` (only once reaped: nothing of the container can run in them any more),
+    /// else removes the cgroup. Off the async threads, and off the caller's path: the
+    /// exit status is known by now, and the next request must not wait for this one's
+    /// cleanup.
+    fn tear_down(&mut self, reuse: bool) {
         let (pid, cgroup) = (self.pid, self.cgroup.take());
-        let netns = self.netns.take().filter(|_| reuse_netns);
+        let netns = self.netns.take().filter(|_| reuse);
         crate::offload::off_async(move || {
             if let Some(cg) = cgroup {
-                if let Err(e) = cg.destroy() {
+                let drained = if reuse { cg.give_back() } else { cg.remove() };
+                if let Err(e) = drained {
                     // Processes may remain in it: the namespace is dropped, never reused.
-                    tracing::error!(pid, "removing a container's cgroup: {e}");
+                    tracing::error!(pid, "draining a container's cgroup: {e}");
                     return;
                 }
             }

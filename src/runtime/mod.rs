@@ -7,6 +7,7 @@
 //! See `child.rs` for the order of the setup steps and why.
 
 mod cgroup;
+mod cgroup_pool;
 mod child;
 mod container;
 mod error;
@@ -39,6 +40,7 @@ pub use cgroup::{
     memory_usage as cgroup_memory_usage, remove_parent as remove_cgroup_parent,
     sweep as sweep_cgroups, ParentLimits,
 };
+pub use cgroup_pool::CgroupStats;
 pub use child::{Step, SO_NETNS_COOKIE};
 pub use container::{Container, Exit, ExitStatus};
 pub use error::{Result, RuntimeError};
@@ -103,6 +105,7 @@ pub struct ContainerSpec<'a> {
 /// Prepared once, shared by every spawn.
 pub struct Runtime {
     cgroup_parent: String,
+    cgroup_pool: Option<cgroup_pool::CgroupPool>,
     netns_pool: Option<netns_pool::NetnsPool>,
     /// Denies TCP bind and connect to every container; None where the kernel lacks
     /// Landlock network rules (see [`net_support`]).
@@ -128,6 +131,7 @@ impl Runtime {
         })?;
         Ok(Runtime {
             cgroup_parent: cgroup_parent.trim_matches('/').to_string(),
+            cgroup_pool: None,
             netns_pool: None,
             landlock,
             setup_timeout: SETUP_TIMEOUT,
@@ -149,6 +153,36 @@ impl Runtime {
             n => Some(netns_pool::NetnsPool::start(n)?),
         };
         Ok(self)
+    }
+
+    /// Keeps up to `size` ended containers' cgroups, drained, for the next containers,
+    /// each for at most `idle_ttl` unused (see cgroup_pool.rs); 0 makes and removes one
+    /// per container.
+    pub fn with_cgroup_pool(mut self, size: usize, idle_ttl: Duration) -> Result<Self> {
+        self.cgroup_pool = match size {
+            0 => None,
+            n => Some(cgroup_pool::CgroupPool::start(
+                &self.cgroup_parent,
+                n,
+                idle_ttl,
+            )?),
+        };
+        Ok(self)
+    }
+
+    /// How the pooled cgroups have fared (all zero without a pool).
+    pub fn cgroup_stats(&self) -> CgroupStats {
+        self.cgroup_pool
+            .as_ref()
+            .map(|p| p.stats())
+            .unwrap_or_default()
+    }
+
+    /// Removes the pooled cgroups and keeps none from now on (at shutdown).
+    pub fn close_cgroup_pool(&self) {
+        if let Some(p) = &self.cgroup_pool {
+            p.close();
+        }
     }
 
     /// How the pooled network namespaces have fared (all zero without a pool).
@@ -186,10 +220,13 @@ impl Runtime {
         let argv = to_cstrings("argument", spec.argv)?;
         let env = to_cstrings("environment variable", spec.env)?;
         clock.mark(Mark::Checked);
-        let cgroup =
-            cgroup::ContainerCgroup::create(&self.cgroup_parent, spec.id, &spec.resources)?;
+        let cgroup = match &self.cgroup_pool {
+            Some(pool) => pool.take(spec.id, &spec.resources)?,
+            None => {
+                cgroup_pool::LentCgroup::unpooled(&self.cgroup_parent, spec.id, &spec.resources)?
+            }
+        };
         clock.mark(Mark::CgroupCreated);
-        let join_files = cgroup.join_files()?;
         let (pipe_r, pipe_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RuntimeError::sys("pipe2"))?;
         let dev_null = std::fs::File::open("/dev/null").map_err(|source| RuntimeError::Sys {
@@ -198,7 +235,7 @@ impl Runtime {
         })?;
         let netns_cookie = AtomicU64::new(0);
         let netns = self.netns_pool.as_ref().and_then(|p| p.take());
-        let join_fds: Vec<BorrowedFd> = join_files.iter().map(|f| f.as_fd()).collect();
+        let join_fds: Vec<BorrowedFd> = cgroup.join_files().iter().map(|f| f.as_fd()).collect();
         let stdio = [
             dev_null.as_fd(),
             spec.stdout.unwrap_or(dev_null.as_fd()),
@@ -238,15 +275,9 @@ impl Runtime {
         // are ours again, and ours must close so the pipe reports EOF at exec.
         drop(pipe_w);
         drop(join_fds);
-        drop(join_files);
-        let spawned = match spawned {
-            Ok(s) => s,
-            Err(e) => {
-                // No process ever joined the namespace; dropping it only costs a fresh one.
-                cgroup.destroy()?;
-                return Err(e);
-            }
-        };
+        // On error no process ever joined the namespace; dropping it only costs a fresh
+        // one. The cgroup is drained and removed as it drops.
+        let spawned = spawned?;
         let killed_in_setup = spawned.killed_in_setup;
         let netns_cookie = netns_cookie.load(Ordering::Relaxed);
         let mut container = Container::new(spawned.pid, spawned.pidfd, cgroup, netns_cookie, netns);

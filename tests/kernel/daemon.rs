@@ -251,7 +251,8 @@ pub(crate) async fn nothing_left(state: &Path, parent: &str) -> TestResult {
     Err(format!("left behind: {left:?}").into())
 }
 
-/// Bundles, runc containers and cgroups still present for a daemon's state and parent.
+/// Bundles, runc containers and cgroups holding a process, for a daemon's state and
+/// parent (an ended container's cgroup may wait, drained, in the runtime's pool).
 fn leftovers(state: &Path, cgroup_parent: &str) -> std::io::Result<Vec<String>> {
     let mut left = Vec::new();
     for dir in ["bundles", "runc"] {
@@ -264,7 +265,7 @@ fn leftovers(state: &Path, cgroup_parent: &str) -> std::io::Result<Vec<String>> 
         }
     }
     left.extend(
-        faasd::runtime::cgroup_children(cgroup_parent)
+        support::cgroups_in_use(cgroup_parent)
             .into_iter()
             .map(|c| format!("cgroup {cgroup_parent}/{c}")),
     );
@@ -296,14 +297,9 @@ fn prewarm() -> TestResult {
                 }
                 Err::<(), libtest_mimic::Failed>("no container waiting after 10 s".into())
             };
-            // The waiting container, known by its cgroup (the native runtime makes no
-            // bundle directory).
-            let bundle = || -> std::io::Result<Vec<String>> {
-                Ok(leftovers(&state, &parent)?
-                    .into_iter()
-                    .filter(|l| l.starts_with("cgroup "))
-                    .collect())
-            };
+            // The waiting container, known by its process (the native runtime makes no
+            // bundle directory, and a cgroup may serve one container after another).
+            let bundle = || -> std::io::Result<Vec<i32>> { Ok(support::processes_in(&parent)) };
             let image = support::image("test-handler.tar")?;
             let ip = d
                 .deploy("warm", std::fs::File::open(&image)?, Default::default())

@@ -410,20 +410,20 @@ impl Setup {
         self.entries("bundles")
     }
 
+    /// The container cgroups that hold a process: live containers (an ended container's
+    /// cgroup may wait, empty, for the next one: see `cgroup_dirs`).
     pub(crate) fn containers(&self) -> Vec<String> {
+        support::cgroups_in_use(&self.cgroup_parent)
+    }
+
+    /// Every container cgroup directory under our parent, in use or pooled.
+    pub(crate) fn cgroup_dirs(&self) -> Vec<String> {
         faasd::runtime::cgroup_children(&self.cgroup_parent)
     }
 
-    /// Pids of every process in a cgroup under our parent, read from /proc rather than from
-    /// the cgroup tree (which the runtime under test maintains).
+    /// Pids of every process in a cgroup under our parent.
     pub(crate) fn processes(&self) -> Vec<i32> {
-        let needle = format!("/{}/", self.cgroup_parent);
-        let pids = fs::read_dir("/proc").into_iter().flatten().flatten();
-        pids.filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .filter(|pid: &i32| {
-                fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(&needle))
-            })
-            .collect()
+        support::processes_in(&self.cgroup_parent)
     }
 
     /// `faasd_<name>` in /metrics summed over its labels (0 when faasd does not answer).
@@ -696,8 +696,8 @@ fn sigterm_removes_only_our_addresses() -> TestResult {
     )?;
     s.check(s.bundles().is_empty(), format!("bundles {:?}", s.bundles()))?;
     s.check(
-        s.containers().is_empty(),
-        format!("cgroups {:?}", s.containers()),
+        s.cgroup_dirs().is_empty(),
+        format!("cgroups {:?}", s.cgroup_dirs()),
     )?;
     s.check(
         s.processes().is_empty(),
@@ -786,7 +786,7 @@ fn kill9_then_restart_recovers() -> TestResult {
         )?;
         d.kill9()?;
         // The hanging request's container, and those that waited for the next requests.
-        let (bundles, cgroups, procs) = (s.bundles(), s.containers(), s.processes());
+        let (bundles, cgroups, procs) = (s.bundles(), s.cgroup_dirs(), s.processes());
         // The native runtime makes no bundle directory (its control socket is the image's).
         s.check(
             bundles.is_empty() && !cgroups.is_empty() && !procs.is_empty(),
@@ -800,7 +800,7 @@ fn kill9_then_restart_recovers() -> TestResult {
         let _d = s.start()?;
         // Recovery runs before the control API answers: nothing stale is left by now (the
         // restored functions' new waiting containers have new names and processes).
-        let (after_b, after_c, after_p) = (s.bundles(), s.containers(), s.processes());
+        let (after_b, after_c, after_p) = (s.bundles(), s.cgroup_dirs(), s.processes());
         s.check(
             !bundles.iter().any(|b| after_b.contains(b))
                 && !cgroups.iter().any(|c| after_c.contains(c))

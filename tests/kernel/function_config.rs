@@ -44,7 +44,7 @@ const MAXIMA: [&str; 10] = [
 ];
 
 /// The handler's environment, as it reported it: its "env K=V" lines.
-fn env_of(s: &Setup, ip: Ipv4Addr) -> Result<Vec<String>, Failed> {
+pub(crate) fn env_of(s: &Setup, ip: Ipv4Addr) -> Result<Vec<String>, Failed> {
     let r = s.get(ip, "/env")?;
     s.check(r.status() == Some(200), format!("GET /env: {r}"))?;
     Ok(r.body()

@@ -6,7 +6,9 @@
 //! make stay inside it and vanish with it.
 
 mod api_security;
+mod apply;
 mod archives;
+mod cgroup_pool;
 mod child_security;
 mod daemon;
 mod e2e;
@@ -50,6 +52,7 @@ fn main() {
         .chain(registry::tests())
         .chain(net_isolation::tests())
         .chain(pools::tests())
+        .chain(cgroup_pool::tests())
         .chain(child_security::tests())
         .chain(request_security::tests())
         .chain(api_security::tests())
@@ -58,6 +61,7 @@ fn main() {
         .chain(function_config::tests())
         .chain(function_logs::tests())
         .chain(secrets::tests())
+        .chain(apply::tests())
         .chain(systemd_unit::tests())
         .map(|t| t.with_ignored_flag(!root))
         .collect();

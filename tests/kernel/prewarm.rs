@@ -161,14 +161,17 @@ fn a_dead_waiting_container_is_replaced_and_counted() -> TestResult {
         metric(&s, "prewarm_failures_total", "fn").is_ok_and(|n| n == 1.0)
             && metric(&s, "prewarmed", "fn").is_ok_and(|n| n == 1.0)
             && s.containers().len() == 1
-            && s.containers() != before
+            && s.processes().len() == 1
+            && s.processes() != pids
     });
     s.check(
         replaced,
         format!(
-            "after killing the waiting handler: failures {}, cgroups {:?} (was {before:?})",
+            "after killing the waiting handler: failures {}, cgroups {:?} (was {before:?}), \
+             processes {:?} (was {pids:?})",
             metric(&s, "prewarm_failures_total", "fn")?,
-            s.containers()
+            s.containers(),
+            s.processes()
         ),
     )?;
     s.expect_hello(ip, "/after-the-death")?;
@@ -184,16 +187,19 @@ fn each_warm_container_serves_one_request() -> TestResult {
     let ip = s.deploy("fn", "test-handler.tar", Via::File)?;
     let mut seen = HashSet::new();
     for i in 1..=10 {
-        // One container waits (the one that served is gone): note which.
+        // One container waits (the one that served is gone): note which, by its
+        // process (its cgroup may be one an ended container drained).
         let mut waiting = Vec::new();
         let one = eventually(SLACK, || {
-            waiting = s.containers();
-            waiting.len() == 1 && metric(&s, "prewarmed", "fn").is_ok_and(|n| n == 1.0)
+            waiting = s.processes();
+            waiting.len() == 1
+                && s.containers().len() == 1
+                && metric(&s, "prewarmed", "fn").is_ok_and(|n| n == 1.0)
         });
-        s.check(one, format!("before request {i}: cgroups {waiting:?}"))?;
+        s.check(one, format!("before request {i}: processes {waiting:?}"))?;
         s.check(
-            seen.insert(waiting[0].clone()),
-            format!("request {i}: container {} waits again", waiting[0]),
+            seen.insert(waiting[0]),
+            format!("request {i}: container process {} waits again", waiting[0]),
         )?;
         s.expect_hello(ip, &format!("/{i}"))?;
         let hits = metric(&s, "prewarmed_requests_total", "fn")?;

@@ -25,7 +25,7 @@ pub fn tests() -> Vec<Trial> {
 }
 
 /// A docker-registry process and its storage; killed and removed on drop.
-struct Registry {
+pub(crate) struct Registry {
     child: Child,
     dir: PathBuf,
     addr: String,
@@ -34,7 +34,7 @@ struct Registry {
 }
 
 impl Registry {
-    fn start(s: &Setup, creds: Option<&'static str>) -> Result<Self, Failed> {
+    pub(crate) fn start(s: &Setup, creds: Option<&'static str>) -> Result<Self, Failed> {
         let dir = support::state_dir().join(unique("registry"));
         fs::create_dir_all(&dir)?;
         let addr = format!("127.0.{}.2:5000", s.n);
@@ -93,7 +93,7 @@ impl Registry {
     }
 
     /// Pushes test image `file` (a `docker save` tarball) as `repo:tag` with skopeo.
-    fn push(&self, file: &str, repo_tag: &str) -> TestResult {
+    pub(crate) fn push(&self, file: &str, repo_tag: &str) -> TestResult {
         let src = format!("docker-archive:{}", image(file)?.display());
         let dest = format!("docker://{}/{repo_tag}", self.addr);
         let mut args = vec!["--insecure-policy", "copy", "--dest-tls-verify=false"];
@@ -114,7 +114,7 @@ impl Registry {
         )
     }
 
-    fn reference(&self, repo_tag: &str) -> String {
+    pub(crate) fn reference(&self, repo_tag: &str) -> String {
         format!("{}/{repo_tag}", self.addr)
     }
 
@@ -146,7 +146,7 @@ impl Drop for Registry {
 }
 
 /// A faasd allowed plain HTTP to the test's registry.
-fn setup() -> Result<Setup, Failed> {
+pub(crate) fn setup() -> Result<Setup, Failed> {
     let mut s = Setup::new(&[])?;
     let insecure = format!("127.0.{}.2:5000", s.n);
     s.add_flags(&["--insecure-registry", &insecure]);

@@ -116,11 +116,20 @@ pub fn sh(script: &str) -> Result<Run, RuntimeError> {
 }
 
 pub fn sh_with(script: &str, opts: Opts<'_>) -> Result<Run, RuntimeError> {
-    let argv = ["/bin/sh".to_string(), "-c".to_string(), script.to_string()];
-    run(&argv, opts)
+    sh_on(runtime(), script, opts)
 }
 
 pub fn run(argv: &[String], opts: Opts<'_>) -> Result<Run, RuntimeError> {
+    run_on(runtime(), argv, opts)
+}
+
+/// Runs `script` under busybox sh in a container of `rt`.
+pub fn sh_on(rt: &Runtime, script: &str, opts: Opts<'_>) -> Result<Run, RuntimeError> {
+    let argv = ["/bin/sh".to_string(), "-c".to_string(), script.to_string()];
+    run_on(rt, &argv, opts)
+}
+
+pub fn run_on(rt: &Runtime, argv: &[String], opts: Opts<'_>) -> Result<Run, RuntimeError> {
     let (rd, wr): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let id = opts.id.map(str::to_string).unwrap_or_else(|| unique("c"));
     let env = ["PATH=/bin".to_string()];
@@ -154,7 +163,7 @@ pub fn run(argv: &[String], opts: Opts<'_>) -> Result<Run, RuntimeError> {
         stdout: Some(wr.as_fd()),
         stderr: Some(wr.as_fd()),
     };
-    let container = runtime().spawn(&spec)?;
+    let container = rt.spawn(&spec)?;
     drop(wr);
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
@@ -173,6 +182,44 @@ pub fn cgroup_exists(id: &str) -> bool {
     faasd::runtime::cgroup_children(CGROUP_PARENT)
         .iter()
         .any(|c| c == id)
+}
+
+/// Pids of every process in a cgroup under `parent`, read from /proc rather than from the
+/// cgroup tree (which the runtime under test maintains).
+pub fn processes_in(parent: &str) -> Vec<i32> {
+    process_cgroups(parent)
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// The container cgroups under `parent` that hold a process, by /proc: live containers.
+/// An ended container's cgroup may wait empty in the runtime's pool: not one of these.
+pub fn cgroups_in_use(parent: &str) -> Vec<String> {
+    let needle = format!("/{parent}/");
+    let mut names: Vec<String> = process_cgroups(parent)
+        .iter()
+        .flat_map(|(_, cgroups)| cgroups.lines())
+        .filter_map(|l| {
+            let (_, below) = l.split_once(&needle)?;
+            below.split('/').next().map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Each process in a cgroup under `parent`, with its /proc/PID/cgroup.
+fn process_cgroups(parent: &str) -> Vec<(i32, String)> {
+    let needle = format!("/{parent}/");
+    let pids = fs::read_dir("/proc").into_iter().flatten().flatten();
+    pids.filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter_map(|pid: i32| {
+            let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+            cgroups.contains(&needle).then_some((pid, cgroups))
+        })
+        .collect()
 }
 
 /// Kills and removes the containers left under a daemon's cgroup parent, then the parent

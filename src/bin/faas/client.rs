@@ -159,11 +159,24 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T, CliError> {
+        self.send_json(self.agent.patch(self.url(path)), body)
+    }
+
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CliError> {
+        self.send_json(self.agent.post(self.url(path)), body)
+    }
+
+    fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        req: ureq::RequestBuilder<ureq::typestate::WithBody>,
+        body: &B,
+    ) -> Result<T, CliError> {
         let json = serde_json::to_vec(body).map_err(|e| msg(format!("encoding: {e}")))?;
-        let mut req = self
-            .agent
-            .patch(self.url(path))
-            .header("Content-Type", "application/json");
+        let mut req = req.header("Content-Type", "application/json");
         if let Some(a) = self.auth() {
             req = req.header("Authorization", a);
         }

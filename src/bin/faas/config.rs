@@ -172,7 +172,7 @@ fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, CliError> {
 }
 
 /// Docker's `--env-file` format, minus its "take the value from my environment" form.
-fn parse_env_file(text: &str) -> Result<BTreeMap<String, String>, (usize, String)> {
+pub fn parse_env_file(text: &str) -> Result<BTreeMap<String, String>, (usize, String)> {
     let mut env = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim_start();

@@ -91,6 +91,8 @@ mod tests {
             user: "0:0".into(),
             env: vec!["PATH".into(), "A".into()],
             secrets: vec!["db".into(), "tls.key".into()],
+            env_set: vec!["A".into()],
+            env_set_digest: "sha256:cd".into(),
             limits: FunctionLimits {
                 memory_mb: 64,
                 cpus: 0.5,

@@ -10,11 +10,13 @@
 //! faas ip hello                          # 10.0.0.10
 //! faas list [--json]
 //! faas rm hello                          # Removed hello
+//! faas apply -f functions.toml [--prune] [--dry-run]
 //! ```
 //!
 //! Errors go to stderr as `faas: <message>` (the daemon's own message when it sent one) and
 //! the exit status is 1.
 
+mod apply;
 mod client;
 mod config;
 mod describe;
@@ -77,6 +79,9 @@ enum Command {
     /// Remove function NAME.
     #[command(visible_alias = "remove")]
     Rm(rm::Args),
+    /// Make the daemon's functions match a functions file (TOML): create, update, and with
+    /// --prune remove; --dry-run prints the plan only.
+    Apply(apply::Args),
 }
 
 fn main() -> ExitCode {
@@ -103,6 +108,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Ip(args) => ip::run(&client, args),
         Command::List(args) => list::run(&client, args),
         Command::Rm(args) => rm::run(&client, args),
+        Command::Apply(args) => apply::run(&client, args),
     }
 }
 
@@ -328,6 +334,30 @@ mod tests {
         assert!(parse(&["rm"]).is_err());
         assert!(parse(&[]).is_err(), "a subcommand is required");
         assert!(parse(&["frobnicate"]).is_err());
+    }
+
+    #[test]
+    fn parses_apply() {
+        assert_eq!(
+            parse(&["apply", "-f", "fns.toml"]).unwrap().command,
+            Command::Apply(apply::Args {
+                file: "fns.toml".into(),
+                prune: false,
+                dry_run: false,
+            })
+        );
+        assert_eq!(
+            parse(&["apply", "--file", "fns.toml", "--prune", "--dry-run"])
+                .unwrap()
+                .command,
+            Command::Apply(apply::Args {
+                file: "fns.toml".into(),
+                prune: true,
+                dry_run: true,
+            })
+        );
+        assert!(parse(&["apply"]).is_err(), "the file is required");
+        assert!(parse(&["apply", "fns.toml"]).is_err(), "-f names it");
     }
 
     #[test]

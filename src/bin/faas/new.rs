@@ -30,11 +30,7 @@ pub struct Args {
 pub fn run(client: &Client, args: Args) -> Result<(), CliError> {
     let change = args.config.change(Vec::new(), Vec::new())?;
     if let Some(image) = &args.image {
-        if !change.is_empty() {
-            return Err(msg("configuration flags do not go with --image yet: \
-                 pull first, then `faas config NAME ...`"));
-        }
-        let ip = crate::pull::pull(client, &args.name, image)?;
+        let ip = crate::pull::pull(client, &args.name, image, &change)?;
         return say(&format!("Deployed {} at {ip}", args.name));
     }
     let done = deploy(client, &args.name, args.file.as_deref(), &change)?;
@@ -42,7 +38,7 @@ pub fn run(client: &Client, args: Args) -> Result<(), CliError> {
 }
 
 /// Streams the tarball from `file` (or stdin) to `/api/new`.
-fn deploy(
+pub fn deploy(
     client: &Client,
     name: &str,
     file: Option<&Path>,

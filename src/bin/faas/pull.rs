@@ -4,13 +4,19 @@
 
 use std::io::{self, BufRead, IsTerminal};
 
+use faasd::api::{ConfigChange, PullRequest};
 use serde_json::Value;
 
 use crate::client::{msg, snippet, CliError, Client};
 use crate::new::progress_bar;
 
-/// Returns the deployed function's address.
-pub fn pull(client: &Client, name: &str, image: &str) -> Result<String, CliError> {
+/// Returns the deployed function's address; `config` is applied with the deploy.
+pub fn pull(
+    client: &Client,
+    name: &str,
+    image: &str,
+    config: &ConfigChange,
+) -> Result<String, CliError> {
     let mut req = client
         .agent
         .post(client.url("/api/pull"))
@@ -18,7 +24,12 @@ pub fn pull(client: &Client, name: &str, image: &str) -> Result<String, CliError
     if let Some(a) = client.auth() {
         req = req.header("Authorization", a);
     }
-    let body = serde_json::json!({ "name": name, "image": image }).to_string();
+    let body = serde_json::to_string(&PullRequest {
+        name: name.to_string(),
+        image: image.to_string(),
+        config: config.clone(),
+    })
+    .expect("a PullRequest always serializes");
     let resp = req.send(body).map_err(|e| client.transport_error(e))?;
     if !resp.status().is_success() {
         client.answer::<Value>(Ok(resp))?;

@@ -93,17 +93,7 @@ impl Registries {
     /// Fetches and checks the manifest and config of `reference`, whose layers together may
     /// be at most `max_bytes`.
     pub async fn resolve(&self, reference: &str, max_bytes: u64) -> Result<Resolved, PullError> {
-        let parsed: Reference = reference.parse().map_err(|source| PullError::Reference {
-            reference: reference.to_string(),
-            source,
-        })?;
-        let registry = parsed.resolve_registry().to_string();
-        let auth = self.credentials.for_registry(&registry);
-        let client = self.client();
-        let (manifest, digest) = client
-            .pull_image_manifest(&parsed, &auth)
-            .await
-            .map_err(|e| manifest_error(&registry, reference, e))?;
+        let (client, parsed, manifest, digest) = self.manifest(reference).await?;
         let size = checked_size(reference, &manifest, max_bytes)?;
         let mut config = Vec::new();
         client
@@ -122,6 +112,34 @@ impl Registries {
             config,
             size,
         })
+    }
+
+    /// The image id `reference` names now (its config's digest, as the installer computes
+    /// it from the config blob), from the manifest alone.
+    pub async fn config_digest(&self, reference: &str) -> Result<String, PullError> {
+        let (_, _, manifest, digest) = self.manifest(reference).await?;
+        tracing::info!(image = %reference, %digest, config = %manifest.config.digest, "manifest fetched");
+        Ok(manifest.config.digest)
+    }
+
+    /// The manifest of `reference` (an index resolved to this platform) and its digest, and
+    /// the client and parsed reference that fetched it.
+    async fn manifest(
+        &self,
+        reference: &str,
+    ) -> Result<(Client, Reference, OciImageManifest, String), PullError> {
+        let parsed: Reference = reference.parse().map_err(|source| PullError::Reference {
+            reference: reference.to_string(),
+            source,
+        })?;
+        let registry = parsed.resolve_registry().to_string();
+        let auth = self.credentials.for_registry(&registry);
+        let client = self.client();
+        let (manifest, digest) = client
+            .pull_image_manifest(&parsed, &auth)
+            .await
+            .map_err(|e| manifest_error(&registry, reference, e))?;
+        Ok((client, parsed, manifest, digest))
     }
 }
 
