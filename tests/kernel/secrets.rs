@@ -327,21 +327,7 @@ fn image_with_run_symlink() -> Vec<u8> {
     h.set_mode(0o777);
     layer.append_link(&mut h, "run", "/etc").unwrap();
     let layer = layer.into_inner().unwrap();
-    let config = serde_json::to_vec(&json!({"os": "linux", "config": {"Cmd": ["/h"]}})).unwrap();
-    let manifest =
-        serde_json::to_vec(&json!([{"Config": "config.json", "Layers": ["l/layer.tar"]}])).unwrap();
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in [
-        ("config.json", &config[..]),
-        ("l/layer.tar", &layer[..]),
-        ("manifest.json", &manifest[..]),
-    ] {
-        let mut h = tar::Header::new_ustar();
-        h.set_mode(0o644);
-        h.set_size(data.len() as u64);
-        b.append_data(&mut h, name, data).unwrap();
-    }
-    b.into_inner().unwrap()
+    crate::image_security::docker_save(json!({"Cmd": ["/h"]}), &layer)
 }
 
 fn refused_and_leave_nothing() -> TestResult {
@@ -436,11 +422,20 @@ fn refused_and_leave_nothing() -> TestResult {
         )?;
     }
     s.check(store_files(&s).is_empty(), "a refused change left secrets")?;
-    // The image never had secrets: no /run/secrets at all.
+    // The image has no /run/secrets: nothing is mounted without secrets.
     let seen = secrets_seen(&s, ip)?;
     s.check(
         seen == ["secrets=errno 2"],
         format!("after refused changes the handler sees {seen:?}"),
     )?;
-    check_never_shown(&s, "ok", &[value])
+    check_never_shown(&s, "ok", &[value])?;
+    // A secret given later to a function deployed without: its image gets /run/secrets
+    // then, under the mount template built at deploy.
+    s.faas_ok(&[
+        "config",
+        "ok",
+        "--secret",
+        &format!("late={}", small.display()),
+    ])?;
+    expect_secrets(&s, ip, &[("late", value)])
 }
