@@ -46,18 +46,12 @@ pub async fn serve(f: Arc<Function>, q: LogQuery) -> std::io::Result<Body> {
     let function = f.name.clone();
     let follow = snap.follow;
     tokio::spawn(async move {
-        let sender = tx.clone();
-        let sent = tokio::task::spawn_blocking(move || send_kept(kept, &sender)).await;
-        match sent {
-            Ok(Ok(true)) => {}
+        match send_kept(kept, &tx).await {
+            Ok(true) => {}
             // The client left.
-            Ok(Ok(false)) => return,
-            Ok(Err(e)) => {
-                tracing::warn!(function = %function, "reading its log failed mid-answer: {e}");
-                return;
-            }
+            Ok(false) => return,
             Err(e) => {
-                tracing::warn!(function = %function, "the log reader failed: {e}");
+                tracing::warn!(function = %function, "reading its log failed mid-answer: {e}");
                 return;
             }
         }
@@ -80,21 +74,42 @@ enum Source {
     Files(Kept),
 }
 
-/// Sends the kept lines in chunks of about [`CHUNK`] bytes, waiting for the client
-/// (bounded queue), on a blocking thread. False when the client has gone.
-fn send_kept(kept: Source, tx: &mpsc::Sender<Bytes>) -> std::io::Result<bool> {
-    let lines = match kept {
-        Source::Text(text) => return Ok(text.is_empty() || tx.blocking_send(text.into()).is_ok()),
-        Source::Files(kept) => kept.lines(),
+/// Sends the kept lines in chunks of about [`CHUNK`] bytes, each read on the blocking
+/// pool; a slow client is waited for here, holding no blocking thread (bounded queue).
+/// False when the client has gone.
+async fn send_kept(kept: Source, tx: &mpsc::Sender<Bytes>) -> std::io::Result<bool> {
+    let mut lines: Lines = match kept {
+        Source::Text(text) => return Ok(text.is_empty() || tx.send(text.into()).await.is_ok()),
+        Source::Files(kept) => Box::new(kept.lines()),
     };
-    let mut chunk = String::new();
-    for line in lines {
-        chunk.push_str(&ndjson(&line?));
-        if chunk.len() >= CHUNK && tx.blocking_send(std::mem::take(&mut chunk).into()).is_err() {
+    loop {
+        let (chunk, rest) = tokio::task::spawn_blocking(move || next_chunk(lines))
+            .await
+            .map_err(std::io::Error::other)?;
+        let chunk = chunk?;
+        if chunk.is_empty() {
+            return Ok(true);
+        }
+        if tx.send(chunk.into()).await.is_err() {
             return Ok(false);
         }
+        lines = rest;
     }
-    Ok(chunk.is_empty() || tx.blocking_send(chunk.into()).is_ok())
+}
+
+type Lines = Box<dyn Iterator<Item = std::io::Result<LogLine>> + Send>;
+
+/// The next [`CHUNK`] bytes or so of lines (empty at the end), and the lines after them.
+fn next_chunk(mut lines: Lines) -> (std::io::Result<String>, Lines) {
+    let mut chunk = String::new();
+    while chunk.len() < CHUNK {
+        match lines.next() {
+            Some(Ok(line)) => chunk.push_str(&ndjson(&line)),
+            Some(Err(e)) => return (Err(e), lines),
+            None => break,
+        }
+    }
+    (Ok(chunk), lines)
 }
 
 fn ndjson(line: &LogLine) -> String {
