@@ -64,7 +64,11 @@ fn image_status(e: &ImageError) -> StatusCode {
 pub fn router(d: Arc<Daemon>) -> Router {
     let router = Router::new()
         .route("/api/new", post(new_function))
-        .route("/api/pull", post(super::api_pull::pull_function))
+        // Its JSON (a config change, secrets included) is read whole: bounded.
+        .route(
+            "/api/pull",
+            post(super::api_pull::pull_function).layer(DefaultBodyLimit::max(MAX_CONFIG_BODY)),
+        )
         .route("/api/resolve", get(super::api_pull::resolve_image))
         .route(
             "/api/check-config",
