@@ -137,23 +137,23 @@ impl SecretsMount<'_> {
     /// detaches it).
     pub fn mount(&self) -> std::result::Result<(), (MountStep, i32)> {
         let fail = |step| Err((step, super::child::errno()));
-        let data = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        let mount_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         // SAFETY: NUL-terminated strings owned by self, and literals.
         let rc = unsafe {
             libc::mount(
                 c"tmpfs".as_ptr(),
                 self.target.as_ptr(),
                 c"tmpfs".as_ptr(),
-                data,
+                mount_flags,
                 self.options.as_ptr().cast(),
             )
         };
         if rc < 0 {
             return fail(MountStep::MountTmpfs);
         }
-        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let open_flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         // SAFETY: a NUL-terminated path owned by self.
-        let dir = unsafe { libc::open(self.target.as_ptr(), flags) };
+        let dir = unsafe { libc::open(self.target.as_ptr(), open_flags) };
         if dir < 0 {
             return fail(MountStep::OpenDir);
         }
@@ -168,7 +168,7 @@ impl SecretsMount<'_> {
                 std::ptr::null(),
                 self.target.as_ptr(),
                 std::ptr::null(),
-                libc::MS_REMOUNT | libc::MS_RDONLY | data,
+                libc::MS_REMOUNT | libc::MS_RDONLY | mount_flags,
                 std::ptr::null(),
             )
         };
