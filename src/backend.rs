@@ -186,12 +186,19 @@ impl Container {
     }
 
     /// Waits until the container exits or `timeout` passes (then kills it), and cleans up
-    /// on the blocking pool.
+    /// on the blocking pool (all of it but the reap of an exited native container).
     pub async fn wait(mut self, timeout: Duration) -> Result<ExitStatus, BackendError> {
         let exited = crate::pidfd::exited(self.pidfd(), timeout)
             .await
             .map_err(BackendError::Poll)?;
         let inner = self.inner.take().expect("present until wait or drop");
+        let inner = match inner {
+            // Its pidfd turned readable once its whole pid namespace was gone: reaping
+            // does not block, and the rest of its teardown is handed off (container.rs).
+            // No hop to a blocking thread and back for microseconds of work.
+            Inner::Native(c) if exited => return Ok(c.wait_blocking(Duration::ZERO)?),
+            other => other,
+        };
         tokio::task::spawn_blocking(move || -> Result<ExitStatus, BackendError> {
             Ok(match inner {
                 // Polls the pidfd again without waiting: kills it unless it has exited.

@@ -257,6 +257,27 @@ impl ContainerCgroup {
         self.status.get_or_init(|| StatusFiles::open(self))
     }
 
+    /// On cgroup v2, the cgroup's directory, for a clone straight into it (clone3.rs);
+    /// None on v1, where each controller has its own directory.
+    pub fn clone_target(&self) -> Result<Option<OwnedFd>> {
+        if !self.cgroup.v2() {
+            return Ok(None);
+        }
+        let Some(dir) = self.member_dirs().next() else {
+            return Ok(None);
+        };
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(&dir)
+            .map(|f| Some(OwnedFd::from(f)))
+            .map_err(|source| RuntimeError::Cgroup {
+                path: dir.display().to_string(),
+                op: "open for cloning into",
+                source,
+            })
+    }
+
     /// How many processes the kernel's OOM killer has killed in this cgroup so far (the
     /// `oom_kill` count never goes down: a reused cgroup compares it with its count at
     /// lending). 0 when the file cannot be read.

@@ -17,7 +17,7 @@
 //! container's is re-limited (and read back) before it is lent. At most `capacity` wait;
 //! one unused for `idle_ttl` is removed, so an idle daemon holds none.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -74,6 +74,8 @@ struct Pooled {
     limits: Resources,
     /// The files a child writes to join it (cgroup.procs or v1 tasks), opened once.
     join: Vec<OwnedFd>,
+    /// Its directory on v2, to clone the child straight into it.
+    clone_target: Option<OwnedFd>,
     /// Its OOM kill count, and the memory still charged to it, when its last container
     /// had gone (0 and 0 when new): read off the request path, at return.
     oom_kills: u64,
@@ -171,8 +173,11 @@ impl Drop for CgroupPool {
 impl Pooled {
     fn create(parent: &str, id: &str, limits: &Resources) -> Result<Self> {
         let cgroup = ContainerCgroup::create(parent, id, limits)?;
-        let join = match cgroup.join_files() {
-            Ok(join) => join,
+        let files = cgroup
+            .join_files()
+            .and_then(|join| Ok((join, cgroup.clone_target()?)));
+        let (join, clone_target) = match files {
+            Ok(files) => files,
             Err(e) => {
                 let _ = cgroup.destroy();
                 return Err(e);
@@ -182,6 +187,7 @@ impl Pooled {
             cgroup,
             limits: *limits,
             join,
+            clone_target,
             oom_kills: 0,
             memory_left: 0,
         })
@@ -208,6 +214,11 @@ impl LentCgroup {
     /// The files the child writes "0" into to join the cgroup.
     pub fn join_files(&self) -> &[OwnedFd] {
         &self.pooled().join
+    }
+
+    /// The cgroup's directory to clone the child into (v2; None on v1).
+    pub fn clone_target(&self) -> Option<BorrowedFd<'_>> {
+        self.pooled().clone_target.as_ref().map(|fd| fd.as_fd())
     }
 
     /// Whether the kernel's OOM killer fired in this cgroup since it was lent.

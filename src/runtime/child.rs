@@ -236,13 +236,13 @@ fn check_detail(rc: libc::c_long, step: Step, detail: u32) -> StepResult {
 }
 
 /// Entry point of the cloned child. Never returns.
-pub fn run(plan: &ChildPlan, mask: &libc::sigset_t) -> ! {
+pub fn run(plan: &ChildPlan, mask: &libc::sigset_t, in_cgroup: bool) -> ! {
     reset_signal_handlers();
     plan.clock.mark(Mark::ChildStarted);
     if let Err(e) = plan.fds.install() {
         report(e.pipe, Failure(e.step, 0, e.errno))
     }
-    let failure = match setup(plan) {
+    let failure = match setup(plan, in_cgroup) {
         Ok(()) => exec(plan, mask),
         Err(f) => f,
     };
@@ -304,7 +304,7 @@ fn report(pipe: RawFd, Failure(step, detail, err): Failure) -> ! {
     }
 }
 
-fn setup(plan: &ChildPlan) -> StepResult {
+fn setup(plan: &ChildPlan, in_cgroup: bool) -> StepResult {
     // Not a process-group leader (a fresh child), so setsid cannot fail with EPERM; the
     // daemon's controlling terminal stays behind (no TIOCSTI into the operator's shell).
     // SAFETY: setsid takes no arguments.
@@ -312,7 +312,7 @@ fn setup(plan: &ChildPlan) -> StepResult {
     join_netns(plan)?;
     read_netns_cookie(plan)?;
     plan.clock.mark(Mark::NetnsJoined);
-    join_cgroup(plan)?;
+    join_cgroup(plan, in_cgroup)?;
     plan.clock.mark(Mark::CgroupJoined);
     enter_root(plan)?;
     plan.clock.mark(Mark::Mounted);
@@ -370,13 +370,18 @@ fn read_netns_cookie(plan: &ChildPlan) -> StepResult {
     Ok(())
 }
 
-fn join_cgroup(plan: &ChildPlan) -> StepResult {
+/// Joins the cgroup unless the clone put us there already, then roots a cgroup
+/// namespace at it.
+fn join_cgroup(plan: &ChildPlan, in_cgroup: bool) -> StepResult {
     for fd in plan.fds.cgroup_join() {
-        // SAFETY: "0" names the writer; fd is an open cgroup.procs (v2) or tasks (v1) of ours.
-        check(
-            unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } as _,
-            Step::JoinCgroup,
-        )?;
+        if !in_cgroup {
+            // SAFETY: "0" names the writer; fd is an open cgroup.procs (v2) or tasks (v1)
+            // of ours.
+            check(
+                unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } as _,
+                Step::JoinCgroup,
+            )?;
+        }
         // SAFETY: closing an fd the child owns and no longer needs.
         unsafe { libc::close(fd) };
     }

@@ -9,6 +9,7 @@
 mod cgroup;
 mod cgroup_pool;
 mod child;
+mod clone3;
 mod container;
 mod error;
 mod kept_fds;
@@ -46,6 +47,7 @@ pub use container::{Container, Exit, ExitStatus};
 pub use error::{Result, RuntimeError};
 pub use landlock::{abi as landlock_abi, net_support, NetSupport, NET_ABI as LANDLOCK_NET_ABI};
 pub use netns_pool::NetnsStats;
+pub use process::clones_into_cgroup;
 pub use rootfs::{Kind as MountPointKind, MOUNT_POINTS};
 pub use secrets::SecretFiles;
 pub use template::{ControlSocketOwner, MountTemplate};
@@ -266,8 +268,8 @@ impl Runtime {
         };
         clock.mark(Mark::Prepared);
 
-        let spawned =
-            process::clone_child(&plan, self.setup_timeout).map_err(|source| RuntimeError::Sys {
+        let spawned = process::clone_child(&plan, self.setup_timeout, cgroup.clone_target())
+            .map_err(|source| RuntimeError::Sys {
                 op: "clone",
                 source,
             });

@@ -9,13 +9,15 @@
 //! are reset (see child::run).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::child::{self, ChildPlan, Step};
+use super::clone3;
 use super::watchdog::Deadline;
 
 /// Namespaces made at clone time; the cgroup namespace comes later, after the child has
@@ -100,6 +102,12 @@ impl ChildStack {
         // SAFETY: one past the end of our mapping, which is what clone expects.
         unsafe { self.base.cast::<u8>().add(GUARD_SIZE + STACK_SIZE).cast() }
     }
+
+    /// The lowest usable address, above the guard page (clone3 takes it and the size).
+    fn bottom(&self) -> *mut libc::c_void {
+        // SAFETY: the guard page is the first page of our mapping.
+        unsafe { self.base.cast::<u8>().add(GUARD_SIZE).cast() }
+    }
 }
 
 impl Drop for ChildStack {
@@ -109,28 +117,47 @@ impl Drop for ChildStack {
     }
 }
 
-/// What the child gets: the plan, and the signal mask to restore before its exec.
+/// What the child gets: the plan, the signal mask to restore before its exec, and
+/// whether it was cloned into its cgroup (else it joins it itself).
 struct ChildArg<'a> {
     plan: &'a ChildPlan<'a>,
     mask: libc::sigset_t,
+    in_cgroup: bool,
+}
+
+/// Cleared once clone3 into a cgroup has been refused (an old kernel, a seccomp filter
+/// around the daemon): later spawns go straight to clone.
+static CLONE_INTO_CGROUP: AtomicBool = AtomicBool::new(true);
+
+/// Whether children are still cloned straight into their cgroup on v2 (true until the
+/// kernel has refused it once).
+pub fn clones_into_cgroup() -> bool {
+    CLONE_INTO_CGROUP.load(Ordering::Relaxed)
 }
 
 extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the ChildArg in clone_child's frame, which stays valid and
     // unchanged while the parent thread is suspended by CLONE_VFORK.
     let arg = unsafe { &*(arg as *const ChildArg) };
-    child::run(arg.plan, &arg.mask)
+    child::run(arg.plan, &arg.mask, arg.in_cgroup)
 }
 
 /// Clones the container's first process, which runs [`child::run`] on `plan`; returns
 /// once it has exec'd or exited (CLONE_VFORK), or was killed `deadline` after the clone
-/// began. `plan` must hold the write end of the error pipe.
-pub fn clone_child(plan: &ChildPlan, deadline: Duration) -> io::Result<Spawned> {
+/// began. `plan` must hold the write end of the error pipe. With `cgroup` (a cgroup v2
+/// directory) the child starts in it where the kernel allows (clone3.rs); else it joins
+/// through the plan's join files.
+pub fn clone_child(
+    plan: &ChildPlan,
+    deadline: Duration,
+    cgroup: Option<BorrowedFd<'_>>,
+) -> io::Result<Spawned> {
     let stack = ChildStack::take()?;
     // SAFETY: zeroed sigset_t is a valid out-parameter.
     let mut arg = ChildArg {
         plan,
         mask: unsafe { std::mem::zeroed() },
+        in_cgroup: false,
     };
     let deadline = Deadline::arm(deadline);
     let flags = libc::CLONE_VM
@@ -150,23 +177,54 @@ pub fn clone_child(plan: &ChildPlan, deadline: Duration) -> io::Result<Spawned> 
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut arg.mask);
+        let into = cgroup.filter(|_| CLONE_INTO_CGROUP.load(Ordering::Relaxed));
+        let mut placed = None;
+        if let Some(cgroup) = into {
+            arg.in_cgroup = true;
+            // SAFETY: as for clone below; the child reads `arg` only while we wait.
+            placed = match clone3::clone_into_cgroup(
+                child_entry,
+                &mut arg as *mut ChildArg as *mut libc::c_void,
+                stack.bottom(),
+                STACK_SIZE,
+                flags & !libc::SIGCHLD,
+                deadline.pidfd_slot(),
+                cgroup,
+            ) {
+                Ok(pid) => Some(Ok(pid)),
+                Err(libc::ENOSYS | libc::EPERM | libc::EINVAL | libc::E2BIG) => {
+                    CLONE_INTO_CGROUP.store(false, Ordering::Relaxed);
+                    arg.in_cgroup = false;
+                    None
+                }
+                Err(errno) => Some(Err(io::Error::from_raw_os_error(errno))),
+            };
+        }
         // SAFETY: the stack is ours and outlives the child's use of it (we are suspended
         // until its exec); CLONE_PIDFD stores the pidfd through the parent_tid argument,
         // into the deadline's slot, which lives until disarm.
-        let pid = libc::clone(
-            child_entry,
-            stack.top(),
-            flags,
-            &mut arg as *mut ChildArg as *mut libc::c_void,
-            deadline.pidfd_slot(),
-        );
-        let err = io::Error::last_os_error();
+        let cloned = placed.unwrap_or_else(|| {
+            let pid = libc::clone(
+                child_entry,
+                stack.top(),
+                flags,
+                &mut arg as *mut ChildArg as *mut libc::c_void,
+                deadline.pidfd_slot(),
+            );
+            if pid < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(pid)
+            }
+        });
         libc::pthread_sigmask(libc::SIG_SETMASK, &arg.mask, std::ptr::null_mut());
-        if pid < 0 {
-            deadline.disarm();
-            return Err(err);
+        match cloned {
+            Ok(pid) => pid,
+            Err(err) => {
+                deadline.disarm();
+                return Err(err);
+            }
         }
-        pid
     };
     let (pidfd, killed_in_setup) = deadline.disarm();
     stack.give_back();

@@ -113,6 +113,12 @@ fn a_reused_cgroup_gets_the_next_containers_limits() -> TestResult {
         run.status.success() && run.output.contains("started"),
         format!("first container: {:?} {}", run.status, run.output),
     )?;
+    // On v2 (5.7+) the child is cloned straight into its cgroup, not moved there.
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    ensure(
+        !v2 || faasd::runtime::clones_into_cgroup(),
+        "cgroup v2, but clone3 with CLONE_INTO_CGROUP was refused",
+    )?;
     let stats = p.idle(1)?;
     ensure(
         stats.made == 1 && stats.reused == 0 && p.dirs() == [first.clone()],
