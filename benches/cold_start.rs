@@ -94,6 +94,7 @@ fn native_spec<'a>(
         hostname: "bench",
         resources: Resources::default(),
         control_socket: None,
+        secrets: &faasd::runtime::secrets::NO_SECRETS,
         stdout: None,
         stderr: None,
     }

@@ -6,7 +6,8 @@
 #                                MODE in serve, crash, noconnect, hang, flood, floodlines, slow,
 #                                forkbomb, memhog (misbehaving handlers),
 #                                probe (reports what it could reach: tty, io_uring),
-#                                env (reports its environment and /run/secrets)
+#                                env (reports its environment and /run/secrets);
+#   OUTDIR/test-handler-env-user.tar  env mode as user 1234:2345
 #   OUTDIR/python-handler.tar    python3.11 from Debian packages + /test_handler.py
 #   OUTDIR/net-attack.tar        /net-attack (static C): a handler that tries to take the
 #                                client socket to the host network (see net-attack.c)
@@ -101,6 +102,10 @@ for mode in serve crash noconnect hang flood floodlines slow forkbomb memhog pro
         --env PATH=/bin --tag "test-handler-$mode:latest" --layout classic --compress none \
         -o "$OUT/test-handler-$mode.tar"
 done
+say "writing $OUT/test-handler-env-user.tar"
+"${MKIMAGE[@]}" --rootfs "$ROOT" --cmd '["/test-handler", "env"]' --user 1234:2345 \
+    --env PATH=/bin --tag test-handler-env-user:latest --layout classic --compress none \
+    -o "$OUT/test-handler-env-user.tar"
 
 # --- the attack handlers: network (net-attack.c), control socket (control-attack.c) --------
 for attack in net-attack control-attack; do

@@ -23,7 +23,9 @@
  *                   (lines "name=ok" or "name=errno N")
  *   env             serve, and append its environment ("env K=V" lines) and what it finds
  *                   in /run/secrets ("secret NAME mode=0400 uid=U gid=G size=N: CONTENT",
- *                   or "secrets=errno N") and "hostname ID" (the request's id); writes
+ *                   or "secrets=errno N"; "secret-write NAME errno N" for an open of each
+ *                   for writing, "secrets-create errno N" for a new file there, 0: it
+ *                   worked) and "hostname ID" (the request's id); writes
  *                   one line each to stdout and stderr
  *
  * Build: gcc -static -O2 -o test-handler test-handler.c
@@ -186,8 +188,16 @@ static void report_env(char *out, size_t size) {
         append(out, size, "secret %s mode=%04o uid=%d gid=%d size=%ld: %s\n", de->d_name,
                (unsigned)(st.st_mode & 07777), (int)st.st_uid, (int)st.st_gid,
                (long)st.st_size, fd >= 0 ? content : "(unreadable)");
+        int w = open(path, O_WRONLY | O_CLOEXEC);
+        append(out, size, "secret-write %s errno %d\n", de->d_name, w < 0 ? errno : 0);
+        if (w >= 0)
+            close(w);
     }
     closedir(d);
+    int c = open("/run/secrets/planted", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    append(out, size, "secrets-create errno %d\n", c < 0 ? errno : 0);
+    if (c >= 0)
+        close(c);
 }
 
 static void serve(int conn, const char *extra) {

@@ -13,8 +13,19 @@ use crate::runtime::Resources;
 /// Header of `POST /api/new` naming the function.
 pub const IMAGE_NAME_HEADER: &str = "X-Image-Name";
 /// Optional header of `POST /api/new`: a [`ConfigChange`] as JSON, applied with the deploy
-/// (the body is the tarball, so the configuration travels beside it).
+/// (the body is the tarball, so the configuration travels beside it). It may not carry
+/// secrets: header values are what proxies and access logs record.
 pub const CONFIG_HEADER: &str = "X-Function-Config";
+/// Optional header of `POST /api/new`: the body starts with this many bytes of a
+/// [`ConfigChange`] as JSON (secrets included), and the tarball follows them.
+pub const CONFIG_LENGTH_HEADER: &str = "X-Function-Config-Length";
+
+/// Secrets one function may have.
+pub const MAX_SECRETS: usize = 32;
+/// Bytes of one secret's value.
+pub const MAX_SECRET_BYTES: usize = 64 << 10;
+/// Bytes of a secret's name.
+pub const MAX_SECRET_NAME: usize = 128;
 
 /// Every error answer: `{"error": "..."}` with a 4xx or 5xx status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +85,9 @@ pub struct ListEntry {
     /// Names only: values are often secrets, and the list needs no token.
     #[serde(default)]
     pub env: Vec<String>,
+    /// Names of its secrets, never values.
+    #[serde(default)]
+    pub secrets: Vec<String>,
     #[serde(default)]
     pub workdir: String,
     /// `uid:gid`.
@@ -108,11 +122,90 @@ pub struct ConfigChange {
     /// Containers of this function running at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<usize>,
+    /// Set (or replace) these secrets: each handler reads them at `/run/secrets/<name>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretValue>,
+    /// Remove these secrets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rm_secrets: Vec<String>,
 }
 
 impl ConfigChange {
     pub fn is_empty(&self) -> bool {
         *self == ConfigChange::default()
+    }
+
+    /// Whether it sets or removes a secret.
+    pub fn touches_secrets(&self) -> bool {
+        !self.secrets.is_empty() || !self.rm_secrets.is_empty()
+    }
+}
+
+/// A secret's value: any bytes, base64 in JSON. Its `Debug` shows only its length, so
+/// that no log line or error can carry it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretValue(Vec<u8>);
+
+impl SecretValue {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        SecretValue(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretValue(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+impl Serialize for SecretValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine;
+        // A borrowed or owned string alike; the error never quotes the value.
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(SecretValue)
+            .map_err(|_| serde::de::Error::custom("a secret's value is not valid base64"))
+    }
+}
+
+/// Why `name` cannot name a secret (a file in /run/secrets), or None: 1 to
+/// [`MAX_SECRET_NAME`] bytes of letters, digits, `.`, `_` and `-`, not starting with `.`
+/// (so no `.`, `..`, hidden or temporary name, no `/`, no NUL).
+pub fn secret_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > MAX_SECRET_NAME {
+        Some("it is longer than 128 bytes")
+    } else if name.starts_with('.') {
+        Some("it starts with '.'")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        Some("use only letters, digits, '.', '_' and '-'")
+    } else {
+        None
     }
 }
 
@@ -133,6 +226,9 @@ pub struct ConfigView {
     pub name: String,
     /// Names of the variables set through the API (over the image's).
     pub env: Vec<String>,
+    /// Names of its secrets, never values.
+    #[serde(default)]
+    pub secrets: Vec<String>,
     #[serde(flatten)]
     pub limits: FunctionLimits,
 }
@@ -154,6 +250,9 @@ pub struct Description {
     pub user: String,
     /// Names of every variable the handler gets (the image's and ours), never values.
     pub env: Vec<String>,
+    /// Names of its secrets (files in /run/secrets), never values.
+    #[serde(default)]
+    pub secrets: Vec<String>,
     /// Names of the variables set through faasd (over the image's own).
     #[serde(default)]
     pub env_set: Vec<String>,
@@ -261,6 +360,7 @@ mod tests {
             rootfs: "/var/lib/faasd/images/f/rootfs".into(),
             cmd: vec!["/h".into()],
             env: vec!["PATH".into()],
+            secrets: vec!["db".into()],
             workdir: "/".into(),
             user: "0:0".into(),
             resources: Resources::default(),
@@ -285,6 +385,51 @@ mod tests {
         assert_eq!(c.memory_mb, Some(64));
         assert!(!c.is_empty());
         assert!(serde_json::from_str::<ConfigChange>(r#"{"memory":64}"#).is_err());
+    }
+
+    #[test]
+    fn secret_values_are_base64_and_never_debug_printed() {
+        let c = ConfigChange {
+            secrets: [("db".to_string(), SecretValue::new(b"pa\0ss".to_vec()))].into(),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(json, r#"{"secrets":{"db":"cGEAc3M="}}"#);
+        assert_eq!(serde_json::from_str::<ConfigChange>(&json).unwrap(), c);
+        let debug = format!("{c:?}");
+        assert!(
+            debug.contains("<5 bytes redacted>") && !debug.contains("pa"),
+            "{debug}"
+        );
+        let err =
+            serde_json::from_str::<ConfigChange>(r#"{"secrets":{"db":"not base64 hunter2!"}}"#)
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("not valid base64") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secret_names_are_plain_file_names() {
+        for good in ["db", "api-key", "tls.crt", "A_1", &"x".repeat(128)] {
+            assert_eq!(secret_name_problem(good), None, "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "../x",
+            "a\0b",
+            "a b",
+            "é",
+            &"x".repeat(129),
+        ] {
+            assert!(secret_name_problem(bad).is_some(), "{bad:?}");
+        }
     }
 
     #[test]

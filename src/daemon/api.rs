@@ -15,12 +15,13 @@ use axum::{Json, Router};
 use super::{http_server, log_stream, upload, valid_name, Daemon, DaemonError};
 use crate::api::{
     env_names, ConfigChange, ConfigView, Deployed, Description, ErrorBody, FunctionIp, List,
-    ListEntry, LogQuery, Removed, CONFIG_HEADER, IMAGE_NAME_HEADER,
+    ListEntry, LogQuery, Removed, CONFIG_HEADER, CONFIG_LENGTH_HEADER, IMAGE_NAME_HEADER,
 };
 use crate::image::{ImageError, Limits};
 
-/// Largest `PATCH .../config` body read.
-const MAX_CONFIG_BODY: usize = 256 << 10;
+/// Largest configuration read (a `PATCH .../config` body, or the configuration at the
+/// start of an upload): room for every secret at its largest, in base64, and the env.
+const MAX_CONFIG_BODY: usize = 4 << 20;
 
 pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
 
@@ -33,7 +34,9 @@ impl IntoResponse for ApiError {
 impl From<DaemonError> for ApiError {
     fn from(e: DaemonError) -> Self {
         let status = match &e {
-            DaemonError::InvalidName(_) | DaemonError::Settings(_) => StatusCode::BAD_REQUEST,
+            DaemonError::InvalidName(_)
+            | DaemonError::Settings(_)
+            | DaemonError::SecretsMountPoint(_) => StatusCode::BAD_REQUEST,
             DaemonError::NotFound(_) => StatusCode::NOT_FOUND,
             DaemonError::Removing(_) => StatusCode::CONFLICT,
             DaemonError::PoolExhausted(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -61,7 +64,11 @@ fn image_status(e: &ImageError) -> StatusCode {
 pub fn router(d: Arc<Daemon>) -> Router {
     let router = Router::new()
         .route("/api/new", post(new_function))
-        .route("/api/pull", post(super::api_pull::pull_function))
+        // Its JSON (a config change, secrets included) is read whole: bounded.
+        .route(
+            "/api/pull",
+            post(super::api_pull::pull_function).layer(DefaultBodyLimit::max(MAX_CONFIG_BODY)),
+        )
         .route("/api/resolve", get(super::api_pull::resolve_image))
         .route(
             "/api/check-config",
@@ -139,10 +146,8 @@ async fn new_function(
     if !valid_name(&name) {
         return Err(DaemonError::InvalidName(name).into());
     }
-    let change = match headers.get(CONFIG_HEADER) {
-        Some(v) => parse_change(v.as_bytes(), CONFIG_HEADER)?,
-        None => ConfigChange::default(),
-    };
+    let idle = d.cfg.body_timeout();
+    let (change, prefix, body) = deploy_config(&headers, body, idle).await?;
     d.check_change(&change)?;
     let max = d.cfg.max_upload_mb << 20;
     let too_large = || {
@@ -155,11 +160,10 @@ async fn new_function(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max) {
+    if declared.is_some_and(|n| n.saturating_sub(prefix) > max) {
         return Err(too_large());
     }
     let _slot = d.upload_slot().await?;
-    let idle = d.cfg.body_timeout();
     let (upload, verdict) = upload::reader(body, max, idle);
     match d
         .deploy_with(&name, upload, Limits::default(), &change)
@@ -172,6 +176,56 @@ async fn new_function(
             format!("the upload stalled: no data for {idle:?} (--body-timeout); nothing was kept"),
         )),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The configuration of a deploy, from [`CONFIG_HEADER`] (no secrets: header values
+/// are what proxies and access logs keep) or from the first [`CONFIG_LENGTH_HEADER`]
+/// bytes of the body; with the length of that prefix and the rest of the body.
+async fn deploy_config(
+    headers: &HeaderMap,
+    body: Body,
+    idle: std::time::Duration,
+) -> Result<(ConfigChange, u64, Body), ApiError> {
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    match (headers.get(CONFIG_HEADER), headers.get(CONFIG_LENGTH_HEADER)) {
+        (Some(_), Some(_)) => Err(bad(format!(
+            "give the configuration in {CONFIG_HEADER} or in the body ({CONFIG_LENGTH_HEADER}), not both"
+        ))),
+        (Some(v), None) => {
+            let change = parse_change(v.as_bytes(), CONFIG_HEADER)?;
+            if change.touches_secrets() {
+                return Err(bad(format!(
+                    "secrets may not travel in a header: send the configuration at the start \
+                     of the body, its length in {CONFIG_LENGTH_HEADER}"
+                )));
+            }
+            Ok((change, 0, body))
+        }
+        (None, Some(v)) => {
+            let len = v
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or_else(|| bad(format!("{CONFIG_LENGTH_HEADER} is not a number")))?;
+            if len > MAX_CONFIG_BODY {
+                return Err(ApiError(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the configuration is {len} bytes; the limit is {MAX_CONFIG_BODY}"),
+                ));
+            }
+            let (json, rest) = upload::split_prefix(body, len, idle)
+                .await
+                .map_err(|e| match e {
+                    upload::PrefixError::Stalled(_) => {
+                        ApiError(StatusCode::REQUEST_TIMEOUT, e.to_string())
+                    }
+                    e => bad(e.to_string()),
+                })?;
+            let change = parse_change(&json, "the configuration at the start of the body")?;
+            Ok((change, len as u64, rest))
+        }
+        (None, None) => Ok((ConfigChange::default(), 0, body)),
     }
 }
 
@@ -217,6 +271,7 @@ async fn list(State(d): State<Arc<Daemon>>) -> Json<List> {
                 rootfs,
                 cmd: r.config.cmd,
                 env: env_names(&env),
+                secrets: r.settings.secrets.iter().cloned().collect(),
                 workdir: r.config.working_dir,
                 user: format!("{}:{}", r.config.uid, r.config.gid),
                 resources: r.resources,

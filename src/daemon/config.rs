@@ -213,6 +213,11 @@ impl Config {
         self.state_dir.join("logs")
     }
 
+    /// Each function's secret values (secret_store.rs).
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.state_dir.join("secrets")
+    }
+
     pub fn bundles_dir(&self) -> PathBuf {
         self.state_dir.join("bundles")
     }

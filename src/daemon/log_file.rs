@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -39,8 +39,48 @@ struct Open {
 
 /// What a reader gets: the kept lines, and (when asked) the lines logged after them.
 pub struct Snapshot {
-    pub lines: Vec<LogLine>,
+    pub kept: Kept,
     pub follow: Option<broadcast::Receiver<Arc<str>>>,
+}
+
+/// The kept lines at one instant, read without the log's lock: both generations opened
+/// then, each read only up to its length then (a later rotation renames or unlinks the
+/// paths, not the open files; later lines are past that length).
+pub struct Kept {
+    files: Vec<(File, u64)>,
+    since_ms: u64,
+}
+
+impl Kept {
+    /// Every kept line logged at or after `since_ms`, oldest first, read as it goes.
+    pub fn lines(self) -> impl Iterator<Item = io::Result<LogLine>> {
+        let since_ms = self.since_ms;
+        self.files
+            .into_iter()
+            .flat_map(|(file, len)| BufReader::new(file.take(len)).lines())
+            .filter_map(move |text| match text {
+                // A line cut by a crash mid-write is skipped, not fatal.
+                Ok(text) => serde_json::from_str::<LogLine>(&text)
+                    .ok()
+                    .filter(|l| l.ts_ms >= since_ms)
+                    .map(Ok),
+                Err(e) => Some(Err(e)),
+            })
+    }
+
+    /// The last `n` of [`lines`](Self::lines): only that many are held while reading.
+    pub fn tail(self, n: usize) -> io::Result<Vec<LogLine>> {
+        let mut lines = VecDeque::new();
+        for line in self.lines() {
+            if lines.len() >= n {
+                lines.pop_front();
+            }
+            if n > 0 {
+                lines.push_back(line?);
+            }
+        }
+        Ok(lines.into())
+    }
 }
 
 impl FunctionLog {
@@ -106,41 +146,28 @@ impl FunctionLog {
         Ok(())
     }
 
-    /// The kept lines logged at or after `since_ms`, the last `tail` of them; with
-    /// `follow`, a receiver of every line logged after them (taken under the same lock,
-    /// so none is missed or repeated). Blocking: reads up to `--log-max-mb`.
-    pub fn read(&self, since_ms: u64, tail: Option<usize>, follow: bool) -> io::Result<Snapshot> {
+    /// The kept lines logged at or after `since_ms`; with `follow`, a receiver of every
+    /// line logged after them (taken under the same lock, so none is missed or repeated).
+    /// Blocking, but short: it opens the files, the reading is the caller's.
+    pub fn read(&self, since_ms: u64, follow: bool) -> io::Result<Snapshot> {
         let state = self.state.lock().unwrap();
-        // With a tail, only that many lines are held while reading.
-        let mut lines = VecDeque::new();
+        let mut files = Vec::new();
         for path in [self.rotated(), self.path.clone()] {
             let file = match File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            for text in BufReader::new(file).lines() {
-                // A line cut by a crash mid-write is skipped, not fatal.
-                let Ok(line) = serde_json::from_str::<LogLine>(&text?) else {
-                    continue;
-                };
-                if line.ts_ms < since_ms {
-                    continue;
-                }
-                if tail.is_some_and(|n| lines.len() >= n) {
-                    lines.pop_front();
-                }
-                if tail != Some(0) {
-                    lines.push_back(line);
-                }
-            }
+            // Appends happen under the lock held here: this is every whole line so far.
+            let len = file.metadata()?.len();
+            files.push((file, len));
         }
         let follow = state
             .as_ref()
             .filter(|_| follow)
             .map(|o| o.followers.subscribe());
         Ok(Snapshot {
-            lines: lines.into(),
+            kept: Kept { files, since_ms },
             follow,
         })
     }
@@ -157,6 +184,28 @@ impl FunctionLog {
             }
         }
     }
+}
+
+/// Removes the logs (`<name>.log`, `<name>.log.1`) in `dir` of functions for which
+/// `deployed` is false: what a crash between an undeploy's registry change and its log
+/// removal left. Returns how many files went.
+pub fn sweep(dir: &Path, deployed: impl Fn(&str) -> bool) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        // Function names have no '.': the name is what comes before ".log".
+        let name = file
+            .strip_suffix(".log.1")
+            .or_else(|| file.strip_suffix(".log"));
+        if name.is_some_and(|n| !deployed(n)) {
+            fs::remove_file(&path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
@@ -192,12 +241,46 @@ mod tests {
         let size = |p: &Path| fs::metadata(p).map_or(0, |m| m.len());
         let total = size(&log.path) + size(&log.rotated());
         assert!(total <= 4096, "{total} bytes kept");
-        let kept = log.read(0, None, false).unwrap().lines;
+        let kept: Vec<LogLine> = log
+            .read(0, false)
+            .unwrap()
+            .kept
+            .lines()
+            .collect::<io::Result<_>>()
+            .unwrap();
         assert_eq!(kept.last().unwrap().text, "line 499", "newest kept");
         assert!(
             kept.windows(2).all(|w| w[0].ts_ms + 1 == w[1].ts_ms),
             "in order, no gap"
         );
+        // Rotations after a snapshot (its files renamed, then unlinked) do not touch it.
+        let snap = log.read(0, false).unwrap();
+        for i in 500..1000 {
+            log.append(&line(i, &format!("line {i}")));
+        }
+        let read: Vec<LogLine> = snap.kept.lines().collect::<io::Result<_>>().unwrap();
+        assert_eq!(read, kept);
+    }
+
+    #[test]
+    fn sweep_removes_only_logs_of_functions_not_deployed() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [
+            "kept.log",
+            "kept.log.1",
+            "gone.log",
+            "gone.log.1",
+            "other.txt",
+        ] {
+            fs::write(dir.path().join(f), "x").unwrap();
+        }
+        assert_eq!(sweep(dir.path(), |n| n == "kept").unwrap(), 2);
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["kept.log", "kept.log.1", "other.txt"]);
     }
 
     #[test]
@@ -207,10 +290,17 @@ mod tests {
         for i in 0..10 {
             log.append(&line(i * 1000, &i.to_string()));
         }
-        let texts = |s: Snapshot| s.lines.into_iter().map(|l| l.text).collect::<Vec<_>>();
-        assert_eq!(texts(log.read(7000, None, false).unwrap()), ["7", "8", "9"]);
-        assert_eq!(texts(log.read(0, Some(2), false).unwrap()), ["8", "9"]);
-        let mut rx = log.read(0, Some(0), true).unwrap().follow.unwrap();
+        let texts = |l: Vec<LogLine>| l.into_iter().map(|l| l.text).collect::<Vec<_>>();
+        let all = |s: Snapshot| s.kept.lines().collect::<io::Result<Vec<_>>>().unwrap();
+        assert_eq!(texts(all(log.read(7000, false).unwrap())), ["7", "8", "9"]);
+        let tail = log.read(0, false).unwrap().kept.tail(2).unwrap();
+        assert_eq!(texts(tail), ["8", "9"]);
+        assert!(log.read(0, false).unwrap().kept.tail(0).unwrap().is_empty());
+        // A snapshot is what was kept when it was taken, whatever is written after.
+        let snap = log.read(0, false).unwrap();
+        log.append(&line(9500, "after"));
+        assert_eq!(all(snap).len(), 10);
+        let mut rx = log.read(0, true).unwrap().follow.unwrap();
         log.append(&line(10_000, "new"));
         assert!(rx.try_recv().unwrap().contains("\"new\""));
         log.remove();

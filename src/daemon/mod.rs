@@ -20,6 +20,7 @@ mod prewarm;
 mod pull;
 mod registry;
 mod request;
+mod secret_store;
 mod settings;
 mod state_dir;
 mod stats;
@@ -47,14 +48,15 @@ use loopback::{Loopback, LoopbackError};
 use metrics::Metrics;
 pub use registry::FunctionRecord;
 use registry::{Registry, RegistryError};
+use secret_store::{SecretStore, SecretStoreError};
 pub use settings::SettingsError;
-use settings::{Live, Maxima};
+use settings::{FunctionSettings, Live, Maxima};
 
 pub use crate::api::Deployed;
 use crate::api::{ConfigChange, ConfigView, Description, FunctionLimits};
 use crate::backend::{Backend, BackendError, Pools};
 use crate::image::{self, ImageError};
-use crate::runtime::{self, RuntimeError};
+use crate::runtime::{self, RuntimeError, SecretFiles};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -111,6 +113,10 @@ pub enum DaemonError {
     RegistryAuth(#[from] pull::AuthFileError),
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    #[error("this image cannot hold secrets: {0}")]
+    SecretsMountPoint(#[source] RuntimeError),
+    #[error(transparent)]
+    SecretStore(#[from] SecretStoreError),
     #[error("reading the token file {path} failed: {source}")]
     Token {
         path: PathBuf,
@@ -161,6 +167,8 @@ pub struct Daemon {
     registries: pull::Registries,
     /// The most a function's configuration may ask for.
     maxima: Maxima,
+    /// Every function's secret values.
+    secrets: SecretStore,
 }
 
 /// Image installs at once: each is bound by the disk and a core (2 here), and holds up
@@ -308,6 +316,7 @@ impl Daemon {
             token,
             registries,
             maxima,
+            secrets: SecretStore::open(cfg.secrets_dir())?,
             cfg,
         });
         daemon.restore().await;
@@ -316,6 +325,16 @@ impl Daemon {
 
     async fn restore(self: &Arc<Self>) {
         let records = self.registry.lock().await.functions().clone();
+        match self.secrets.sweep(&records) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} leftover secret directories"),
+            Err(e) => tracing::error!("sweeping the secret store failed: {e}"),
+        }
+        match log_file::sweep(&self.cfg.logs_dir(), |name| records.contains_key(name)) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} logs of functions no longer deployed"),
+            Err(e) => tracing::error!("sweeping the logs failed: {e}"),
+        }
         let on_lo = self.lo_ips().await.unwrap_or_default();
         for (name, rec) in records {
             let dir = self.cfg.images_dir().join(&name);
@@ -324,13 +343,15 @@ impl Daemon {
                 continue;
             }
             let result = async {
+                // A function is not served without its secrets.
+                let secrets = Arc::new(self.secrets.load(&name, &rec.settings)?);
                 if !on_lo.contains(&rec.ip) {
                     self.lo.add(rec.ip).await?;
                 }
                 let native = self.native_root(&name, &dir, &rec.config).await?;
                 let listener = self.bind(rec.ip).await?;
                 let image = Image::new(dir, rec.config.clone(), native);
-                self.activate(&name, &rec, image, listener);
+                self.activate(&name, &rec, image, listener, secrets);
                 Ok::<_, DaemonError>(())
             }
             .await;
@@ -365,12 +386,13 @@ impl Daemon {
         rec: &FunctionRecord,
         image: Image,
         listener: TcpListener,
+        secrets: Arc<SecretFiles>,
     ) -> Arc<Function> {
         let stop = self.stop_accepting.child_token();
         let f = Arc::new(Function::new(
             name,
             rec.ip,
-            Live::of(rec, &self.cfg),
+            Live::of(rec, &self.cfg, secrets),
             image,
             stop,
             prewarm::Prewarmed::new(self.prewarm.clone(), self.metrics.prewarm(name)),
@@ -577,6 +599,14 @@ impl Daemon {
             image_size,
         };
         settings::apply(&mut record, change, &self.maxima)?;
+        let staged_secrets = self.stage_secrets(
+            name,
+            &FunctionSettings::default(),
+            &mut record,
+            change,
+            &staged.path().join("rootfs"),
+        )?;
+        let secrets = Arc::new(self.secrets.load(name, &record.settings)?);
         let mut taken: HashSet<Ipv4Addr> = registry.functions().values().map(|r| r.ip).collect();
         taken.extend(self.lo_ips().await?);
         let ip = pool::lowest_free(self.cfg.subnet, &taken)
@@ -614,8 +644,9 @@ impl Daemon {
             function::remove_tree(dest);
             return Err(undo_address(e.into()).await);
         }
+        staged_secrets.map(secret_store::Staged::commit);
         let image = Image::new(dest.to_path_buf(), record.config.clone(), native);
-        Ok(self.activate(name, &record, image, listener))
+        Ok(self.activate(name, &record, image, listener, secrets))
     }
 
     async fn redeploy(
@@ -643,6 +674,14 @@ impl Daemon {
             ..old_record.clone()
         };
         settings::apply(&mut record, change, &self.maxima)?;
+        let staged_secrets = self.stage_secrets(
+            &f.name,
+            &old_record.settings,
+            &mut record,
+            change,
+            &staged.path().join("rootfs"),
+        )?;
+        let secrets = self.live_secrets(f, &record, staged_secrets.is_some())?;
         registry.put(&f.name, record.clone())?;
         let aside = self.retired_path(&f.name);
         let swapped = f
@@ -660,8 +699,9 @@ impl Daemon {
         match swapped {
             // Containers waiting with the old image must not serve new requests.
             Ok(()) => {
+                staged_secrets.map(secret_store::Staged::commit);
                 if !change.is_empty() {
-                    f.set_live(Live::of(&record, &self.cfg));
+                    f.set_live(Live::of(&record, &self.cfg, secrets));
                 }
                 f.prewarmed.clear()
             }
@@ -726,14 +766,60 @@ impl Daemon {
             .get(name)
             .cloned()
             .ok_or_else(|| DaemonError::NotFound(name.to_string()))?;
+        let old_settings = record.settings.clone();
         settings::apply(&mut record, change, &self.maxima)?;
+        let rootfs = self.cfg.images_dir().join(name).join("rootfs");
+        let staged_secrets =
+            self.stage_secrets(name, &old_settings, &mut record, change, &rootfs)?;
+        let secrets = self.live_secrets(&f, &record, staged_secrets.is_some())?;
         registry.put(name, record.clone())?;
-        f.set_live(Live::of(&record, &self.cfg));
+        staged_secrets.map(secret_store::Staged::commit);
+        f.set_live(Live::of(&record, &self.cfg, secrets));
         f.prewarmed.clear();
         tracing::info!(function = %name, env = ?record.settings.env.keys().collect::<Vec<_>>(),
+            secrets = ?record.settings.secrets,
             resources = ?record.resources, timeout_secs = ?record.settings.timeout_secs,
             max_concurrency = ?record.settings.max_concurrency, "configuration updated");
         Ok(self.config_view(name, &record))
+    }
+
+    /// Writes the secrets `change` sets or removes as `record`'s next generation (None if
+    /// it touches none; dropped uncommitted, it leaves nothing), once the image at `rootfs`
+    /// is known to have a safe /run/secrets to mount them on.
+    fn stage_secrets(
+        &self,
+        name: &str,
+        old: &FunctionSettings,
+        record: &mut FunctionRecord,
+        change: &ConfigChange,
+        rootfs: &Path,
+    ) -> Result<Option<secret_store::Staged>, DaemonError> {
+        if !record.settings.secrets.is_empty() {
+            runtime::secrets::prepare_mount_point(rootfs)
+                .map_err(DaemonError::SecretsMountPoint)?;
+        }
+        if !change.touches_secrets() {
+            return Ok(None);
+        }
+        let staged = self
+            .secrets
+            .stage(name, old, &record.settings, &change.secrets)?;
+        record.settings.secrets_generation = staged.generation;
+        Ok(Some(staged))
+    }
+
+    /// The secrets `record`'s requests get: read from the store when they `changed`,
+    /// else the ones `f` serves with now.
+    fn live_secrets(
+        &self,
+        f: &Function,
+        record: &FunctionRecord,
+        changed: bool,
+    ) -> Result<Arc<SecretFiles>, DaemonError> {
+        Ok(match changed {
+            true => Arc::new(self.secrets.load(&f.name, &record.settings)?),
+            false => f.live().secrets.clone(),
+        })
     }
 
     /// Everything about function `name` but its env values (`GET /api/functions/<name>`).
@@ -759,6 +845,7 @@ impl Daemon {
             workdir: record.config.working_dir,
             user: format!("{}:{}", record.config.uid, record.config.gid),
             env: crate::api::env_names(&env),
+            secrets: view.secrets,
             env_set: view.env,
             env_set_digest: crate::api::env_digest(&record.settings.env),
             limits: view.limits,
@@ -781,10 +868,11 @@ impl Daemon {
 
     /// A function's configuration as the API answers it (env names, not values).
     pub fn config_view(&self, name: &str, record: &FunctionRecord) -> ConfigView {
-        let live = Live::of(record, &self.cfg);
+        let live = Live::of(record, &self.cfg, Default::default());
         ConfigView {
             name: name.to_string(),
             env: record.settings.env.keys().cloned().collect(),
+            secrets: record.settings.secrets.iter().cloned().collect(),
             limits: limits(live.resources, live.exec_timeout, live.max_concurrency),
         }
     }
@@ -830,6 +918,9 @@ impl Daemon {
         })
         .await;
         f.log.remove();
+        if let Err(e) = self.secrets.remove_function(name) {
+            tracing::error!(function = %name, "removing its secrets failed: {e}");
+        }
         self.removing.lock().unwrap().remove(name);
         tracing::info!(function = %name, "undeployed");
         Ok(())
@@ -895,7 +986,7 @@ fn recover(cfg: &Config, backend: &Backend) -> Result<(), DaemonError> {
     let bundles = cfg.bundles_dir();
     for entry in std::fs::read_dir(&bundles).map_err(fs_err("list", &bundles))? {
         let path = entry.map_err(fs_err("list", &bundles))?.path();
-        std::fs::remove_dir_all(&path).map_err(fs_err("remove stale bundle", &path))?;
+        crate::runc::remove_bundle(&path).map_err(fs_err("remove stale bundle", &path))?;
         tracing::info!(bundle = %path.display(), "removed a stale bundle");
     }
     let killed = runtime::sweep_cgroups(&cfg.cgroup_parent)?;

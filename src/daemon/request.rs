@@ -114,7 +114,7 @@ impl Drop for Bundle {
     fn drop(&mut self) {
         let dir = std::mem::take(&mut self.dir);
         crate::offload::off_async(move || {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if let Err(e) = crate::runc::remove_bundle(&dir) {
                 tracing::error!(bundle = %dir.display(), "removing the bundle failed: {e}");
             }
         });
@@ -392,6 +392,7 @@ pub async fn start(
             hostname: &id_owned,
             resources: spawn_live.resources,
             control_socket: sock.as_deref(),
+            secrets: &spawn_live.secrets,
             stdout: Some(stdout_wr.as_fd()),
             stderr: Some(stderr_wr.as_fd()),
         };

@@ -1,8 +1,9 @@
-//! Per-function configuration (env, limits, timeout, concurrency): validated, bounded by
-//! the operator's maxima, applied to the persisted record, and turned into what a request
-//! runs with.
+//! Per-function configuration (env, secrets, limits, timeout, concurrency): validated,
+//! bounded by the operator's maxima, applied to the persisted record, and turned into what
+//! a request runs with. Secret values are not part of the record: it keeps their names,
+//! the values live in the secret store (secret_store.rs).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +12,8 @@ use tokio::sync::Semaphore;
 
 use super::registry::FunctionRecord;
 use super::Config;
-use crate::api::ConfigChange;
-use crate::runtime::{ParentLimits, Resources};
+use crate::api::{secret_name_problem, ConfigChange, MAX_SECRETS, MAX_SECRET_BYTES};
+use crate::runtime::{ParentLimits, Resources, SecretFiles};
 
 /// Bytes of `KEY=value` strings a function may set through the API, all together.
 pub const MAX_ENV_BYTES: usize = 64 << 10;
@@ -32,6 +33,12 @@ pub enum SettingsError {
     EnvValue(String),
     #[error("the env set through faasd is {bytes} bytes in {vars} variables; the limit is {MAX_ENV_BYTES} bytes and {MAX_ENV_VARS} variables")]
     EnvTooLarge { bytes: usize, vars: usize },
+    #[error("invalid secret name {name:?}: {why}")]
+    SecretName { name: String, why: &'static str },
+    #[error("secret {name:?} is {bytes} bytes; the limit is {MAX_SECRET_BYTES} bytes")]
+    SecretTooLarge { name: String, bytes: usize },
+    #[error("a function may have at most {MAX_SECRETS} secrets; this change leaves {0}")]
+    TooManySecrets(usize),
     #[error("{what} {asked} is above the maximum the operator allows, {max} ({flag})")]
     AboveMax {
         what: &'static str,
@@ -60,6 +67,16 @@ pub struct FunctionSettings {
     /// None: `--max-per-function`.
     #[serde(default)]
     pub max_concurrency: Option<usize>,
+    /// Names of its secrets (their values are in the secret store).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub secrets: BTreeSet<String>,
+    /// Which generation of the secret store holds them (each change writes a new one).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub secrets_generation: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The most a function may ask for: `--max-memory-mb`, `--max-cpus`, `--max-pids`,
@@ -160,6 +177,23 @@ fn apply_to(
         }
         settings.env.insert(name.clone(), value.clone());
     }
+    for name in &change.rm_secrets {
+        check_secret_name(name)?;
+        settings.secrets.remove(name);
+    }
+    for (name, value) in &change.secrets {
+        check_secret_name(name)?;
+        if value.len() > MAX_SECRET_BYTES {
+            return Err(SettingsError::SecretTooLarge {
+                name: name.clone(),
+                bytes: value.len(),
+            });
+        }
+        settings.secrets.insert(name.clone());
+    }
+    if settings.secrets.len() > MAX_SECRETS {
+        return Err(SettingsError::TooManySecrets(settings.secrets.len()));
+    }
     let bytes: usize = settings
         .env
         .iter()
@@ -245,6 +279,16 @@ fn bounded<T: PartialOrd + ToString>(
     Ok(())
 }
 
+fn check_secret_name(name: &str) -> Result<(), SettingsError> {
+    match secret_name_problem(name) {
+        Some(why) => Err(SettingsError::SecretName {
+            name: name.to_string(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
 fn check_env_name(name: &str) -> Result<(), SettingsError> {
     if name.is_empty() || name.contains(['=', '\0']) {
         return Err(SettingsError::EnvName(name.to_string()));
@@ -272,6 +316,8 @@ pub fn merge_env(image: &[String], ours: &BTreeMap<String, String>) -> Vec<Strin
 pub struct Live {
     pub resources: Resources,
     pub env: BTreeMap<String, String>,
+    /// Its secrets, mounted at /run/secrets in each of its containers.
+    pub secrets: Arc<SecretFiles>,
     pub exec_timeout: Duration,
     pub max_concurrency: usize,
     /// This function's containers at once. A new configuration gets a fresh semaphore:
@@ -281,11 +327,13 @@ pub struct Live {
 }
 
 impl Live {
-    pub fn of(rec: &FunctionRecord, cfg: &Config) -> Self {
+    /// What `rec`'s requests run with; `secrets` are its values of `rec.settings.secrets`.
+    pub fn of(rec: &FunctionRecord, cfg: &Config, secrets: Arc<SecretFiles>) -> Self {
         let max_concurrency = rec.settings.max_concurrency.unwrap_or(cfg.max_per_function);
         Live {
             resources: rec.resources,
             env: rec.settings.env.clone(),
+            secrets,
             exec_timeout: rec
                 .settings
                 .timeout_secs
@@ -454,6 +502,46 @@ mod tests {
             apply(&mut record(), &many, &max()),
             Err(SettingsError::EnvTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn secrets_are_validated_and_bounded() {
+        use crate::api::SecretValue;
+        let set = |name: &str, len: usize| ConfigChange {
+            secrets: [(name.to_string(), SecretValue::new(vec![b'x'; len]))].into(),
+            ..Default::default()
+        };
+        let mut rec = record();
+        apply(&mut rec, &set("db", MAX_SECRET_BYTES), &max()).unwrap();
+        assert_eq!(rec.settings.secrets, BTreeSet::from(["db".to_string()]));
+        for bad in ["", "..", "a/b", "a\0b"] {
+            let err = apply(&mut rec, &set(bad, 1), &max()).unwrap_err();
+            assert!(
+                matches!(err, SettingsError::SecretName { .. }),
+                "{bad:?}: {err}"
+            );
+        }
+        let err = apply(&mut rec, &set("big", MAX_SECRET_BYTES + 1), &max()).unwrap_err();
+        assert!(matches!(err, SettingsError::SecretTooLarge { .. }), "{err}");
+        let many = ConfigChange {
+            secrets: (0..MAX_SECRETS)
+                .map(|i| (format!("s{i}"), SecretValue::new(b"v".to_vec())))
+                .collect(),
+            ..Default::default()
+        };
+        let err = apply(&mut rec, &many, &max()).unwrap_err();
+        assert_eq!(err, SettingsError::TooManySecrets(MAX_SECRETS + 1));
+        assert_eq!(
+            rec.settings.secrets.len(),
+            1,
+            "a refused change changes nothing"
+        );
+        let rm = ConfigChange {
+            rm_secrets: vec!["db".into(), "never-set".into()],
+            ..Default::default()
+        };
+        apply(&mut rec, &rm, &max()).unwrap();
+        assert!(rec.settings.secrets.is_empty());
     }
 
     #[test]

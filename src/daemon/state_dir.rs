@@ -13,7 +13,7 @@ use crate::image::CONFIG_FILE;
 pub const DIR_MODE: u32 = 0o700;
 pub const FILE_MODE: u32 = 0o600;
 
-/// Creates (or tightens) the state directory, `images/`, `bundles/` and `logs/`, the
+/// Creates (or tightens) the state directory, `images/`, `bundles/`, `logs/` and `secrets/`, the
 /// registry, every function's log and every installed image's directory and config, and mounts the store `nosuid,nodev`
 /// (returning that mount when this call made it).
 pub fn prepare(cfg: &Config) -> Result<Option<store_mount::OurMount>, DaemonError> {
@@ -22,6 +22,7 @@ pub fn prepare(cfg: &Config) -> Result<Option<store_mount::OurMount>, DaemonErro
         cfg.images_dir(),
         cfg.bundles_dir(),
         cfg.logs_dir(),
+        cfg.secrets_dir(),
     ] {
         DirBuilder::new()
             .recursive(true)

@@ -45,6 +45,41 @@ pub fn reader(body: Body, max: u64, idle: Duration) -> (impl Read + Send + 'stat
     (capped, verdict)
 }
 
+/// Why the configuration at the start of an upload could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PrefixError {
+    #[error("the body ended within its first {0} bytes (X-Function-Config-Length)")]
+    Short(usize),
+    #[error("the body stalled in its first {0} bytes (--body-timeout)")]
+    Stalled(usize),
+    #[error("reading the body failed: {0}")]
+    Read(#[source] axum::Error),
+}
+
+/// Splits the first `len` bytes off `body` (the configuration sent before the tarball),
+/// waiting at most `idle` for each chunk; the rest of the body follows, untouched.
+pub async fn split_prefix(
+    body: Body,
+    len: usize,
+    idle: Duration,
+) -> Result<(Vec<u8>, Body), PrefixError> {
+    let mut stream = body.into_data_stream();
+    let mut prefix = Vec::with_capacity(len);
+    let mut rest = Bytes::new();
+    while prefix.len() < len {
+        let chunk = match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => return Err(PrefixError::Stalled(len)),
+            Ok(None) => return Err(PrefixError::Short(len)),
+            Ok(Some(chunk)) => chunk.map_err(PrefixError::Read)?,
+        };
+        let take = chunk.len().min(len - prefix.len());
+        prefix.extend_from_slice(&chunk[..take]);
+        rest = chunk.slice(take..);
+    }
+    let first = futures::stream::iter((!rest.is_empty()).then_some(Ok::<_, axum::Error>(rest)));
+    Ok((prefix, Body::from_stream(first.chain(stream))))
+}
+
 /// Ends `stream` with an error when no chunk came for `idle`: a stalled upload must not
 /// hold its thread, its upload slot and its staging directory forever.
 fn idle_limited(

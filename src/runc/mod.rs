@@ -5,6 +5,11 @@
 //! `runc run` stays in the foreground as the container's supervisor and exits with the
 //! container's status, so its pidfd tells us when the container ended, exactly like the
 //! native runtime's pidfd of the container's first process.
+//!
+//! A container with secrets gets a tmpfs of its own in its bundle (`secrets/`, made and
+//! filled by runtime::secrets in the daemon's mount namespace, read-only before runc
+//! starts), which the spec binds read-only at /run/secrets: the same view as the native
+//! runtime's. [`remove_bundle`] detaches it with the bundle.
 
 mod container;
 mod spec;
@@ -15,7 +20,10 @@ use std::process::{Command, Stdio};
 
 pub use container::RuncContainer;
 
-use crate::runtime::ContainerSpec;
+use crate::runtime::{secrets, ContainerSpec, RuntimeError};
+
+/// The secrets tmpfs's directory in a bundle.
+const BUNDLE_SECRETS: &str = "secrets";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuncError {
@@ -35,6 +43,8 @@ pub enum RuncError {
         #[source]
         source: oci_spec::OciSpecError,
     },
+    #[error(transparent)]
+    Secrets(#[from] RuntimeError),
     #[error("{op} failed: {source}")]
     Sys {
         op: &'static str,
@@ -45,6 +55,12 @@ pub enum RuncError {
 
 fn sys(op: &'static str) -> impl FnOnce(io::Error) -> RuncError {
     move |source| RuncError::Sys { op, source }
+}
+
+/// Removes a request's bundle directory, its secrets tmpfs (if any) detached first.
+pub fn remove_bundle(dir: &Path) -> io::Result<()> {
+    secrets::unmount(&dir.join(BUNDLE_SECRETS))?;
+    std::fs::remove_dir_all(dir)
 }
 
 /// How to invoke runc: the binary and its state directory (`runc --root`).
@@ -95,8 +111,17 @@ impl Runc {
         spec: &ContainerSpec<'_>,
         bundle: &Path,
     ) -> Result<RuncContainer, RuncError> {
+        let secrets = match spec.secrets.is_empty() {
+            true => None,
+            false => {
+                let dir = bundle.join(BUNDLE_SECRETS);
+                std::fs::create_dir(&dir).map_err(sys("create the secrets directory"))?;
+                secrets::mount_on_host(&dir, spec.secrets, spec.uid, spec.gid)?;
+                Some(dir)
+            }
+        };
         let path = bundle.join("config.json");
-        spec::build(spec, &self.cgroup_parent)?
+        spec::build(spec, &self.cgroup_parent, secrets.as_deref())?
             .save(&path)
             .map_err(|source| RuncError::WriteSpec { path, source })?;
         let output = |fd: Option<std::os::fd::BorrowedFd<'_>>| -> Result<Stdio, RuncError> {

@@ -1,6 +1,7 @@
 //! The OCI runtime spec (`config.json`) of one request's container: runc's defaults (the
 //! `runc spec` namespaces, mounts, masked paths and capabilities) with the image's
-//! command, user and root, faasd's resource limits and the control socket bind mount.
+//! command, user and root, faasd's resource limits, the control socket bind mount and the
+//! request's secrets tmpfs bound read-only at /run/secrets.
 
 use std::path::Path;
 
@@ -11,12 +12,18 @@ use oci_spec::runtime::{
 
 use oci_spec::OciSpecError;
 
+use crate::runtime::secrets::SECRETS_DIR;
 use crate::runtime::{ContainerSpec, Resources};
 
 /// The CFS period the CPU quota is expressed in (the kernel's default).
 const CPU_PERIOD_US: u64 = 100_000;
 
-pub fn build(spec: &ContainerSpec<'_>, cgroup_parent: &str) -> Result<Spec, OciSpecError> {
+/// `secrets`: the host directory of the container's secrets tmpfs (see runc/mod.rs).
+pub fn build(
+    spec: &ContainerSpec<'_>,
+    cgroup_parent: &str,
+    secrets: Option<&Path>,
+) -> Result<Spec, OciSpecError> {
     let mut oci = Spec::default();
     oci.set_hostname(Some(spec.hostname.to_string()));
     oci.set_root(Some(
@@ -44,7 +51,10 @@ pub fn build(spec: &ContainerSpec<'_>, cgroup_parent: &str) -> Result<Spec, OciS
             .build()?,
     );
     if let Some(sock) = spec.control_socket {
-        mounts.push(bind_mount(sock, "/control.sock")?);
+        mounts.push(bind_mount(sock, "/control.sock", &[])?);
+    }
+    if let Some(dir) = secrets {
+        mounts.push(bind_mount(dir, SECRETS_DIR, &["ro"])?);
     }
     oci.set_mounts(Some(mounts));
     if let Some(linux) = oci.linux_mut() {
@@ -70,12 +80,18 @@ fn without_net_bind_service(mut caps: LinuxCapabilities) -> LinuxCapabilities {
     caps
 }
 
-fn bind_mount(source: &Path, destination: &str) -> Result<oci_spec::runtime::Mount, OciSpecError> {
+fn bind_mount(
+    source: &Path,
+    destination: &str,
+    extra: &[&str],
+) -> Result<oci_spec::runtime::Mount, OciSpecError> {
     MountBuilder::default()
         .destination(destination)
         .typ("bind")
         .source(source)
-        .options(strings(&["bind", "nosuid", "nodev", "noexec"]))
+        .options(strings(
+            &[&["bind", "nosuid", "nodev", "noexec"], extra].concat(),
+        ))
         .build()
 }
 
@@ -124,10 +140,12 @@ mod tests {
             hostname: "hello-7",
             resources: Resources::default(),
             control_socket: Some(Path::new("/var/lib/faasd/bundles/hello-7/control.sock")),
+            secrets: &crate::runtime::secrets::NO_SECRETS,
             stdout: None,
             stderr: None,
         };
-        let json = serde_json::to_value(build(&spec, "faasd").unwrap()).unwrap();
+        let secrets = Path::new("/var/lib/faasd/bundles/hello-7/secrets");
+        let json = serde_json::to_value(build(&spec, "faasd", Some(secrets)).unwrap()).unwrap();
         assert_eq!(json["process"]["args"][0], "/test-handler");
         assert_eq!(json["process"]["user"]["uid"], 1000);
         assert_eq!(json["process"]["user"]["gid"], 100);
@@ -159,6 +177,15 @@ mod tests {
         assert_eq!(
             sock["source"],
             "/var/lib/faasd/bundles/hello-7/control.sock"
+        );
+        let secrets = mounts
+            .iter()
+            .find(|m| m["destination"] == "/run/secrets")
+            .expect("secrets mount");
+        assert_eq!(secrets["source"], "/var/lib/faasd/bundles/hello-7/secrets");
+        assert!(
+            secrets["options"].to_string().contains("\"ro\""),
+            "{secrets}"
         );
         let ns: Vec<_> = json["linux"]["namespaces"]
             .as_array()

@@ -37,6 +37,7 @@ use seccompiler::BpfProgram;
 
 use super::kept_fds::{self, KeptFds};
 use super::rootfs::{WORKDIR_FLAGS, WORKDIR_RESOLVE};
+use super::secrets::SecretsMount;
 use super::timeline::{Clock, Mark};
 
 /// The setup steps, as reported back to the parent on failure.
@@ -53,6 +54,7 @@ pub enum Step {
     EnterTemplate,
     UnshareMountNamespace,
     Mount,
+    MountSecrets,
     SetHostname,
     OpenWorkdir,
     Chdir,
@@ -69,7 +71,7 @@ pub enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 23] = [
+    const ALL: [Step; 24] = [
         Step::KeepFds,
         Step::CloseFds,
         Step::NewSession,
@@ -80,6 +82,7 @@ impl Step {
         Step::EnterTemplate,
         Step::UnshareMountNamespace,
         Step::Mount,
+        Step::MountSecrets,
         Step::SetHostname,
         Step::OpenWorkdir,
         Step::Chdir,
@@ -113,6 +116,7 @@ impl fmt::Display for Step {
             Step::EnterTemplate => "join the image's mount template",
             Step::UnshareMountNamespace => "copy the mount template",
             Step::Mount => "mount",
+            Step::MountSecrets => "mount /run/secrets",
             Step::SetHostname => "set hostname",
             Step::OpenWorkdir => "open the working directory",
             Step::Chdir => "chdir to working directory",
@@ -191,6 +195,8 @@ impl<'a> CStrArray<'a> {
 pub struct ChildPlan<'a> {
     pub fds: KeptFds<'a>,
     pub mounts: &'static [MountOp],
+    /// The function's secrets, mounted after `mounts` (None: it has none).
+    pub secrets: Option<&'a SecretsMount<'a>>,
     pub hostname: CString,
     /// The canonical working directory inside the container (see rootfs::resolve_workdir).
     pub workdir: CString,
@@ -409,6 +415,11 @@ fn enter_root(plan: &ChildPlan) -> StepResult {
     let umask = unsafe { libc::umask(0) };
     for (i, op) in plan.mounts.iter().enumerate() {
         apply_mount(op).map_err(|e| Failure(Step::Mount, i as u32, e))?;
+    }
+    if let Some(secrets) = plan.secrets {
+        secrets
+            .mount()
+            .map_err(|(step, e)| Failure(Step::MountSecrets, step as u32, e))?;
     }
     // SAFETY: as above.
     unsafe { libc::umask(umask) };

@@ -68,6 +68,12 @@ pub enum RuntimeError {
         #[source]
         source: io::Error,
     },
+    #[error("the secrets tmpfs: {step} failed: {source}")]
+    Secrets {
+        step: super::secrets::MountStep,
+        #[source]
+        source: io::Error,
+    },
     #[error("container setup did not finish within {after:?}: killed while at '{stuck_in}'")]
     SetupTimeout {
         after: std::time::Duration,

@@ -20,6 +20,7 @@ mod privileges;
 mod process;
 mod rootfs;
 mod seccomp;
+pub mod secrets;
 mod template;
 mod timeline;
 mod watchdog;
@@ -48,6 +49,7 @@ pub use landlock::{abi as landlock_abi, net_support, NetSupport, NET_ABI as LAND
 pub use netns_pool::NetnsStats;
 pub use process::clones_into_cgroup;
 pub use rootfs::{Kind as MountPointKind, MOUNT_POINTS};
+pub use secrets::SecretFiles;
 pub use template::{ControlSocketOwner, MountTemplate};
 pub use timeline::{Timeline, PHASES as SETUP_PHASES};
 
@@ -95,6 +97,8 @@ pub struct ContainerSpec<'a> {
     /// Host path of a Unix socket to bind at /control.sock (runc backend; the native
     /// runtime's is in the template).
     pub control_socket: Option<&'a Path>,
+    /// Mounted at /run/secrets, read-only, owned by `uid:gid` (none: nothing mounted).
+    pub secrets: &'a SecretFiles,
     /// Where the container's stdout and stderr go (None: /dev/null).
     pub stdout: Option<BorrowedFd<'a>>,
     pub stderr: Option<BorrowedFd<'a>>,
@@ -207,6 +211,14 @@ impl Runtime {
         }
         let workdir = rootfs::resolve_workdir(spec.rootfs, spec.workdir)?;
         let exe = rootfs::resolve_command(spec.rootfs, argv0, spec.env)?;
+        let secrets = match spec.secrets.is_empty() {
+            true => None,
+            false => Some(spec.secrets.mount_at(
+                Path::new(secrets::SECRETS_DIR),
+                spec.uid,
+                spec.gid,
+            )?),
+        };
         let argv = to_cstrings("argument", spec.argv)?;
         let env = to_cstrings("environment variable", spec.env)?;
         clock.mark(Mark::Checked);
@@ -241,6 +253,7 @@ impl Runtime {
                 &join_fds,
             )?,
             mounts: rootfs::container_mounts(),
+            secrets: secrets.as_ref(),
             hostname: rootfs::cstring("hostname", spec.hostname)?,
             workdir,
             uid: spec.uid,
@@ -323,6 +336,9 @@ fn child_error(exe: &str, step: Step, detail: u32, errno: i32) -> RuntimeError {
         Step::Mount => rootfs::container_mounts()
             .get(detail as usize)
             .map(rootfs::describe)
+            .unwrap_or_default(),
+        Step::MountSecrets => secrets::MountStep::from_u32(detail)
+            .map(|s| format!("({s})"))
             .unwrap_or_default(),
         Step::Exec if errno == libc::ENOENT => {
             return RuntimeError::CommandNotFound(format!(

@@ -64,7 +64,12 @@ const PROC_READ_ONLY: &[&str] = &[
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// openat2 of `rel` under `root` with `flags` (O_CLOEXEC added) and `resolve`.
-fn openat2(root: &File, rel: &str, flags: libc::c_int, resolve: u64) -> io::Result<OwnedFd> {
+pub(super) fn openat2(
+    root: &File,
+    rel: &str,
+    flags: libc::c_int,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
     let path = CString::new(rel).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: open_how is plain data; all-zero is its documented default.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
@@ -92,7 +97,7 @@ fn open_beneath(root: &File, rel: &str, resolve: u64) -> io::Result<std::fs::Met
     File::from(openat2(root, rel, libc::O_PATH, resolve)?).metadata()
 }
 
-fn open_root(rootfs: &Path) -> Result<File> {
+pub(super) fn open_root(rootfs: &Path) -> Result<File> {
     let root = File::open(rootfs).map_err(|_| RuntimeError::RootfsMissing(rootfs.into()))?;
     match root.metadata() {
         Ok(m) if m.is_dir() => Ok(root),

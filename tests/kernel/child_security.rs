@@ -447,6 +447,7 @@ fn expect_setup_killed(
         hostname: "stuck",
         resources: Resources::default(),
         control_socket: None,
+        secrets: &faasd::runtime::secrets::NO_SECRETS,
         stdout: None,
         stderr: None,
     };

@@ -109,7 +109,7 @@ fn env_and_limits_set_changed_and_kept_across_restarts() -> TestResult {
     s.check(
         out.trim()
             == "Configured cfg: memory 64 MiB, cpus 1, pids 32, timeout 3 s, max concurrency 4, \
-                env FROM_FILE,GREETING,PATH",
+                env FROM_FILE,GREETING,PATH, secrets none",
         format!("faas config said {out:?}"),
     )?;
     let want = [

@@ -29,6 +29,10 @@ pub fn tests() -> Vec<Trial> {
             "function_logs::flood_is_cut_and_the_file_bounded",
             flood_is_cut_and_the_file_bounded,
         ),
+        Trial::test(
+            "function_logs::stale_logs_swept_at_start",
+            stale_logs_swept_at_start,
+        ),
     ]
 }
 
@@ -189,6 +193,20 @@ fn flood_is_cut_and_the_file_bounded() -> TestResult {
         rotated > 0 && current + rotated <= MAX,
         format!("fl.log {current} + fl.log.1 {rotated} bytes, bound {MAX}"),
     )?;
+    // Without a tail the answer streams (chunked), the whole kept log.
+    let all = s.control("GET /api/functions/fl/logs HTTP/1.1", b"")?;
+    let head = all
+        .text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    s.check(
+        all.status() == Some(200)
+            && head.contains("transfer-encoding: chunked")
+            && all.body().len() as u64 > (current + rotated) / 2,
+        format!("a full read: {head:?}, {} bytes", all.body().len()),
+    )?;
     // No newline in the flood: its lines are cut pieces, marked so.
     let last = logs(&s, "fl", &["--tail", "3"])?;
     s.check(
@@ -200,4 +218,30 @@ fn flood_is_cut_and_the_file_bounded() -> TestResult {
                 .collect::<Vec<_>>()
         ),
     )
+}
+
+/// A crash between an undeploy's registry change and its log removal leaves the log of a
+/// function that is gone: the next start removes it, and keeps a deployed one's.
+fn stale_logs_swept_at_start() -> TestResult {
+    let s = Setup::new(&[])?;
+    let mut d = s.start()?;
+    let ip = s.deploy("kept", "test-handler-env.tar", Via::File)?;
+    let id = request(&s, ip)?;
+    wait_for_lines(&s, "kept", 2)?;
+    d.kill9()?;
+    drop(d);
+    let dir = s.state().join("logs");
+    for stale in ["gone.log", "gone.log.1"] {
+        fs::write(dir.join(stale), "{}\n")?;
+    }
+    let _d = s.start()?;
+    let mut left: Vec<String> = fs::read_dir(&dir)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    left.sort();
+    s.check(
+        left == ["kept.log"],
+        format!("logs/ after the start: {left:?}"),
+    )?;
+    same_lines(&s, &logs(&s, "kept", &[])?, &expected(&id))
 }

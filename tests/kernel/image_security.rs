@@ -50,7 +50,7 @@ fn layer(entries: &[Entry<'_>]) -> Vec<u8> {
 }
 
 /// A classic `docker save` archive of one layer (already a tar stream, maybe compressed).
-fn docker_save(config: Value, layer: &[u8]) -> Vec<u8> {
+pub(crate) fn docker_save(config: Value, layer: &[u8]) -> Vec<u8> {
     let config = serde_json::to_vec(&json!({"os": "linux", "config": config})).unwrap();
     let manifest =
         serde_json::to_vec(&json!([{"Config": "config.json", "Layers": ["l/layer.tar"]}])).unwrap();

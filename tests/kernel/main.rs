@@ -22,6 +22,7 @@ mod prewarm;
 mod registry;
 mod request_security;
 mod runtime;
+mod secrets;
 mod support;
 mod systemd_unit;
 mod two_node;
@@ -60,6 +61,7 @@ fn main() {
         .chain(prewarm::tests())
         .chain(function_config::tests())
         .chain(function_logs::tests())
+        .chain(secrets::tests())
         .chain(apply::tests())
         .chain(systemd_unit::tests())
         .chain(two_node::tests())

@@ -116,6 +116,7 @@ impl Running {
             hostname: "tenant",
             resources: Resources::default(),
             control_socket: None,
+            secrets: &faasd::runtime::secrets::NO_SECRETS,
             stdout: Some(wr.as_fd()),
             stderr: Some(wr.as_fd()),
         };

@@ -159,6 +159,7 @@ pub fn run_on(rt: &Runtime, argv: &[String], opts: Opts<'_>) -> Result<Run, Runt
         hostname: "faasd-test",
         resources: opts.resources,
         control_socket: None,
+        secrets: &faasd::runtime::secrets::NO_SECRETS,
         stdout: Some(wr.as_fd()),
         stderr: Some(wr.as_fd()),
     };

@@ -2,9 +2,10 @@
 //! its image (`PATCH /api/functions/<name>/config`). The same flags work at `faas new`.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use faasd::api::{ConfigChange, ConfigView};
+use faasd::api::{secret_name_problem, ConfigChange, ConfigView, SecretValue, MAX_SECRET_BYTES};
 
 use crate::client::{function_path, msg, say, CliError, Client};
 
@@ -33,11 +34,19 @@ pub struct ConfigFlags {
     /// Containers of this function running at once.
     #[arg(long, value_name = "N")]
     pub max_concurrency: Option<usize>,
+    /// A secret: the handler reads FILE's contents at /run/secrets/NAME (read-only,
+    /// 0400, its own user's); repeatable. The value goes to faasd in the request body.
+    #[arg(long = "secret", value_name = "NAME=FILE", value_parser = parse_secret)]
+    pub secrets: Vec<(String, PathBuf)>,
 }
 
 impl ConfigFlags {
-    /// The change these flags ask for, plus `unset_env`.
-    pub fn change(&self, unset_env: Vec<String>) -> Result<ConfigChange, CliError> {
+    /// The change these flags ask for, plus `unset_env` and `rm_secrets`.
+    pub fn change(
+        &self,
+        unset_env: Vec<String>,
+        rm_secrets: Vec<String>,
+    ) -> Result<ConfigChange, CliError> {
         let mut env = match &self.env_file {
             Some(path) => read_env_file(path)?,
             None => BTreeMap::new(),
@@ -46,7 +55,18 @@ impl ConfigFlags {
         if let Some(name) = unset_env.iter().find(|n| env.contains_key(*n)) {
             return Err(msg(format!("{name} is both set and unset")));
         }
+        let mut secrets = BTreeMap::new();
+        for (name, file) in &self.secrets {
+            if secrets.insert(name.clone(), read_secret(file)?).is_some() {
+                return Err(msg(format!("secret {name} is given twice")));
+            }
+        }
+        if let Some(name) = rm_secrets.iter().find(|n| secrets.contains_key(*n)) {
+            return Err(msg(format!("secret {name} is both set and removed")));
+        }
         Ok(ConfigChange {
+            secrets,
+            rm_secrets,
             env,
             unset_env,
             memory_mb: self.memory_mb,
@@ -66,14 +86,18 @@ pub struct Args {
     /// Remove a variable set earlier through faasd; repeatable.
     #[arg(long, value_name = "K")]
     pub unset_env: Vec<String>,
+    /// Remove a secret; repeatable.
+    #[arg(long = "rm-secret", value_name = "NAME", value_parser = parse_secret_name)]
+    pub rm_secrets: Vec<String>,
 }
 
 pub fn run(client: &Client, args: Args) -> Result<(), CliError> {
-    let change = args.config.change(args.unset_env)?;
+    let change = args.config.change(args.unset_env, args.rm_secrets)?;
     if change.is_empty() {
         return Err(msg(
             "nothing to change: give at least one of --env, --env-file, --unset-env, \
-             --memory-mb, --cpus, --pids-max, --timeout, --max-concurrency",
+             --secret, --rm-secret, --memory-mb, --cpus, --pids-max, --timeout, \
+             --max-concurrency",
         ));
     }
     let view: ConfigView = client.patch(&function_path(&args.name, "/config"), &change)?;
@@ -82,13 +106,13 @@ pub fn run(client: &Client, args: Args) -> Result<(), CliError> {
 
 /// One line: what the function's requests run with from now on.
 fn format_view(v: &ConfigView) -> String {
-    let env = if v.env.is_empty() {
-        "none".to_string()
-    } else {
-        v.env.join(",")
+    let names = |n: &[String]| match n.is_empty() {
+        true => "none".to_string(),
+        false => n.join(","),
     };
+    let (env, secrets) = (names(&v.env), names(&v.secrets));
     format!(
-        "Configured {}: memory {} MiB, cpus {}, pids {}, timeout {} s, max concurrency {}, env {env}",
+        "Configured {}: memory {} MiB, cpus {}, pids {}, timeout {} s, max concurrency {}, env {env}, secrets {secrets}",
         v.name,
         v.limits.memory_mb,
         v.limits.cpus,
@@ -104,6 +128,40 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{s:?} is not K=V")),
     }
+}
+
+/// `NAME=FILE`, the name checked as the daemon would.
+fn parse_secret(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, file)) if !file.is_empty() => {
+            Ok((parse_secret_name(name)?, PathBuf::from(file)))
+        }
+        _ => Err(format!("{s:?} is not NAME=FILE")),
+    }
+}
+
+fn parse_secret_name(name: &str) -> Result<String, String> {
+    match secret_name_problem(name) {
+        Some(why) => Err(format!("invalid secret name {name:?}: {why}")),
+        None => Ok(name.to_string()),
+    }
+}
+
+/// FILE's bytes, refused past the daemon's limit without reading further.
+fn read_secret(path: &Path) -> Result<SecretValue, CliError> {
+    let cannot =
+        |e: std::io::Error| msg(format!("cannot read secret file {}: {e}", path.display()));
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SECRET_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .map_err(cannot)?;
+    if bytes.len() > MAX_SECRET_BYTES {
+        return Err(msg(format!(
+            "secret file {} is larger than {MAX_SECRET_BYTES} bytes, the limit for one secret",
+            path.display()
+        )));
+    }
+    Ok(SecretValue::new(bytes))
 }
 
 fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, CliError> {
@@ -161,21 +219,72 @@ mod tests {
             env_file: Some(file.clone()),
             ..Default::default()
         };
-        let change = flags.change(vec!["C".into()]).unwrap();
+        let change = flags.change(vec!["C".into()], vec![]).unwrap();
         assert_eq!(change.env["A"], "flag");
         assert_eq!(change.env["B"], "file");
         assert_eq!(change.unset_env, ["C"]);
-        let err = flags.change(vec!["B".into()]).unwrap_err();
+        let err = flags.change(vec!["B".into()], vec![]).unwrap_err();
         assert_eq!(err.to_string(), "B is both set and unset");
         let missing = ConfigFlags {
             env_file: Some(dir.path().join("nope")),
             ..Default::default()
         };
         assert!(missing
-            .change(vec![])
+            .change(vec![], vec![])
             .unwrap_err()
             .to_string()
             .contains("cannot read env file"));
+    }
+
+    #[test]
+    fn secrets_are_read_from_their_files_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, big) = (dir.path().join("key"), dir.path().join("big"));
+        std::fs::write(&key, b"s3cr\0t\n").unwrap();
+        std::fs::write(&big, vec![b'x'; MAX_SECRET_BYTES + 1]).unwrap();
+        let flags = |secrets: &[(&str, &Path)]| ConfigFlags {
+            secrets: secrets
+                .iter()
+                .map(|(n, p)| (n.to_string(), p.to_path_buf()))
+                .collect(),
+            ..Default::default()
+        };
+        let change = flags(&[("api", &key)])
+            .change(vec![], vec!["old".into()])
+            .unwrap();
+        assert_eq!(change.secrets["api"].as_bytes(), b"s3cr\0t\n");
+        assert_eq!(change.rm_secrets, ["old"]);
+        let err = |f: ConfigFlags, rm: &[&str]| {
+            f.change(vec![], rm.iter().map(|s| s.to_string()).collect())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(flags(&[("big", &big)]), &[]).contains("larger than 65536 bytes"));
+        let missing = dir.path().join("missing");
+        assert!(err(flags(&[("m", &missing)]), &[]).contains("cannot read secret file"));
+        assert_eq!(
+            err(flags(&[("api", &key)]), &["api"]),
+            "secret api is both set and removed"
+        );
+        assert_eq!(
+            err(flags(&[("api", &key), ("api", &key)]), &[]),
+            "secret api is given twice"
+        );
+    }
+
+    #[test]
+    fn secret_flags_parse_name_and_file() {
+        assert_eq!(
+            parse_secret("db=/run/db.pw"),
+            Ok(("db".into(), "/run/db.pw".into()))
+        );
+        assert_eq!(parse_secret("db=a=b"), Ok(("db".into(), "a=b".into())));
+        for bad in ["db", "db=", "=file", "../x=f", "a/b=f", ".hidden=f"] {
+            assert!(parse_secret(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_secret_name("..")
+            .unwrap_err()
+            .contains("starts with '.'"));
     }
 
     #[test]
@@ -183,6 +292,7 @@ mod tests {
         let v = ConfigView {
             name: "f".into(),
             env: vec!["A".into(), "B".into()],
+            secrets: vec!["db".into()],
             limits: faasd::api::FunctionLimits {
                 memory_mb: 64,
                 cpus: 0.5,
@@ -193,7 +303,7 @@ mod tests {
         };
         assert_eq!(
             format_view(&v),
-            "Configured f: memory 64 MiB, cpus 0.5, pids 16, timeout 2.5 s, max concurrency 3, env A,B"
+            "Configured f: memory 64 MiB, cpus 0.5, pids 16, timeout 2.5 s, max concurrency 3, env A,B, secrets db"
         );
     }
 }

@@ -51,6 +51,7 @@ fn format_description(d: &Description) -> String {
         ("Working dir", d.workdir.clone()),
         ("User", d.user.clone()),
         ("Env", or_none(d.env.join(","))),
+        ("Secrets", or_none(d.secrets.join(","))),
         ("Memory", format!("{} MiB", d.limits.memory_mb)),
         ("CPUs", d.limits.cpus.to_string()),
         ("Pids max", d.limits.pids_max.to_string()),
@@ -89,6 +90,7 @@ mod tests {
             workdir: "/".into(),
             user: "0:0".into(),
             env: vec!["PATH".into(), "A".into()],
+            secrets: vec!["db".into(), "tls.key".into()],
             env_set: vec!["A".into()],
             env_set_digest: "sha256:cd".into(),
             limits: FunctionLimits {
@@ -115,6 +117,7 @@ mod tests {
             "Image:           sha256:ab",
             "Command:         /h serve",
             "Env:             PATH,A",
+            "Secrets:         db,tls.key",
             "Memory:          64 MiB",
             "Timeout:         3 s",
             "Failures:        exec_timeout 2",

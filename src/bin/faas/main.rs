@@ -165,6 +165,7 @@ mod tests {
             pids_max: Some(16),
             timeout: Some(2.5),
             max_concurrency: Some(3),
+            secrets: vec![("db".into(), "pw".into()), ("tls.key".into(), "k".into())],
         };
         let given = [
             "--env",
@@ -183,6 +184,10 @@ mod tests {
             "2.5",
             "--max-concurrency",
             "3",
+            "--secret",
+            "db=pw",
+            "--secret",
+            "tls.key=k",
         ];
         let new: Vec<&str> = ["new", "f", "-f", "i.tar"]
             .iter()
@@ -201,16 +206,22 @@ mod tests {
         let cfg: Vec<&str> = ["config", "f"]
             .iter()
             .chain(&given)
-            .chain(&["--unset-env", "C", "--unset-env", "D"])
+            .chain(&["--unset-env", "C", "--unset-env", "D", "--rm-secret", "old"])
             .copied()
             .collect();
         let Command::Config(args) = parse(&cfg).unwrap().command else {
             panic!("not config");
         };
         assert_eq!(args.unset_env, ["C", "D"]);
+        assert_eq!(args.rm_secrets, ["old"]);
+        assert_eq!(args.config.secrets.len(), 2);
         assert_eq!(args.config.memory_mb, Some(64));
         assert!(
             parse(&["new", "f", "--unset-env", "C"]).is_err(),
+            "only at config"
+        );
+        assert!(
+            parse(&["new", "f", "--rm-secret", "old"]).is_err(),
             "only at config"
         );
     }
@@ -226,6 +237,11 @@ mod tests {
             &["config", "f", "--pids-max", "1.5"],
             &["config", "f", "--timeout", "soon"],
             &["config", "f", "--max-concurrency", "-2"],
+            &["config", "f", "--secret", "nofile"],
+            &["config", "f", "--secret", "../escape=file"],
+            &["config", "f", "--secret", "=file"],
+            &["config", "f", "--rm-secret", "a/b"],
+            &["config", "f", "--rm-secret", ""],
             &["config"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} must be refused");

@@ -1,12 +1,13 @@
 //! `faas new NAME [-f TAR] [config flags]` (or `--image REF`, see pull.rs): streams a `docker save` tarball to
-//! `POST /api/new`, with the function's configuration in the `X-Function-Config` header.
+//! `POST /api/new`, the function's configuration (secrets included) at the start of the
+//! body, its length in `X-Function-Config-Length`.
 
 use std::fs::File;
-use std::io::{self, IsTerminal, Read};
+use std::io::{self, Cursor, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use faasd::api::{ConfigChange, Deployed, CONFIG_HEADER, IMAGE_NAME_HEADER};
+use faasd::api::{ConfigChange, Deployed, CONFIG_LENGTH_HEADER, IMAGE_NAME_HEADER};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ureq::SendBody;
 
@@ -27,7 +28,7 @@ pub struct Args {
 }
 
 pub fn run(client: &Client, args: Args) -> Result<(), CliError> {
-    let change = args.config.change(Vec::new())?;
+    let change = args.config.change(Vec::new(), Vec::new())?;
     if let Some(image) = &args.image {
         let ip = crate::pull::pull(client, &args.name, image, &change)?;
         return say(&format!("Deployed {} at {ip}", args.name));
@@ -67,9 +68,16 @@ pub fn deploy(
         }
     };
 
+    // The configuration goes first in the body: secrets never travel in a header.
+    let config = match change.is_empty() {
+        true => Vec::new(),
+        false => serde_json::to_vec(change).expect("a ConfigChange always serializes"),
+    };
+    let config_len = config.len();
+    let len = len.map(|n| n + config_len as u64);
     let bar = progress_bar(len, io::stderr().is_terminal());
     let mut upload = Upload {
-        inner: source,
+        inner: Box::new(Cursor::new(config).chain(source)),
         bar: bar.clone(),
         error: None,
         sent: 0,
@@ -84,8 +92,8 @@ pub fn deploy(
         // Lets the daemon refuse (bad name, bad configuration, too large, no token)
         // before the upload.
         .header("Expect", "100-continue");
-    if !change.is_empty() {
-        req = req.header(CONFIG_HEADER, config_header(change));
+    if config_len > 0 {
+        req = req.header(CONFIG_LENGTH_HEADER, config_len);
     }
     if let Some(a) = client.auth() {
         req = req.header("Authorization", a);
@@ -110,24 +118,6 @@ pub fn deploy(
         }
     }
     client.answer(result)
-}
-
-/// The change as JSON in plain ASCII (non-ASCII escaped as `\uXXXX`): header values
-/// beyond ASCII do not survive every proxy.
-fn config_header(change: &ConfigChange) -> String {
-    let json = serde_json::to_string(change).expect("a ConfigChange always serializes");
-    let mut out = String::with_capacity(json.len());
-    for c in json.chars() {
-        if c.is_ascii() {
-            out.push(c);
-        } else {
-            // Non-ASCII only occurs inside JSON strings, where \u escapes are valid.
-            for unit in c.encode_utf16(&mut [0; 2]) {
-                out.push_str(&format!("\\u{unit:04x}"));
-            }
-        }
-    }
-    out
 }
 
 /// The tarball on its way to the daemon: counts bytes for the bar and remembers a failure of
@@ -182,21 +172,4 @@ pub fn progress_bar(len: Option<u64>, visible: bool) -> ProgressBar {
     }
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_header_is_ascii_json_of_the_change() {
-        let change = ConfigChange {
-            env: [("GREETING".to_string(), "héllo 🦀".to_string())].into(),
-            memory_mb: Some(64),
-            ..Default::default()
-        };
-        let h = config_header(&change);
-        assert!(h.is_ascii(), "{h}");
-        assert_eq!(serde_json::from_str::<ConfigChange>(&h).unwrap(), change);
-    }
 }

@@ -221,6 +221,7 @@ mod tests {
             workdir: "/".into(),
             user: "0:0".into(),
             env: set.keys().cloned().chain(["PATH".to_string()]).collect(),
+            secrets: vec![],
             env_set: set.keys().cloned().collect(),
             env_set_digest: env_digest(&set),
             limits: defaults(),
