@@ -141,6 +141,21 @@ impl ConfigChange {
     }
 }
 
+/// `POST /api/functions/<name>/secrets/compare`: whether the function's secrets are
+/// exactly these, names and values (`faas apply` asks before it changes them). The answer
+/// is one bit: no value, and nothing derived from one, leaves the daemon.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsCompare {
+    pub secrets: BTreeMap<String, SecretValue>,
+}
+
+/// The answer to a [`SecretsCompare`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretsComparison {
+    pub same: bool,
+}
+
 /// A secret's value: any bytes, base64 in JSON. Its `Debug` shows only its length, so
 /// that no log line or error can carry it.
 #[derive(Clone, Default, PartialEq, Eq)]

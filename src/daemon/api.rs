@@ -15,7 +15,8 @@ use axum::{Json, Router};
 use super::{http_server, log_stream, upload, valid_name, Daemon, DaemonError};
 use crate::api::{
     env_names, ConfigChange, ConfigView, Deployed, Description, ErrorBody, FunctionIp, List,
-    ListEntry, LogQuery, Removed, CONFIG_HEADER, CONFIG_LENGTH_HEADER, IMAGE_NAME_HEADER,
+    ListEntry, LogQuery, Removed, SecretsCompare, SecretsComparison, CONFIG_HEADER,
+    CONFIG_LENGTH_HEADER, IMAGE_NAME_HEADER,
 };
 use crate::image::{ImageError, Limits};
 
@@ -88,6 +89,10 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route(
             "/api/functions/{name}/config",
             patch(configure).layer(DefaultBodyLimit::max(MAX_CONFIG_BODY)),
+        )
+        .route(
+            "/api/functions/{name}/secrets/compare",
+            post(compare_secrets).layer(DefaultBodyLimit::max(MAX_CONFIG_BODY)),
         )
         .route("/api/functions/{name}/logs", get(logs))
         .route("/metrics", get(metrics))
@@ -289,6 +294,19 @@ async fn remove_function(
 ) -> Result<Json<Removed>, ApiError> {
     d.undeploy(&name).await?;
     Ok(Json(Removed { name }))
+}
+
+async fn compare_secrets(
+    State(d): State<Arc<Daemon>>,
+    Path(name): Path<String>,
+    Json(want): Json<SecretsCompare>,
+) -> Result<Json<SecretsComparison>, ApiError> {
+    let f = d
+        .function(&name)
+        .ok_or_else(|| ApiError::from(DaemonError::NotFound(name.clone())))?;
+    Ok(Json(SecretsComparison {
+        same: f.live().secrets.same_as(&want.secrets),
+    }))
 }
 
 async fn describe(

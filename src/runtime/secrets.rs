@@ -8,6 +8,7 @@
 //! store. [`SecretsMount::mount`] is raw syscalls on prepared data, async-signal-safe, so
 //! the child can run it between clone and exec.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fmt;
 use std::fs::File;
@@ -44,6 +45,17 @@ impl SecretFiles {
 
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
+    }
+
+    /// Whether these are exactly `want`: the same names with the same values.
+    pub fn same_as(&self, want: &BTreeMap<String, SecretValue>) -> bool {
+        self.files.len() == want.len()
+            && self.files.iter().all(|(name, value)| {
+                name.to_str()
+                    .ok()
+                    .and_then(|n| want.get(n))
+                    .is_some_and(|w| w.as_bytes() == value.as_bytes())
+            })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

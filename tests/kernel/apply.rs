@@ -29,6 +29,7 @@ pub fn tests() -> Vec<Trial> {
         failure_midway_says_what_was_done,
         registry_image_by_digest,
         with_a_token,
+        secrets_compared_by_the_daemon,
     ]
 }
 
@@ -304,8 +305,8 @@ fn bad_file_changes_nothing() -> TestResult {
             "--max-memory-mb",
         ),
         (
-            "[functions.x]\nimage = \"127.0.0.1:1/x:1\"\nsecrets = { DB = \"db\" }\n",
-            "secrets",
+            "[functions.x]\nimage = \"127.0.0.1:1/x:1\"\nsecrets = { DB = \"no-such-file\" }\n",
+            "cannot read secret file",
         ),
         (
             "[functions.x]\nimage = \"not a reference\"\n",
@@ -496,4 +497,108 @@ fn with_a_token() -> TestResult {
         )?;
     }
     Ok(())
+}
+
+/// The `secret NAME ...: VALUE` lines the env handler prints for /run/secrets.
+fn secrets_shown(s: &Setup, ip: Ipv4Addr) -> Result<Vec<String>, Failed> {
+    let r = s.get(ip, "/env")?;
+    s.check(r.status() == Some(200), format!("GET /env: {r}"))?;
+    Ok(r.body()
+        .lines()
+        .filter(|l| l.starts_with("secret "))
+        .map(str::to_string)
+        .collect())
+}
+
+fn secrets_compared_by_the_daemon() -> TestResult {
+    let s = Setup::new(&[])?;
+    let _d = s.start()?;
+    let pass = s.state().with_file_name("db.pass");
+    fs::write(&pass, "first-value")?;
+    let file = functions_file(
+        &s,
+        "[functions.sec]\nfile = \"{images}/test-handler-env.tar\"\nsecrets = { db = \"db.pass\" }\n",
+    )?;
+    let created = apply_ok(&s, &file, &[])?;
+    expect_lines(
+        &s,
+        &created,
+        &[
+            "+ create sec",
+            "applied: 1 created, 0 updated, 0 removed, 0 unchanged",
+        ],
+    )?;
+    let ip = ip_of(&s, "sec")?;
+    let shown = secrets_shown(&s, ip)?;
+    s.check(
+        shown.len() == 1
+            && shown[0].starts_with("secret db ")
+            && shown[0].ends_with(": first-value"),
+        format!("after create: {shown:?}"),
+    )?;
+
+    // Same file: the daemon finds the same secrets; nothing is sent or changed.
+    let again = apply_ok(&s, &file, &[])?;
+    expect_lines(
+        &s,
+        &again,
+        &[
+            "= sec unchanged",
+            "applied: 0 created, 0 updated, 0 removed, 1 unchanged",
+        ],
+    )?;
+    s.check(
+        logged(&s, "configuration updated", "sec")? == 0,
+        "the no-op apply reconfigured sec",
+    )?;
+
+    // A new value in the file: updated in place, seen by the next request.
+    fs::write(&pass, "second-value")?;
+    let updated = apply_ok(&s, &file, &[])?;
+    expect_lines(
+        &s,
+        &updated,
+        &[
+            "~ update sec (config: secrets)",
+            "applied: 0 created, 1 updated, 0 removed, 0 unchanged",
+        ],
+    )?;
+    let shown = secrets_shown(&s, ip)?;
+    s.check(
+        shown.len() == 1 && shown[0].ends_with(": second-value"),
+        format!("after the new value: {shown:?}"),
+    )?;
+
+    // Dropped from the file: removed.
+    functions_file(
+        &s,
+        "[functions.sec]\nfile = \"{images}/test-handler-env.tar\"\n",
+    )?;
+    let dropped = apply_ok(&s, &file, &[])?;
+    expect_lines(
+        &s,
+        &dropped,
+        &[
+            "~ update sec (config: secrets)",
+            "applied: 0 created, 1 updated, 0 removed, 0 unchanged",
+        ],
+    )?;
+    s.check(
+        secrets_shown(&s, ip)?.is_empty()
+            && describe(&s, "sec")?["secrets"]
+                .as_array()
+                .is_none_or(|a| a.is_empty()),
+        "the secret dropped from the file is still there",
+    )?;
+
+    // No value, and nothing derived from one, in what apply or describe printed.
+    let printed = [created, again, updated, dropped].concat().join("\n");
+    let described = s.faas_ok(&["describe", "sec", "--json"])?;
+    for value in ["first-value", "second-value"] {
+        s.check(
+            !printed.contains(value) && !described.contains(value),
+            format!("{value} shown by apply or describe"),
+        )?;
+    }
+    s.check_no_request_left()
 }

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 
 use faasd::api::{
     ConfigChange, ConfigView, Description, FunctionLimits, List, Removed, ResolvedImage,
+    SecretsCompare, SecretsComparison,
 };
 
 use crate::client::{encode_segment, function_path, msg, say, CliError, Client};
@@ -67,19 +68,41 @@ fn prepare(client: &Client, wanted: &[Wanted], prune: bool) -> Result<Vec<Step>,
         .iter()
         .map(|w| image_digest(client, w))
         .collect::<Result<Vec<_>, _>>()?;
+    let same = wanted
+        .iter()
+        .map(|w| secrets_same(client, w, current.get(&w.name)))
+        .collect::<Result<Vec<_>, _>>()?;
     let targets: Vec<Target<'_>> = wanted
         .iter()
         .zip(&digests)
-        .map(|(w, digest)| Target {
+        .zip(same)
+        .map(|((w, digest), secrets_same)| Target {
             name: &w.name,
             digest,
             config: &w.config,
+            secrets_same,
         })
         .collect();
     let defaults: FunctionLimits = client.get("/api/defaults")?;
     let steps = plan::plan(&targets, &current, &defaults, prune);
     check_configs(client, &steps)?;
     Ok(steps)
+}
+
+/// Whether a deployed function's secrets are exactly those `w` names: the daemon compares
+/// (no value or digest of one is ever answered). Not deployed, or no secrets on either
+/// side: nothing to ask.
+fn secrets_same(client: &Client, w: &Wanted, have: Option<&Description>) -> Result<bool, CliError> {
+    let Some(have) = have else { return Ok(true) };
+    if w.config.secrets.is_empty() && have.secrets.is_empty() {
+        return Ok(true);
+    }
+    let asked = SecretsCompare {
+        secrets: w.config.secrets.clone(),
+    };
+    let answer: SecretsComparison =
+        client.post(&function_path(&w.name, "/secrets/compare"), &asked)?;
+    Ok(answer.same)
 }
 
 /// Every deployed function, described (image id, env set through faasd, limits).

@@ -148,7 +148,7 @@ fn parse_secret_name(name: &str) -> Result<String, String> {
 }
 
 /// FILE's bytes, refused past the daemon's limit without reading further.
-fn read_secret(path: &Path) -> Result<SecretValue, CliError> {
+pub fn read_secret(path: &Path) -> Result<SecretValue, CliError> {
     let cannot =
         |e: std::io::Error| msg(format!("cannot read secret file {}: {e}", path.display()));
     let mut bytes = Vec::new();

@@ -5,6 +5,7 @@
 //! file = "images/hello.tar"        # a `docker save` archive, relative to this file
 //! env = { GREETING = "hi" }
 //! env_file = "hello.env"           # K=V lines; `env` wins over it
+//! secrets = { db = "db.pass" }       # /run/secrets/db holds the file's contents
 //! memory_mb = 64
 //! cpus = 0.5
 //! pids_max = 32
@@ -22,10 +23,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use faasd::api::ConfigChange;
+use faasd::api::{secret_name_problem, ConfigChange};
 use serde::Deserialize;
 
-use crate::config::parse_env_file;
+use crate::config::{parse_env_file, read_secret};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FileError {
@@ -61,8 +62,18 @@ pub enum FileError {
     EnvName { name: String, var: String },
     #[error("function {name}: the value of env {var:?} contains a NUL byte")]
     EnvValue { name: String, var: String },
-    #[error("function {0}: `secrets` are not supported by this faas and faasd yet")]
-    Secrets(String),
+    #[error("function {name}: invalid secret name {secret:?}: {why}")]
+    SecretName {
+        name: String,
+        secret: String,
+        why: &'static str,
+    },
+    #[error("function {name}: secret {secret}: {why}")]
+    SecretFile {
+        name: String,
+        secret: String,
+        why: String,
+    },
 }
 
 /// The file as written.
@@ -82,7 +93,8 @@ struct Entry {
     #[serde(default)]
     env: BTreeMap<String, String>,
     env_file: Option<PathBuf>,
-    /// Variable name -> file holding its value (relative to the functions file).
+    /// Secret name -> file holding its value (relative to the functions file); the
+    /// handler reads it at /run/secrets/<name>.
     #[serde(default)]
     secrets: BTreeMap<String, PathBuf>,
     memory_mb: Option<u64>,
@@ -208,10 +220,26 @@ fn check(name: String, e: Entry, base: &Path) -> Result<Wanted, Vec<FileError>> 
             });
         }
     }
-    // Refused rather than ignored: a function deployed without the secrets it names
-    // would run without them.
-    if !e.secrets.is_empty() {
-        errors.push(FileError::Secrets(name.clone()));
+    let mut secrets = BTreeMap::new();
+    for (secret, file) in e.secrets {
+        if let Some(why) = secret_name_problem(&secret) {
+            errors.push(FileError::SecretName {
+                name: name.clone(),
+                secret,
+                why,
+            });
+            continue;
+        }
+        match read_secret(&base.join(file)) {
+            Ok(value) => {
+                secrets.insert(secret, value);
+            }
+            Err(why) => errors.push(FileError::SecretFile {
+                name: name.clone(),
+                secret,
+                why: why.to_string(),
+            }),
+        }
     }
     match source {
         Some(source) if errors.is_empty() => Ok(Wanted {
@@ -219,6 +247,7 @@ fn check(name: String, e: Entry, base: &Path) -> Result<Wanted, Vec<FileError>> 
             source,
             config: ConfigChange {
                 env,
+                secrets,
                 memory_mb: e.memory_mb,
                 cpus: e.cpus,
                 pids_max: e.pids_max,
@@ -355,7 +384,7 @@ mod tests {
             env_file = "no.env"
             [functions.secret]
             image = "r/i:1"
-            secrets = { DB = "db.txt" }
+            secrets = { DB = "db.txt", "../x" = "y" }
             [functions.good]
             image = "r/i:1"
             "#,
@@ -372,7 +401,8 @@ mod tests {
             "function envs: env file",
             "invalid env name \"A=B\"",
             "the value of env \"C\" contains a NUL",
-            "function secret: `secrets` are not supported",
+            "function secret: secret DB: cannot read secret file",
+            "function secret: invalid secret name \"../x\"",
         ] {
             assert!(
                 text.iter().any(|t| t.contains(want)),
@@ -380,6 +410,24 @@ mod tests {
             );
         }
         assert!(!text.iter().any(|t| t.contains("good")), "{text:#?}");
+    }
+
+    #[test]
+    fn secrets_are_read_from_files_beside_the_functions_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("db.pass"), b"s3cr\0t").unwrap();
+        let wanted = parse_in(
+            dir.path(),
+            r#"
+            [functions.api]
+            image = "r/i:1"
+            secrets = { db = "db.pass" }
+            "#,
+        )
+        .unwrap();
+        let secrets = &wanted[0].config.secrets;
+        assert_eq!(secrets.len(), 1);
+        assert_eq!(secrets["db"].as_bytes(), b"s3cr\0t");
     }
 
     #[test]

@@ -14,8 +14,12 @@ pub struct Target<'a> {
     pub name: &'a str,
     /// `sha256:<hex>` of the image's config: of the archive, or the registry's.
     pub digest: &'a str,
-    /// Its whole configuration (every variable set through faasd, the limits given).
+    /// Its whole configuration (every variable set through faasd, its secrets, the
+    /// limits given).
     pub config: &'a ConfigChange,
+    /// Whether the deployed function's secrets are exactly `config.secrets` (the daemon
+    /// compares: values never leave it); true when it is not deployed.
+    pub secrets_same: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -102,7 +106,7 @@ pub fn plan(
             },
             Some(have) => {
                 let image = have.image_digest != t.digest;
-                let (config, changed) = config_diff(t.config, have, defaults);
+                let (config, changed) = config_diff(t, have, defaults);
                 if image || !changed.is_empty() {
                     Step::Update {
                         name: t.name.to_string(),
@@ -130,16 +134,28 @@ pub fn plan(
     steps
 }
 
-/// The change that makes `have` configured as `want` says, and the fields it changes.
-/// The env is compared by digest (the daemon never answers values); a limit `want`
-/// leaves out is compared with the daemon's default, and set back to it.
+/// The change that makes `have` configured as the target says, and the fields it
+/// changes. The env is compared by digest and the secrets by the daemon (which never
+/// answers values); a limit the target leaves out is compared with the daemon's
+/// default, and set back to it.
 fn config_diff(
-    want: &ConfigChange,
+    target: &Target<'_>,
     have: &Description,
     defaults: &FunctionLimits,
 ) -> (ConfigChange, Vec<&'static str>) {
+    let want = target.config;
     let mut change = ConfigChange::default();
     let mut changed = Vec::new();
+    if !target.secrets_same {
+        change.secrets = want.secrets.clone();
+        change.rm_secrets = have
+            .secrets
+            .iter()
+            .filter(|n| !want.secrets.contains_key(*n))
+            .cloned()
+            .collect();
+        changed.push("secrets");
+    }
     if env_digest(&want.env) != have.env_set_digest {
         change.env = want.env.clone();
         change.unset_env = have
@@ -189,6 +205,7 @@ fn config_diff(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use faasd::api::SecretValue;
 
     /// The daemon's defaults in these tests: what `deployed` functions run with.
     fn defaults() -> FunctionLimits {
@@ -243,6 +260,7 @@ mod tests {
             name: "f",
             digest,
             config: want,
+            secrets_same: true,
         }];
         plan(&t, &current(vec![("f", have)]), &defaults(), true)
     }
@@ -264,16 +282,19 @@ mod tests {
                 name: "new",
                 digest: "sha256:n",
                 config: &with_env,
+                secrets_same: true,
             },
             Target {
                 name: "same",
                 digest: "sha256:s",
                 config: &plain,
+                secrets_same: true,
             },
             Target {
                 name: "image",
                 digest: "sha256:i2",
                 config: &plain,
+                secrets_same: true,
             },
         ];
         let have = current(vec![
@@ -386,6 +407,38 @@ mod tests {
         };
         assert_eq!(config.unset_env, ["A"]);
         assert!(config.env.is_empty());
+    }
+
+    #[test]
+    fn secrets_the_daemon_finds_different_are_set_and_the_rest_removed() {
+        let want = ConfigChange {
+            secrets: [("db".to_string(), SecretValue::new(b"new".to_vec()))].into(),
+            ..Default::default()
+        };
+        let mut have = deployed("sha256:a", &[]);
+        have.secrets = vec!["db".into(), "old".into()];
+        let t = |secrets_same| {
+            [Target {
+                name: "f",
+                digest: "sha256:a",
+                config: &want,
+                secrets_same,
+            }]
+        };
+        let same = plan(
+            &t(true),
+            &current(vec![("f", have.clone())]),
+            &defaults(),
+            false,
+        );
+        assert_eq!(lines(&same), ["= f unchanged"]);
+        let steps = plan(&t(false), &current(vec![("f", have)]), &defaults(), false);
+        assert_eq!(lines(&steps), ["~ update f (config: secrets)"]);
+        let Step::Update { config, .. } = &steps[0] else {
+            panic!("not an update");
+        };
+        assert_eq!(config.secrets, want.secrets);
+        assert_eq!(config.rm_secrets, ["old"]);
     }
 
     #[test]
