@@ -3,7 +3,10 @@
 set -euo pipefail
 need=()
 for pkg in "$@"; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+  # Installed, not just known: a removed package keeps its config files ("rc"), and
+  # `dpkg -s` still succeeds for it.
+  [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" == "install ok installed" ]] ||
+    need+=("$pkg")
 done
 ((${#need[@]})) || exit 0
 echo "installing: ${need[*]}"
