@@ -48,8 +48,10 @@ struct Shared {
     capacity: usize,
     idle_ttl: Duration,
     state: Mutex<State>,
-    /// Signalled when a cgroup comes back, and at shutdown: the trimmer's next deadline.
-    changed: Condvar,
+    /// Signalled at shutdown. A returned cgroup needs no signal: it expires after every
+    /// one already waiting, and the trimmer's wait, never longer than `idle_ttl`, ends
+    /// before that.
+    closing: Condvar,
     made: AtomicU64,
     reused: AtomicU64,
     dropped: AtomicU64,
@@ -99,7 +101,7 @@ impl CgroupPool {
             capacity,
             idle_ttl,
             state: Mutex::new(State::default()),
-            changed: Condvar::new(),
+            closing: Condvar::new(),
             made: AtomicU64::new(0),
             reused: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -157,7 +159,7 @@ impl CgroupPool {
             st.stopping = true;
             std::mem::take(&mut st.idle)
         };
-        self.shared.changed.notify_all();
+        self.shared.closing.notify_all();
         for i in idle {
             self.shared.remove(i.cgroup);
         }
@@ -258,8 +260,6 @@ impl LentCgroup {
             cgroup,
             since: Instant::now(),
         });
-        drop(st);
-        pool.changed.notify_all();
         Ok(())
     }
 
@@ -307,7 +307,7 @@ impl Shared {
                 .first()
                 .map(|i| self.idle_ttl.saturating_sub(now.duration_since(i.since)))
                 .unwrap_or(self.idle_ttl);
-            st = self.changed.wait_timeout(st, wait).unwrap().0;
+            st = self.closing.wait_timeout(st, wait).unwrap().0;
         }
     }
 

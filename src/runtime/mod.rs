@@ -47,7 +47,7 @@ pub use container::{Container, Exit, ExitStatus};
 pub use error::{Result, RuntimeError};
 pub use landlock::{abi as landlock_abi, net_support, NetSupport, NET_ABI as LANDLOCK_NET_ABI};
 pub use netns_pool::NetnsStats;
-pub use process::clones_into_cgroup;
+pub use process::cloned_into_cgroup;
 pub use rootfs::{Kind as MountPointKind, MOUNT_POINTS};
 pub use secrets::SecretFiles;
 pub use template::{ControlSocketOwner, MountTemplate};

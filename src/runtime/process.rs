@@ -10,7 +10,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -128,11 +128,13 @@ struct ChildArg<'a> {
 /// Cleared once clone3 into a cgroup has been refused (an old kernel, a seccomp filter
 /// around the daemon): later spawns go straight to clone.
 static CLONE_INTO_CGROUP: AtomicBool = AtomicBool::new(true);
+/// Children cloned straight into their cgroup so far.
+static CLONED_INTO_CGROUP: AtomicU64 = AtomicU64::new(0);
 
-/// Whether children are still cloned straight into their cgroup on v2 (true until the
-/// kernel has refused it once).
-pub fn clones_into_cgroup() -> bool {
-    CLONE_INTO_CGROUP.load(Ordering::Relaxed)
+/// How many children this process has cloned straight into their cgroup (v2), rather
+/// than having them join it.
+pub fn cloned_into_cgroup() -> u64 {
+    CLONED_INTO_CGROUP.load(Ordering::Relaxed)
 }
 
 extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
@@ -191,7 +193,10 @@ pub fn clone_child(
                 deadline.pidfd_slot(),
                 cgroup,
             ) {
-                Ok(pid) => Some(Ok(pid)),
+                Ok(pid) => {
+                    CLONED_INTO_CGROUP.fetch_add(1, Ordering::Relaxed);
+                    Some(Ok(pid))
+                }
                 Err(libc::ENOSYS | libc::EPERM | libc::EINVAL | libc::E2BIG) => {
                     CLONE_INTO_CGROUP.store(false, Ordering::Relaxed);
                     arg.in_cgroup = false;
