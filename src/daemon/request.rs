@@ -93,6 +93,8 @@ impl RequestError {
 }
 
 /// The per-request directory holding the control socket (runc backend); removed on drop.
+/// Shared with the spawn: a request cancelled mid-spawn must not remove the directory
+/// while the spawn still writes its config.json or mounts its secrets there.
 struct Bundle {
     dir: PathBuf,
 }
@@ -326,7 +328,7 @@ enum ControlEnd {
     /// The image's control socket (native runtime), once the container is registered.
     Shared(Option<Registration>),
     /// A socket in the request's own bundle directory (runc backend).
-    Bundle(Bundle, UnixListener),
+    Bundle(Arc<Bundle>, UnixListener),
 }
 
 impl ControlEnd {
@@ -360,7 +362,7 @@ pub async fn start(
         None => {
             let bundle = Bundle::create(&d.cfg.bundles_dir(), id)?;
             let listener = bind_control_socket(&bundle, image.config.uid, image.config.gid)?;
-            ControlEnd::Bundle(bundle, listener)
+            ControlEnd::Bundle(Arc::new(bundle), listener)
         }
     };
     let (stdout_wr, stderr_wr) = (
@@ -371,14 +373,14 @@ pub async fn start(
     let spawn_d = d.clone();
     let id_owned = id.to_string();
     let bundle = match &control {
-        ControlEnd::Bundle(bundle, _) => Some(bundle.dir.clone()),
+        ControlEnd::Bundle(bundle, _) => Some(Arc::clone(bundle)),
         ControlEnd::Shared(_) => None,
     };
     let spawn_live = live.clone();
     let container = tokio::task::spawn_blocking(move || {
         let cfg = &image.config;
         let rootfs = image.rootfs();
-        let sock = bundle.as_ref().map(|dir| dir.join("control.sock"));
+        let sock = bundle.as_ref().map(|b| b.dir.join("control.sock"));
         let env = settings::merge_env(&cfg.env, &spawn_live.env);
         let spec = ContainerSpec {
             id: &id_owned,
@@ -398,7 +400,9 @@ pub async fn start(
         };
         // `image` (a read guard) lives until the mounts are done: no redeploy can swap
         // the rootfs under a spawn.
-        spawn_d.backend.spawn(&spec, bundle.as_deref())
+        spawn_d
+            .backend
+            .spawn(&spec, bundle.as_ref().map(|b| b.dir.as_path()))
     })
     .await
     .map_err(RequestError::SpawnTask)??;
