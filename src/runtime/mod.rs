@@ -126,6 +126,8 @@ impl Runtime {
             let _ = SECCOMP.set(seccomp::filter()?);
         }
         CAPS.get_or_init(privileges::cap_plan);
+        // Probes a fresh /proc once (rootfs.rs), here rather than in the first spawn.
+        rootfs::container_mounts();
         keep_non_dumpable()?;
         let landlock = landlock::deny_tcp_ruleset().map_err(|source| RuntimeError::Sys {
             op: "landlock_create_ruleset",
@@ -209,8 +211,8 @@ impl Runtime {
         if !spec.workdir.starts_with('/') {
             return Err(RuntimeError::RelativeWorkdir(spec.workdir.to_string()));
         }
-        let workdir = rootfs::resolve_workdir(spec.rootfs, spec.workdir)?;
-        let exe = rootfs::resolve_command(spec.rootfs, argv0, spec.env)?;
+        let template::Resolved { workdir, exe } =
+            template.resolve(spec.workdir, argv0, spec.env)?;
         let secrets = match spec.secrets.is_empty() {
             true => None,
             false => Some(spec.secrets.mount_at(

@@ -235,16 +235,18 @@ pub fn container_mounts() -> &'static [MountOp] {
             data: data.map(c),
         };
         let mut ops = vec![fs("proc", "/proc", nosuid_nodev_noexec, None)];
-        for path in PROC_MASKED_FILES {
+        let present = proc_entries_present();
+        let planned = |path: &&&str| present.as_ref().is_none_or(|p| p.contains(*path));
+        for path in PROC_MASKED_FILES.iter().filter(planned) {
             ops.push(MountOp::Mask {
                 target: c(path),
                 null: c("/dev/null"),
             });
         }
-        for path in PROC_MASKED_DIRS {
+        for path in PROC_MASKED_DIRS.iter().filter(planned) {
             ops.push(MountOp::MaskDir { target: c(path) });
         }
-        for path in PROC_READ_ONLY {
+        for path in PROC_READ_ONLY.iter().filter(planned) {
             ops.push(MountOp::BindReadOnly {
                 source: c(path),
                 target: c(path),
@@ -272,6 +274,47 @@ pub fn container_mounts() -> &'static [MountOp] {
         ));
         ops
     })
+}
+
+/// Entries of /proc that a module can add after boot: masked whenever they exist.
+const PROC_MODULE_ENTRIES: &[&str] = &["/proc/asound", "/proc/scsi"];
+
+/// Which of the masked and read-only /proc paths a fresh procfs of this kernel has, so
+/// that containers skip a failing lookup in their own fresh /proc for each absent one
+/// (/proc/kcore, /proc/timer_stats, ... depend on the kernel's build). Probed on a proc
+/// mounted for the purpose in a private mount namespace, not on the daemon's /proc, which
+/// may itself be masked or a `subset=pid` instance. Entries a module may add later are
+/// always kept. None (every path planned) when the probe fails.
+fn proc_entries_present() -> Option<Vec<&'static str>> {
+    let probe = || -> io::Result<Vec<&'static str>> {
+        // unshare affects only the calling thread: a thread of its own, which ends here.
+        nix::sched::unshare(
+            nix::sched::CloneFlags::CLONE_FS | nix::sched::CloneFlags::CLONE_NEWNS,
+        )?;
+        let none = None::<&str>;
+        let private = nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE;
+        nix::mount::mount(none, "/", none, private, none)?;
+        let flags = nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC;
+        nix::mount::mount(Some("proc"), "/proc", Some("proc"), flags, none)?;
+        Ok(PROC_MASKED_FILES
+            .iter()
+            .chain(PROC_MASKED_DIRS)
+            .chain(PROC_READ_ONLY)
+            .copied()
+            .filter(|p| PROC_MODULE_ENTRIES.contains(p) || Path::new(p).symlink_metadata().is_ok())
+            .collect())
+    };
+    let probed = std::thread::scope(|s| s.spawn(probe).join());
+    match probed {
+        Ok(Ok(present)) => Some(present),
+        Ok(Err(e)) => {
+            tracing::warn!("probing a fresh /proc failed ({e}): every mask is tried per container");
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 /// A person-readable name of a mount operation, for error messages.

@@ -25,12 +25,14 @@
 //! container: sysfs shows the network devices of its mounter's namespace, and the host's
 //! are not the container's business.
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::CloneFlags;
@@ -76,7 +78,32 @@ const SYS_MASKED: &[&str] = &["sys/devices/virtual/powercap", "sys/firmware"];
 pub struct MountTemplate {
     /// The template's mount namespace (its root is the container's root).
     ns: OwnedFd,
+    /// The image's tree the template binds.
+    rootfs: PathBuf,
+    /// Working directories and commands already resolved in this image (see
+    /// [`MountTemplate::resolve`]).
+    resolved: Mutex<Vec<(ResolveKey, Resolved)>>,
 }
+
+/// What a resolution depends on: the image's WorkingDir, the command and the PATH it is
+/// looked up in (None: the default PATH).
+#[derive(PartialEq, Eq)]
+struct ResolveKey {
+    workdir: String,
+    command: String,
+    path: Option<String>,
+}
+
+/// Where a container of this image starts: its canonical working directory and the
+/// command's path inside the container.
+#[derive(Clone)]
+pub struct Resolved {
+    pub workdir: CString,
+    pub exe: String,
+}
+
+/// Resolutions kept per template: a function's image sees one or two configurations.
+const RESOLVED_KEPT: usize = 8;
 
 impl MountTemplate {
     /// Builds the template of `rootfs`; with `control`, also the control socket bound at
@@ -98,7 +125,45 @@ impl MountTemplate {
                 })
         })?;
         let (ns, listener) = built;
-        Ok((MountTemplate { ns }, listener))
+        let resolved = Mutex::new(Vec::new());
+        Ok((
+            MountTemplate {
+                ns,
+                rootfs: rootfs.to_path_buf(),
+                resolved,
+            },
+            listener,
+        ))
+    }
+
+    /// Resolves `workdir` and `command` in the image (see [`rootfs::resolve_workdir`] and
+    /// [`rootfs::resolve_command`]), once per distinct (workdir, command, PATH): the
+    /// image's tree never changes while its template lives, and the lookups (openat2 per
+    /// PATH entry, readlinks of /proc/self/fd) cost ~40 µs on every spawn otherwise.
+    /// The child still opens the working directory from its own root and checks it, and
+    /// exec still fails on a missing command. Failures are not kept.
+    pub fn resolve(&self, workdir: &str, command: &str, env: &[String]) -> Result<Resolved> {
+        let key = ResolveKey {
+            workdir: workdir.to_string(),
+            command: command.to_string(),
+            path: env
+                .iter()
+                .find_map(|e| e.strip_prefix("PATH="))
+                .map(str::to_string),
+        };
+        let mut kept = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, r)) = kept.iter().find(|(k, _)| *k == key) {
+            return Ok(r.clone());
+        }
+        let r = Resolved {
+            workdir: rootfs::resolve_workdir(&self.rootfs, workdir)?,
+            exe: rootfs::resolve_command(&self.rootfs, command, env)?,
+        };
+        if kept.len() == RESOLVED_KEPT {
+            kept.remove(0);
+        }
+        kept.push((key, r.clone()));
+        Ok(r)
     }
 
     /// The template's mount namespace, for the container's first process to join.

@@ -3,7 +3,7 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
-use faasd::runtime::{Exit, Resources, RuntimeError};
+use faasd::runtime::{Exit, MountTemplate, Resources, RuntimeError};
 use libtest_mimic::Trial;
 
 use crate::support::{self, cgroup_exists, ensure, sh, sh_with, unique, Opts, TestResult};
@@ -45,6 +45,10 @@ pub fn tests() -> Vec<Trial> {
         Trial::test(
             "runtime::missing_workdir_is_an_error",
             missing_workdir_is_an_error,
+        ),
+        Trial::test(
+            "runtime::resolutions_follow_path_and_new_directories",
+            resolutions_follow_path_and_new_directories,
         ),
         Trial::test(
             "runtime::timeout_kills_every_process",
@@ -130,6 +134,31 @@ fn proc_masked_and_read_only() -> TestResult {
                 format!("{path} not masked: {}", run.output),
             )?;
         }
+    }
+    // Whatever of runc's masked and read-only /proc paths the container's own /proc
+    // has is covered by a mount (the runtime plans only those a fresh /proc has).
+    let paths = "interrupts kcore keys latency_stats sched_debug timer_list timer_stats \
+        acpi asound scsi bus fs irq sys sysrq-trigger";
+    let run = sh(&format!(
+        "for p in {paths}; do [ -e /proc/$p ] && echo present /proc/$p; done; \
+         cut -d' ' -f5 /proc/self/mountinfo | sed 's/^/mount /'"
+    ))?;
+    let mounts: Vec<&str> = run
+        .output
+        .lines()
+        .filter_map(|l| l.strip_prefix("mount "))
+        .collect();
+    let present: Vec<&str> = run
+        .output
+        .lines()
+        .filter_map(|l| l.strip_prefix("present "))
+        .collect();
+    ensure(present.contains(&"/proc/sys"), run.output.clone())?;
+    for path in present {
+        ensure(
+            mounts.contains(&path),
+            format!("{path} is neither masked nor read-only: {}", run.output),
+        )?;
     }
     let run = sh(
         "echo 1 > /proc/sys/vm/drop_caches; echo sys=$?; echo x > /sys/kernel/uevent_helper; echo sysfs=$?",
@@ -360,6 +389,32 @@ fn missing_workdir_is_an_error() -> TestResult {
         format!("{source}"),
     )?;
     ensure(!cgroup_exists(&id), "cgroup left behind")
+}
+
+/// A template keeps what it resolved (working directory, command) per configuration: a
+/// changed PATH or a directory that appeared since a failed lookup must be seen.
+fn resolutions_follow_path_and_new_directories() -> TestResult {
+    let dir = support::state_dir().join(unique("resolve"));
+    support::make_rootfs(&dir);
+    let (template, _) = MountTemplate::build(&dir, None)?;
+    let path = |p: &str| vec![format!("PATH={p}")];
+    let exe = |env: &[String]| template.resolve("/", "sh", env).map(|r| r.exe);
+    ensure(exe(&path("/bin"))? == "/bin/sh", "sh in /bin")?;
+    ensure(exe(&path("/bin"))? == "/bin/sh", "sh in /bin, again")?;
+    let err = exe(&path("/nowhere")).err();
+    ensure(
+        matches!(err, Some(RuntimeError::CommandNotFound(_))),
+        format!("PATH=/nowhere found sh: {err:?}"),
+    )?;
+    ensure(exe(&[])? == "/bin/sh", "the default PATH has /bin")?;
+    let workdir = |w: &str| template.resolve(w, "sh", &path("/bin")).map(|r| r.workdir);
+    ensure(workdir("/srv").is_err(), "/srv does not exist yet")?;
+    fs::create_dir(dir.join("srv"))?;
+    let found = workdir("/srv")?;
+    ensure(found.to_bytes() == b"/srv", format!("{found:?}"))?;
+    drop(template);
+    fs::remove_dir_all(&dir)?;
+    Ok(())
 }
 
 fn timeout_kills_every_process() -> TestResult {
