@@ -55,6 +55,8 @@ pub enum RuntimeError {
     },
     #[error("building the seccomp filter failed: {0}")]
     Seccomp(String),
+    #[error("the container could not fetch its fds from the daemon (pidfd_getfd): {0}")]
+    FdFetchRefused(#[source] io::Error),
     #[error("{op} failed: {source}")]
     Sys {
         op: &'static str,

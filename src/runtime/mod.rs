@@ -29,7 +29,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -54,7 +54,7 @@ pub use template::{ControlSocketOwner, MountTemplate};
 pub use timeline::{Timeline, PHASES as SETUP_PHASES};
 
 use child::{CStrArray, CapPlan, ChildPlan};
-use kept_fds::KeptFds;
+use kept_fds::{FdDonor, KeptFds};
 use timeline::{Clock, Mark};
 
 /// How long the child may take from clone to exec before it is killed.
@@ -112,6 +112,9 @@ pub struct Runtime {
     /// Denies TCP bind and connect to every container; None where the kernel lacks
     /// Landlock network rules (see [`net_support`]).
     landlock: Option<OwnedFd>,
+    /// Children fetch their fds from it instead of copying our whole table (kept_fds.rs);
+    /// None: they copy it.
+    fd_donor: Option<FdDonor>,
     setup_timeout: Duration,
 }
 
@@ -138,8 +141,23 @@ impl Runtime {
             cgroup_pool: None,
             netns_pool: None,
             landlock,
+            fd_donor: FdDonor::open(),
             setup_timeout: SETUP_TIMEOUT,
         })
+    }
+
+    /// Whether children copy the daemon's fd table (`true`) or fetch only their fds
+    /// (default where the kernel allows; kept_fds.rs). Copying is the fallback.
+    pub fn with_fd_table_copy(mut self, copy: bool) -> Self {
+        if copy {
+            self.fd_donor = None;
+        }
+        self
+    }
+
+    /// Whether children fetch their fds rather than copy the daemon's table.
+    pub fn fetches_fds(&self) -> bool {
+        self.fd_donor.as_ref().is_some_and(FdDonor::usable)
     }
 
     /// How long a container may take from clone to exec before it is killed (default 10 s).
@@ -204,6 +222,15 @@ impl Runtime {
     /// Creates and starts a container. Returns once its command has been exec'd, or with
     /// the error of the step that failed; on error nothing is left behind.
     pub fn spawn(&self, spec: &ContainerSpec<'_>) -> Result<Container> {
+        match self.spawn_once(spec) {
+            // The child could not fetch its fds and exited; the donor is now disabled,
+            // and the same spawn succeeds by copying the table.
+            Err(RuntimeError::FdFetchRefused(_)) => self.spawn_once(spec),
+            other => other,
+        }
+    }
+
+    fn spawn_once(&self, spec: &ContainerSpec<'_>) -> Result<Container> {
         let clock = Clock::default();
         clock.mark(Mark::Start);
         let argv0 = spec.argv.first().ok_or(RuntimeError::EmptyCommand)?;
@@ -212,7 +239,7 @@ impl Runtime {
             return Err(RuntimeError::RelativeWorkdir(spec.workdir.to_string()));
         }
         let template::Resolved { workdir, exe } =
-            template.resolve(spec.workdir, argv0, spec.env)?;
+            template.resolve(spec.rootfs, spec.workdir, argv0, spec.env)?;
         let secrets = match spec.secrets.is_empty() {
             true => None,
             false => Some(spec.secrets.mount_at(
@@ -238,6 +265,7 @@ impl Runtime {
             source,
         })?;
         let netns_cookie = AtomicU64::new(0);
+        let fetch_refused = AtomicI32::new(0);
         let netns = self.netns_pool.as_ref().and_then(|p| p.take());
         let join_fds: Vec<BorrowedFd> = cgroup.join_files().iter().map(|f| f.as_fd()).collect();
         let stdio = [
@@ -245,15 +273,19 @@ impl Runtime {
             spec.stdout.unwrap_or(dev_null.as_fd()),
             spec.stderr.unwrap_or(dev_null.as_fd()),
         ];
+        let fds = KeptFds::new(
+            stdio,
+            pipe_w.as_fd(),
+            template.namespace(),
+            self.landlock.as_ref().map(|fd| fd.as_fd()),
+            netns.as_ref().map(|ns| ns.fd()),
+            &join_fds,
+        )?;
         let plan = ChildPlan {
-            fds: KeptFds::new(
-                stdio,
-                pipe_w.as_fd(),
-                template.namespace(),
-                self.landlock.as_ref().map(|fd| fd.as_fd()),
-                netns.as_ref().map(|ns| ns.fd()),
-                &join_fds,
-            )?,
+            fds: match self.fd_donor.as_ref().filter(|d| d.usable()) {
+                Some(donor) => fds.fetched_from(donor, &fetch_refused),
+                None => fds,
+            },
             mounts: rootfs::container_mounts(),
             secrets: secrets.as_ref(),
             hostname: rootfs::cstring("hostname", spec.hostname)?,
@@ -286,6 +318,15 @@ impl Runtime {
         let netns_cookie = netns_cookie.load(Ordering::Relaxed);
         let mut container = Container::new(spawned.pid, spawned.pidfd, cgroup, netns_cookie, netns);
         // On any error below, dropping `container` kills, reaps and removes its cgroup.
+        let refused = fetch_refused.load(Ordering::Relaxed);
+        if refused != 0 {
+            if let Some(donor) = &self.fd_donor {
+                donor.refused(refused);
+            }
+            return Err(RuntimeError::FdFetchRefused(io::Error::from_raw_os_error(
+                refused,
+            )));
+        }
         if killed_in_setup {
             return Err(RuntimeError::SetupTimeout {
                 after: self.setup_timeout,

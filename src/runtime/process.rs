@@ -171,6 +171,12 @@ pub fn clone_child(
         } else {
             libc::CLONE_NEWNET
         }
+        // The child's first syscall gives it a table of its own (kept_fds.rs).
+        | if plan.fds.shares_table() {
+            libc::CLONE_FILES
+        } else {
+            0
+        }
         | libc::SIGCHLD;
     // SAFETY: sigfillset/pthread_sigmask on stack sigsets. Every signal is blocked across
     // the clone so none can run one of our handlers in the child, which shares our memory;

@@ -31,7 +31,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -78,8 +78,6 @@ const SYS_MASKED: &[&str] = &["sys/devices/virtual/powercap", "sys/firmware"];
 pub struct MountTemplate {
     /// The template's mount namespace (its root is the container's root).
     ns: OwnedFd,
-    /// The image's tree the template binds.
-    rootfs: PathBuf,
     /// Working directories and commands already resolved in this image (see
     /// [`MountTemplate::resolve`]).
     resolved: Mutex<Vec<(ResolveKey, Resolved)>>,
@@ -126,23 +124,23 @@ impl MountTemplate {
         })?;
         let (ns, listener) = built;
         let resolved = Mutex::new(Vec::new());
-        Ok((
-            MountTemplate {
-                ns,
-                rootfs: rootfs.to_path_buf(),
-                resolved,
-            },
-            listener,
-        ))
+        Ok((MountTemplate { ns, resolved }, listener))
     }
 
-    /// Resolves `workdir` and `command` in the image (see [`rootfs::resolve_workdir`] and
+    /// Resolves `workdir` and `command` in the image at `image` (the tree this template
+    /// was built from, wherever it has since been moved; see [`rootfs::resolve_workdir`] and
     /// [`rootfs::resolve_command`]), once per distinct (workdir, command, PATH): the
     /// image's tree never changes while its template lives, and the lookups (openat2 per
     /// PATH entry, readlinks of /proc/self/fd) cost ~40 µs on every spawn otherwise.
     /// The child still opens the working directory from its own root and checks it, and
     /// exec still fails on a missing command. Failures are not kept.
-    pub fn resolve(&self, workdir: &str, command: &str, env: &[String]) -> Result<Resolved> {
+    pub fn resolve(
+        &self,
+        image: &Path,
+        workdir: &str,
+        command: &str,
+        env: &[String],
+    ) -> Result<Resolved> {
         let key = ResolveKey {
             workdir: workdir.to_string(),
             command: command.to_string(),
@@ -156,8 +154,8 @@ impl MountTemplate {
             return Ok(r.clone());
         }
         let r = Resolved {
-            workdir: rootfs::resolve_workdir(&self.rootfs, workdir)?,
-            exe: rootfs::resolve_command(&self.rootfs, command, env)?,
+            workdir: rootfs::resolve_workdir(image, workdir)?,
+            exe: rootfs::resolve_command(image, command, env)?,
         };
         if kept.len() == RESOLVED_KEPT {
             kept.remove(0);

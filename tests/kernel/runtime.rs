@@ -3,7 +3,7 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
-use faasd::runtime::{Exit, MountTemplate, Resources, RuntimeError};
+use faasd::runtime::{Exit, MountTemplate, Resources, Runtime, RuntimeError};
 use libtest_mimic::Trial;
 
 use crate::support::{self, cgroup_exists, ensure, sh, sh_with, unique, Opts, TestResult};
@@ -28,6 +28,10 @@ pub fn tests() -> Vec<Trial> {
             dangerous_syscalls_denied,
         ),
         Trial::test("runtime::only_stdio_fds", only_stdio_fds),
+        Trial::test(
+            "runtime::fds_fetched_copied_or_refused_leave_only_stdio",
+            fds_fetched_copied_or_refused,
+        ),
         Trial::test("runtime::dev_and_hostname", dev_and_hostname),
         Trial::test(
             "runtime::non_root_user_has_no_caps",
@@ -232,11 +236,50 @@ fn dangerous_syscalls_denied() -> TestResult {
 }
 
 fn only_stdio_fds() -> TestResult {
-    // `ls` opens the directory it lists as fd 3; anything else is leaked from the host.
-    let run = sh("exec ls /proc/self/fd")?;
+    stdio_only_on(support::runtime())
+}
+
+/// `ls` opens the directory it lists as fd 3; anything else is leaked from the host.
+fn stdio_only_on(rt: &Runtime) -> TestResult {
+    let run = support::sh_on(rt, "exec ls /proc/self/fd", Opts::default())?;
     let mut fds: Vec<&str> = run.output.split_whitespace().collect();
     fds.sort();
     ensure(fds == ["0", "1", "2", "3"], format!("open fds: {fds:?}"))
+}
+
+/// The three ways a child gets its fds (kept_fds.rs) each leave it stdio alone: fetched
+/// from the daemon (the default), copied with the daemon's table, and copied after a
+/// fetch was refused (here by a seccomp filter on the spawning thread, which its child
+/// inherits), which also turns fetching off for the runtime.
+fn fds_fetched_copied_or_refused() -> TestResult {
+    let rt = support::runtime();
+    stdio_only_on(rt)?;
+    ensure(rt.fetches_fds(), "children do not fetch their fds here")?;
+    let copying = Runtime::new(support::CGROUP_PARENT)?.with_fd_table_copy(true);
+    stdio_only_on(&copying)?;
+    ensure(!copying.fetches_fds(), "fetching was turned off")?;
+    let refused = Runtime::new(support::CGROUP_PARENT)?;
+    ensure(refused.fetches_fds(), "a new runtime fetches")?;
+    std::thread::scope(|s| {
+        s.spawn(|| -> TestResult {
+            let rules = [(libc::SYS_pidfd_getfd, vec![])].into_iter().collect();
+            let filter = seccompiler::SeccompFilter::new(
+                rules,
+                seccompiler::SeccompAction::Allow,
+                seccompiler::SeccompAction::Errno(libc::EPERM as u32),
+                std::env::consts::ARCH.try_into()?,
+            )?;
+            let program: seccompiler::BpfProgram = filter.try_into()?;
+            seccompiler::apply_filter(&program)?;
+            stdio_only_on(&refused)
+        })
+        .join()
+        .map_err(|_| "the spawning thread panicked")?
+    })?;
+    ensure(
+        !refused.fetches_fds(),
+        "a refused fetch did not turn fetching off",
+    )
 }
 
 fn dev_and_hostname() -> TestResult {
@@ -398,7 +441,7 @@ fn resolutions_follow_path_and_new_directories() -> TestResult {
     support::make_rootfs(&dir);
     let (template, _) = MountTemplate::build(&dir, None)?;
     let path = |p: &str| vec![format!("PATH={p}")];
-    let exe = |env: &[String]| template.resolve("/", "sh", env).map(|r| r.exe);
+    let exe = |env: &[String]| template.resolve(&dir, "/", "sh", env).map(|r| r.exe);
     ensure(exe(&path("/bin"))? == "/bin/sh", "sh in /bin")?;
     ensure(exe(&path("/bin"))? == "/bin/sh", "sh in /bin, again")?;
     let err = exe(&path("/nowhere")).err();
@@ -407,7 +450,11 @@ fn resolutions_follow_path_and_new_directories() -> TestResult {
         format!("PATH=/nowhere found sh: {err:?}"),
     )?;
     ensure(exe(&[])? == "/bin/sh", "the default PATH has /bin")?;
-    let workdir = |w: &str| template.resolve(w, "sh", &path("/bin")).map(|r| r.workdir);
+    let workdir = |w: &str| {
+        template
+            .resolve(&dir, w, "sh", &path("/bin"))
+            .map(|r| r.workdir)
+    };
     ensure(workdir("/srv").is_err(), "/srv does not exist yet")?;
     fs::create_dir(dir.join("srv"))?;
     let found = workdir("/srv")?;
