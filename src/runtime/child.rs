@@ -153,8 +153,10 @@ pub enum MountOp {
     /// Hide the file `target` under /dev/null (an empty read-only tmpfs should it be a
     /// directory); absent paths are skipped (runc's maskedPaths).
     Mask { target: CString, null: CString },
-    /// Hide the directory `target` under an empty read-only tmpfs; skipped if absent.
-    MaskDir { target: CString },
+    /// Hide the directory `target` under `empty`, an empty read-only directory of the
+    /// template bound over it (no superblock made and torn down per container), or
+    /// under an empty read-only tmpfs where the template has none; skipped if absent.
+    MaskDir { target: CString, empty: CString },
 }
 
 /// The capability sets to leave the process with, as the kernel's numbers and masks.
@@ -471,7 +473,21 @@ fn apply_mount(op: &MountOp) -> Result<(), i32> {
                     std::ptr::null(),
                 ))
             }
-            MountOp::MaskDir { target } => mask_dir(target),
+            MountOp::MaskDir { target, empty } => {
+                let r = libc::mount(
+                    empty.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                );
+                match (r, errno()) {
+                    (0, _) => Ok(()),
+                    // No such target (skipped there too) or no such source.
+                    (_, libc::ENOENT) => mask_dir(target),
+                    _ => rc(r),
+                }
+            }
             MountOp::Mask { target, null } => {
                 let r = libc::mount(
                     null.as_ptr(),

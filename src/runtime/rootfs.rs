@@ -244,7 +244,10 @@ pub fn container_mounts() -> &'static [MountOp] {
             });
         }
         for path in PROC_MASKED_DIRS.iter().filter(planned) {
-            ops.push(MountOp::MaskDir { target: c(path) });
+            ops.push(MountOp::MaskDir {
+                target: c(path),
+                empty: c(super::template::EMPTY_READ_ONLY_DIR),
+            });
         }
         for path in PROC_READ_ONLY.iter().filter(planned) {
             ops.push(MountOp::BindReadOnly {
@@ -331,7 +334,7 @@ pub fn describe(op: &MountOp) -> String {
             None => format!("bind {} on {}", s(source), s(target)),
         },
         MountOp::BindReadOnly { target, .. } => format!("make {} read-only", s(target)),
-        MountOp::Mask { target, .. } | MountOp::MaskDir { target } => {
+        MountOp::Mask { target, .. } | MountOp::MaskDir { target, .. } => {
             format!("mask {}", s(target))
         }
     }

@@ -74,6 +74,12 @@ const DEV_DIRS: &[(&str, u32)] = &[("pts", 0o755), ("shm", 0o1777), ("mqueue", 0
 /// Masked under /sys (shared by all containers, read-only): empty read-only tmpfs.
 const SYS_MASKED: &[&str] = &["sys/devices/virtual/powercap", "sys/firmware"];
 
+/// One of those masks, in the container's tree: an empty read-only directory (its
+/// superblock read-only too) that containers bind over the directories they mask. sysfs
+/// always has /sys/firmware (a core kobject); where it does not, nothing is there and
+/// the container mounts an empty tmpfs instead.
+pub const EMPTY_READ_ONLY_DIR: &str = "/sys/firmware";
+
 /// An image's container root, ready to be copied.
 pub struct MountTemplate {
     /// The template's mount namespace (its root is the container's root).

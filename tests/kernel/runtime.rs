@@ -158,6 +158,15 @@ fn proc_masked_and_read_only() -> TestResult {
         .filter_map(|l| l.strip_prefix("present "))
         .collect();
     ensure(present.contains(&"/proc/sys"), run.output.clone())?;
+    // A masked directory is empty and stays so.
+    if present.contains(&"/proc/acpi") {
+        let run =
+            sh("echo entries=$(ls -A /proc/acpi | wc -l); mkdir /proc/acpi/x; echo mkdir=$?")?;
+        ensure(
+            run.output.contains("entries=0\n") && run.output.contains("mkdir=1"),
+            format!("/proc/acpi: {}", run.output),
+        )?;
+    }
     for path in present {
         ensure(
             mounts.contains(&path),
