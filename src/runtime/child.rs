@@ -454,17 +454,10 @@ fn apply_mount(op: &MountOp) -> Result<(), i32> {
                 target,
                 flags,
             } => {
-                let r = libc::mount(
-                    source.as_ptr(),
-                    target.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                );
-                if r < 0 && errno() == libc::ENOENT {
-                    return Ok(());
+                match bind(source, target, libc::MS_REC) {
+                    Err(libc::ENOENT) => return Ok(()),
+                    r => r?,
                 }
-                rc(r)?;
                 rc(libc::mount(
                     std::ptr::null(),
                     target.as_ptr(),
@@ -473,37 +466,36 @@ fn apply_mount(op: &MountOp) -> Result<(), i32> {
                     std::ptr::null(),
                 ))
             }
-            MountOp::MaskDir { target, empty } => {
-                let r = libc::mount(
-                    empty.as_ptr(),
-                    target.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                );
-                match (r, errno()) {
-                    (0, _) => Ok(()),
-                    // No such target (skipped there too) or no such source.
-                    (_, libc::ENOENT) => mask_dir(target),
-                    _ => rc(r),
-                }
-            }
-            MountOp::Mask { target, null } => {
-                let r = libc::mount(
-                    null.as_ptr(),
-                    target.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                );
-                match (r, errno()) {
-                    (0, _) => Ok(()),
-                    (_, libc::ENOENT) => Ok(()),
-                    (_, libc::ENOTDIR) => mask_dir(target),
-                    _ => rc(r),
-                }
-            }
+            MountOp::MaskDir { target, empty } => match bind(empty, target, 0) {
+                // No such target (skipped there too) or no such source.
+                Err(libc::ENOENT) => mask_dir(target),
+                r => r,
+            },
+            MountOp::Mask { target, null } => match bind(null, target, 0) {
+                Err(libc::ENOENT) => Ok(()),
+                Err(libc::ENOTDIR) => mask_dir(target),
+                r => r,
+            },
         }
+    }
+}
+
+/// Binds `source` on `target` (with `flags` besides MS_BIND), returning errno on failure.
+fn bind(source: &CString, target: &CString, flags: libc::c_ulong) -> Result<(), i32> {
+    // SAFETY: NUL-terminated strings owned by the plan, null where mount accepts it.
+    let r = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | flags,
+            std::ptr::null(),
+        )
+    };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(())
     }
 }
 
