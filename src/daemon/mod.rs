@@ -1,6 +1,7 @@
 //! The faasd daemon: deployments, their addresses and listeners, the request path, and
 //! a clean start (crash recovery) and stop.
 
+mod address_pool;
 mod admission;
 mod api;
 mod api_pull;
@@ -15,7 +16,6 @@ mod log_stream;
 mod logs;
 pub mod loopback;
 mod metrics;
-mod pool;
 mod prewarm;
 mod pull;
 mod registry;
@@ -609,7 +609,7 @@ impl Daemon {
         let secrets = Arc::new(self.secrets.load(name, &record.settings)?);
         let mut taken: HashSet<Ipv4Addr> = registry.functions().values().map(|r| r.ip).collect();
         taken.extend(self.lo_ips().await?);
-        let ip = pool::lowest_free(self.cfg.subnet, &taken)
+        let ip = address_pool::lowest_free(self.cfg.subnet, &taken)
             .ok_or(DaemonError::PoolExhausted(self.cfg.subnet))?;
         record.ip = ip;
         self.lo.add(ip).await?;

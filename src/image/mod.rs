@@ -9,13 +9,13 @@
 //! uncommitted removes the staging directory, so a failed install leaves nothing behind.
 
 mod archive;
-mod config;
 mod digest;
 mod error;
 mod fsutil;
+mod image_config;
 mod layer;
 mod limits;
-mod rootfs;
+mod mount_points;
 mod tar_guard;
 #[cfg(test)]
 mod tests;
@@ -29,8 +29,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::fcntl::{open, renameat2, OFlag, RenameFlags};
 use nix::sys::stat::Mode;
 
-pub use config::ImageConfig;
 pub use error::ImageError;
+pub use image_config::ImageConfig;
 pub use limits::Limits;
 
 /// Name of the run configuration file next to `rootfs/`.
@@ -171,7 +171,7 @@ pub fn install_gated<G>(
     let _held = gate()?;
     let ar = archive::Archive::index(spool, limits)?;
     let plan = ar.plan()?;
-    let parsed = config::parse_config(&plan.config_name, &plan.config)?;
+    let parsed = image_config::parse_config(&plan.config_name, &plan.config)?;
     staged.digest = image_id(&plan.config);
 
     let rootfs = staged.dir.join(ROOTFS_DIR);
@@ -201,8 +201,8 @@ pub fn install_gated<G>(
     drop(ar);
     let _ = std::fs::remove_file(&spool_path);
 
-    rootfs::prepare_mount_points(&root)?;
-    let (uid, gid) = config::resolve_user(&root, &parsed.user)?;
+    mount_points::prepare_mount_points(&root)?;
+    let (uid, gid) = image_config::resolve_user(&root, &parsed.user)?;
     staged.config = ImageConfig {
         cmd: parsed.cmd,
         env: parsed.env,

@@ -1299,7 +1299,7 @@ fn workdir_and_command_under_kernel_fs_refused() {
 
 #[test]
 fn normalize_resolves_like_the_kernel() {
-    use super::config::normalize;
+    use super::image_config::normalize;
     assert_eq!(normalize("/", "/a//b/./c/"), "/a/b/c");
     assert_eq!(normalize("/", "/../../a"), "/a");
     assert_eq!(normalize("/srv/app", "../x"), "/srv/x");
