@@ -336,6 +336,7 @@ impl Runtime {
         match process::await_setup(&pipe_r, self.setup_timeout) {
             Ok(Some(process::SetupResult::Exec)) => {
                 clock.mark(Mark::ExecSeen);
+                container.hold_mount_namespace();
                 container.set_timeline(clock.timeline());
                 Ok(container)
             }

@@ -64,6 +64,10 @@ pub fn tests() -> Vec<Trial> {
         ),
         Trial::test("runtime::exit_code_reported", exit_code_reported),
         Trial::test(
+            "runtime::mount_namespace_released_after_the_end",
+            mount_namespace_released,
+        ),
+        Trial::test(
             "runtime::every_container_gets_its_own_empty_netns",
             own_empty_netns,
         ),
@@ -549,6 +553,58 @@ fn symlinked_mount_point_refused() -> TestResult {
         fs::remove_dir_all(&dir)?;
     }
     Ok(())
+}
+
+/// The runtime holds a container's mount namespace while it runs (so that its mounts
+/// are torn down off its exit, where the kernel has PIDFD_GET_MNT_NAMESPACE, 6.11+), and
+/// lets it go once the container has ended: no namespace, and none of its mounts, stays.
+fn mount_namespace_released() -> TestResult {
+    let argv = [
+        "/bin/sh",
+        "-c",
+        "dd if=/dev/zero of=/tmp/f bs=1M count=8 2>/dev/null; sleep 1",
+    ]
+    .map(String::from);
+    let (container, output) = support::spawn_on(support::runtime(), &argv, Opts::default())?;
+    let ns = fs::read_link(format!("/proc/{}/ns/mnt", container.pid()))?;
+    let held_by_us = || -> std::io::Result<bool> {
+        for fd in fs::read_dir("/proc/self/fd")? {
+            if fs::read_link(fd?.path()).is_ok_and(|target| target == ns) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    let held = held_by_us()?;
+    ensure(
+        held || kernel_release() < (6, 11),
+        "the runtime does not hold the container's mount namespace",
+    )?;
+    let status = container.wait_blocking(Duration::from_secs(20))?;
+    output.join().map_err(|_| "output reader panicked")?;
+    ensure(status.success(), format!("{status:?}"))?;
+    if held {
+        let until = Instant::now() + Duration::from_secs(5);
+        while held_by_us()? {
+            ensure(
+                Instant::now() < until,
+                format!("{ns:?} still held 5 s after the container ended"),
+            )?;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    } else {
+        println!("mount namespace not held: the kernel lacks PIDFD_GET_MNT_NAMESPACE (6.11+)");
+    }
+    Ok(())
+}
+
+/// (major, minor) of the running kernel.
+fn kernel_release() -> (u32, u32) {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 fn exit_code_reported() -> TestResult {

@@ -14,7 +14,9 @@ use std::time::Duration;
 mod private_ns;
 pub use private_ns::enter_private_namespaces;
 
-use faasd::runtime::{ContainerSpec, ExitStatus, MountTemplate, Resources, Runtime, RuntimeError};
+use faasd::runtime::{
+    Container, ContainerSpec, ExitStatus, MountTemplate, Resources, Runtime, RuntimeError,
+};
 use libtest_mimic::Failed;
 
 pub type TestResult = Result<(), libtest_mimic::Failed>;
@@ -130,6 +132,22 @@ pub fn sh_on(rt: &Runtime, script: &str, opts: Opts<'_>) -> Result<Run, RuntimeE
 }
 
 pub fn run_on(rt: &Runtime, argv: &[String], opts: Opts<'_>) -> Result<Run, RuntimeError> {
+    let timeout = opts.timeout;
+    let (container, output) = spawn_on(rt, argv, opts)?;
+    let status = container.wait_blocking(timeout)?;
+    Ok(Run {
+        status,
+        output: output.join().unwrap(),
+    })
+}
+
+/// Starts `argv` in a container of `rt`; returns it and a thread collecting its stdout
+/// and stderr until it ends.
+pub fn spawn_on(
+    rt: &Runtime,
+    argv: &[String],
+    opts: Opts<'_>,
+) -> Result<(Container, std::thread::JoinHandle<String>), RuntimeError> {
     let (rd, wr): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let id = opts.id.map(str::to_string).unwrap_or_else(|| unique("c"));
     let env = ["PATH=/bin".to_string()];
@@ -170,11 +188,7 @@ pub fn run_on(rt: &Runtime, argv: &[String], opts: Opts<'_>) -> Result<Run, Runt
         let _ = fs::File::from(rd).read_to_string(&mut s);
         s
     });
-    let status = container.wait_blocking(opts.timeout)?;
-    Ok(Run {
-        status,
-        output: reader.join().unwrap(),
-    })
+    Ok((container, reader))
 }
 
 /// Whether the cgroup of container `id` still exists in any hierarchy.
