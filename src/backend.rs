@@ -163,11 +163,12 @@ impl Container {
         }
     }
 
-    /// The native runtime's container: its network namespace's cookie and the host pid
-    /// of its first process, by which its control connection is known.
-    pub fn native_identity(&self) -> Option<(u64, i32)> {
+    /// The native runtime's container: its network namespace's cookie, the host pid of
+    /// its first process and its pid namespace's inode, by which its control connection
+    /// is known.
+    pub fn native_identity(&self) -> Option<(u64, i32, Option<u64>)> {
         match self.inner() {
-            Inner::Native(c) => Some((c.netns_cookie(), c.pid())),
+            Inner::Native(c) => Some((c.netns_cookie(), c.pid(), c.pid_namespace())),
             Inner::Runc(_) => None,
         }
     }

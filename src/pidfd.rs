@@ -36,6 +36,26 @@ pub fn send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// A namespace of a process, as PIDFD_GET_*_NAMESPACE names it.
+#[derive(Debug, Clone, Copy)]
+#[repr(u64)]
+pub enum Namespace {
+    Mount = 0xFF03,
+    Pid = 0xFF05,
+}
+
+/// An fd of the process's namespace `ns` (Linux 6.11+, ioctl on the pidfd): no path walk
+/// through /proc/<pid>/ns. ENOTTY on older kernels.
+pub fn namespace(pidfd: BorrowedFd<'_>, ns: Namespace) -> io::Result<OwnedFd> {
+    // SAFETY: an ioctl without argument on a pidfd; it returns a new fd or -1.
+    let fd = unsafe { libc::ioctl(pidfd.as_raw_fd(), ns as u64 as _, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Whether the process has exited (its pidfd is readable), without waiting.
 pub fn has_exited(pidfd: BorrowedFd<'_>) -> bool {
     let mut fds = [nix::poll::PollFd::new(pidfd, nix::poll::PollFlags::POLLIN)];

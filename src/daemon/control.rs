@@ -32,7 +32,7 @@ use prometheus_client::metrics::family::Family;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
 
-use super::control_peer::{self, Peer};
+use super::control_peer::Peer;
 use super::metrics::ReasonLabels;
 
 /// How long a connection waits for its container's registration.
@@ -103,12 +103,12 @@ impl ControlSocket {
         Ok(ControlSocket { shared, acceptor })
     }
 
-    /// Registers the container whose network namespace has `netns_cookie` and whose
-    /// first process is `init` (host pid). A namespace is lent to a container only once
-    /// its previous one is gone (netns_pool.rs), so a registration of the same cookie
-    /// still here is that dead container's, whose request has not ended yet: replaced.
-    pub fn register(&self, netns_cookie: u64, init: i32) -> Registration {
-        let pid_ns = control_peer::pid_namespace(init);
+    /// Registers the container whose network namespace has `netns_cookie`, whose first
+    /// process is `init` (host pid) and whose pid namespace is `pid_ns` (its nsfs inode,
+    /// None if it has already ended). A namespace is lent to a container only once its
+    /// previous one is gone (netns_pool.rs), so a registration of the same cookie still
+    /// here is that dead container's, whose request has not ended yet: replaced.
+    pub fn register(&self, netns_cookie: u64, init: i32, pid_ns: Option<u64>) -> Registration {
         let (tx, rx) = oneshot::channel();
         let mut rejects = Vec::new();
         let generation;

@@ -110,7 +110,7 @@ impl Peer {
 }
 
 /// The nsfs inode of `pid`'s pid namespace, if it still exists.
-pub fn pid_namespace(pid: i32) -> Option<u64> {
+fn pid_namespace(pid: i32) -> Option<u64> {
     std::fs::metadata(format!("/proc/{pid}/ns/pid"))
         .ok()
         .map(|m| m.ino())

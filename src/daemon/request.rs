@@ -407,10 +407,10 @@ pub async fn start(
     .await
     .map_err(RequestError::SpawnTask)??;
     if let (ControlEnd::Shared(registration), Some(native)) = (&mut control, &image_arc.native) {
-        let (netns_cookie, init) = container
+        let (netns_cookie, init, pid_ns) = container
             .native_identity()
             .expect("the native runtime's container");
-        *registration = Some(native.control.register(netns_cookie, init));
+        *registration = Some(native.control.register(netns_cookie, init, pid_ns));
     }
 
     let connect = d.cfg.connect_timeout().saturating_sub(accepted.elapsed());

@@ -91,16 +91,22 @@ fn control_socket_attack() -> TestResult {
     )
 }
 
-/// The mount namespaces a daemon holds (its mount templates) and its mount table, less
-/// the mounts of the other tests' daemons running beside it in the harness namespace.
+/// The mount namespaces a daemon holds that no process is in (its mount templates) and
+/// its mount table, less the mounts of the other tests' daemons running beside it in the
+/// harness namespace.
 fn mount_state(pid: i32, own: &std::path::Path) -> io::Result<(usize, Vec<String>)> {
     let all_tests = support::state_dir().to_string_lossy().into_owned();
     let own = own.to_string_lossy().into_owned();
+    // The daemon also holds each live container's mount namespace (runtime/container.rs);
+    // a template's is the one no process is in.
+    let in_use: std::collections::HashSet<_> = std::fs::read_dir("/proc")?
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path().join("ns/mnt")).ok())
+        .collect();
     let templates = std::fs::read_dir(format!("/proc/{pid}/fd"))?
         .flatten()
-        .filter(|e| {
-            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("mnt:["))
-        })
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("mnt:[") && !in_use.contains(l))
         .count();
     let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?
         .lines()
