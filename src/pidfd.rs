@@ -56,6 +56,15 @@ pub fn namespace(pidfd: BorrowedFd<'_>, ns: Namespace) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The nsfs inode of `pid`'s pid namespace by its /proc path (every kernel; a path walk
+/// through /proc), None once the process is gone.
+pub fn pid_namespace_by_path(pid: i32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+        .ok()
+        .map(|m| m.ino())
+}
+
 /// Whether the process has exited (its pidfd is readable), without waiting.
 pub fn has_exited(pidfd: BorrowedFd<'_>) -> bool {
     let mut fds = [nix::poll::PollFd::new(pidfd, nix::poll::PollFlags::POLLIN)];

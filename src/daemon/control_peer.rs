@@ -10,7 +10,6 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::runtime::SO_NETNS_COOKIE;
@@ -104,16 +103,10 @@ impl Peer {
         if self.pid <= 0 {
             return false;
         }
-        let same = self.pid == init || (pid_ns.is_some() && pid_namespace(self.pid) == pid_ns);
+        let same = self.pid == init
+            || (pid_ns.is_some() && crate::pidfd::pid_namespace_by_path(self.pid) == pid_ns);
         same && self.pidfd.as_ref().is_none_or(alive)
     }
-}
-
-/// The nsfs inode of `pid`'s pid namespace, if it still exists.
-fn pid_namespace(pid: i32) -> Option<u64> {
-    std::fs::metadata(format!("/proc/{pid}/ns/pid"))
-        .ok()
-        .map(|m| m.ino())
 }
 
 fn alive(pidfd: &OwnedFd) -> bool {

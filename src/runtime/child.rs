@@ -27,7 +27,7 @@
 //!   no_new_privs, set right before it);
 //! - seccomp last: it denies mount/pivot_root/unshare, which the steps above need.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::RawFd;
@@ -201,12 +201,12 @@ pub struct ChildPlan<'a> {
     pub secrets: Option<&'a SecretsMount<'a>>,
     pub hostname: CString,
     /// The canonical working directory inside the container (see rootfs::resolve_workdir).
-    pub workdir: CString,
+    pub workdir: &'a CStr,
     pub uid: libc::uid_t,
     pub gid: libc::gid_t,
     pub caps: &'static CapPlan,
     pub seccomp: &'static BpfProgram,
-    pub exe: CString,
+    pub exe: &'a CStr,
     pub argv: CStrArray<'a>,
     pub envp: CStrArray<'a>,
     /// Where the child records when each phase ended.
@@ -558,7 +558,7 @@ fn enter_workdir(plan: &ChildPlan) -> StepResult {
         return Err(Failure(Step::WorkdirOutsideRoot, 0, errno()));
     }
     // The raw getcwd returns the length with the NUL.
-    if buf.get(..n as usize) != Some(plan.workdir.as_bytes_with_nul()) {
+    if buf.get(..n as usize) != Some(plan.workdir.to_bytes_with_nul()) {
         return Err(Failure(Step::WorkdirOutsideRoot, 0, libc::EXDEV));
     }
     Ok(())

@@ -112,13 +112,10 @@ impl Container {
     /// pidfd where the kernel can, else /proc/<pid>/ns/pid (a path walk through /proc,
     /// ~1 % of all CPU at saturation).
     pub fn pid_namespace(&self) -> Option<u64> {
-        let path = || std::fs::metadata(format!("/proc/{}/ns/pid", self.pid));
         match namespace_of(self.pidfd.as_fd(), Namespace::Pid) {
-            Some(fd) => std::fs::File::from(fd).metadata(),
-            None => path(),
+            Some(fd) => std::fs::File::from(fd).metadata().ok().map(|m| m.ino()),
+            None => crate::pidfd::pid_namespace_by_path(self.pid),
         }
-        .ok()
-        .map(|m| m.ino())
     }
 
     /// The cookie (SO_NETNS_COOKIE) of the container's network namespace: every socket

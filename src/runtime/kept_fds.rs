@@ -79,15 +79,14 @@ impl FdDonor {
         // The lowest free number from 3 up: never one of the std streams.
         // SAFETY: fcntl on the fd we own, integer arguments.
         let low = unsafe { libc::fcntl(opened.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
-        if low < 0 || low > DONOR_MAX_FD {
-            if low >= 0 {
-                // SAFETY: the duplicate we just made and own.
-                drop(unsafe { OwnedFd::from_raw_fd(low) });
-            }
+        if low < 0 {
             return None;
         }
-        // SAFETY: as above; `opened` closes as it drops.
+        // SAFETY: the duplicate we just made and own; `opened` closes as it drops.
         let pidfd = unsafe { OwnedFd::from_raw_fd(low) };
+        if low > DONOR_MAX_FD {
+            return None;
+        }
         Some(FdDonor {
             pidfd,
             usable: AtomicBool::new(true),

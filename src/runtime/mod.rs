@@ -115,6 +115,8 @@ pub struct Runtime {
     /// Children fetch their fds from it instead of copying our whole table (kept_fds.rs);
     /// None: they copy it.
     fd_donor: Option<FdDonor>,
+    /// Every container's stdin (and stdout, stderr where the spec has none), opened once.
+    dev_null: std::fs::File,
     setup_timeout: Duration,
 }
 
@@ -142,16 +144,18 @@ impl Runtime {
             netns_pool: None,
             landlock,
             fd_donor: FdDonor::open(),
+            dev_null: std::fs::File::open("/dev/null").map_err(|source| RuntimeError::Sys {
+                op: "open /dev/null",
+                source,
+            })?,
             setup_timeout: SETUP_TIMEOUT,
         })
     }
 
-    /// Whether children copy the daemon's fd table (`true`) or fetch only their fds
-    /// (default where the kernel allows; kept_fds.rs). Copying is the fallback.
-    pub fn with_fd_table_copy(mut self, copy: bool) -> Self {
-        if copy {
-            self.fd_donor = None;
-        }
+    /// Children copy the daemon's fd table and close what they do not keep, instead of
+    /// fetching only their fds (the default where the kernel allows; kept_fds.rs).
+    pub fn copying_fd_table(mut self) -> Self {
+        self.fd_donor = None;
         self
     }
 
@@ -238,8 +242,7 @@ impl Runtime {
         if !spec.workdir.starts_with('/') {
             return Err(RuntimeError::RelativeWorkdir(spec.workdir.to_string()));
         }
-        let template::Resolved { workdir, exe } =
-            template.resolve(spec.rootfs, spec.workdir, argv0, spec.env)?;
+        let resolved = template.resolve(spec.rootfs, spec.workdir, argv0, spec.env)?;
         let secrets = match spec.secrets.is_empty() {
             true => None,
             false => Some(spec.secrets.mount_at(
@@ -260,18 +263,15 @@ impl Runtime {
         clock.mark(Mark::CgroupCreated);
         let (pipe_r, pipe_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RuntimeError::sys("pipe2"))?;
-        let dev_null = std::fs::File::open("/dev/null").map_err(|source| RuntimeError::Sys {
-            op: "open /dev/null",
-            source,
-        })?;
         let netns_cookie = AtomicU64::new(0);
         let fetch_refused = AtomicI32::new(0);
         let netns = self.netns_pool.as_ref().and_then(|p| p.take());
         let join_fds: Vec<BorrowedFd> = cgroup.join_files().iter().map(|f| f.as_fd()).collect();
+        let dev_null = self.dev_null.as_fd();
         let stdio = [
-            dev_null.as_fd(),
-            spec.stdout.unwrap_or(dev_null.as_fd()),
-            spec.stderr.unwrap_or(dev_null.as_fd()),
+            dev_null,
+            spec.stdout.unwrap_or(dev_null),
+            spec.stderr.unwrap_or(dev_null),
         ];
         let fds = KeptFds::new(
             stdio,
@@ -289,12 +289,12 @@ impl Runtime {
             mounts: rootfs::container_mounts(),
             secrets: secrets.as_ref(),
             hostname: rootfs::cstring("hostname", spec.hostname)?,
-            workdir,
+            workdir: &resolved.workdir_in_container,
             uid: spec.uid,
             gid: spec.gid,
             caps: CAPS.get().expect("initialised in Runtime::new"),
             seccomp: SECCOMP.get().expect("initialised in Runtime::new"),
-            exe: rootfs::cstring("command", &exe)?,
+            exe: &resolved.exe,
             argv: CStrArray::new(&argv),
             envp: CStrArray::new(&env),
             clock: &clock,
@@ -344,7 +344,12 @@ impl Runtime {
                 step,
                 detail,
                 errno,
-            })) => Err(child_error(&exe, step, detail, errno)),
+            })) => Err(child_error(
+                &resolved.exe.to_string_lossy(),
+                step,
+                detail,
+                errno,
+            )),
             Ok(None) => Err(RuntimeError::SetupTimeout {
                 after: self.setup_timeout,
                 stuck_in: clock.current_phase(),

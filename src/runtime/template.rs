@@ -32,7 +32,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::CloneFlags;
@@ -86,24 +86,24 @@ pub struct MountTemplate {
     ns: OwnedFd,
     /// Working directories and commands already resolved in this image (see
     /// [`MountTemplate::resolve`]).
-    resolved: Mutex<Vec<(ResolveKey, Resolved)>>,
-}
-
-/// What a resolution depends on: the image's WorkingDir, the command and the PATH it is
-/// looked up in (None: the default PATH).
-#[derive(PartialEq, Eq)]
-struct ResolveKey {
-    workdir: String,
-    command: String,
-    path: Option<String>,
+    resolved: Mutex<Vec<Arc<Resolved>>>,
 }
 
 /// Where a container of this image starts: its canonical working directory and the
-/// command's path inside the container.
-#[derive(Clone)]
+/// command's path inside the container, for the image's WorkingDir, command and PATH
+/// (None: the default PATH).
 pub struct Resolved {
-    pub workdir: CString,
-    pub exe: String,
+    workdir: String,
+    command: String,
+    path: Option<String>,
+    pub workdir_in_container: CString,
+    pub exe: CString,
+}
+
+impl Resolved {
+    fn is_for(&self, workdir: &str, command: &str, path: Option<&str>) -> bool {
+        self.workdir == workdir && self.command == command && self.path.as_deref() == path
+    }
 }
 
 /// Resolutions kept per template: a function's image sees one or two configurations.
@@ -146,27 +146,23 @@ impl MountTemplate {
         workdir: &str,
         command: &str,
         env: &[String],
-    ) -> Result<Resolved> {
-        let key = ResolveKey {
+    ) -> Result<Arc<Resolved>> {
+        let path = env.iter().find_map(|e| e.strip_prefix("PATH="));
+        let mut kept = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = kept.iter().find(|r| r.is_for(workdir, command, path)) {
+            return Ok(Arc::clone(r));
+        }
+        let r = Arc::new(Resolved {
             workdir: workdir.to_string(),
             command: command.to_string(),
-            path: env
-                .iter()
-                .find_map(|e| e.strip_prefix("PATH="))
-                .map(str::to_string),
-        };
-        let mut kept = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, r)) = kept.iter().find(|(k, _)| *k == key) {
-            return Ok(r.clone());
-        }
-        let r = Resolved {
-            workdir: rootfs::resolve_workdir(image, workdir)?,
-            exe: rootfs::resolve_command(image, command, env)?,
-        };
+            path: path.map(str::to_string),
+            workdir_in_container: rootfs::resolve_workdir(image, workdir)?,
+            exe: rootfs::cstring("command", rootfs::resolve_command(image, command, env)?)?,
+        });
         if kept.len() == RESOLVED_KEPT {
             kept.remove(0);
         }
-        kept.push((key, r.clone()));
+        kept.push(Arc::clone(&r));
         Ok(r)
     }
 

@@ -268,7 +268,7 @@ fn fds_fetched_copied_or_refused() -> TestResult {
     let rt = support::runtime();
     stdio_only_on(rt)?;
     ensure(rt.fetches_fds(), "children do not fetch their fds here")?;
-    let copying = Runtime::new(support::CGROUP_PARENT)?.with_fd_table_copy(true);
+    let copying = Runtime::new(support::CGROUP_PARENT)?.copying_fd_table();
     stdio_only_on(&copying)?;
     ensure(!copying.fetches_fds(), "fetching was turned off")?;
     let refused = Runtime::new(support::CGROUP_PARENT)?;
@@ -454,7 +454,11 @@ fn resolutions_follow_path_and_new_directories() -> TestResult {
     support::make_rootfs(&dir);
     let (template, _) = MountTemplate::build(&dir, None)?;
     let path = |p: &str| vec![format!("PATH={p}")];
-    let exe = |env: &[String]| template.resolve(&dir, "/", "sh", env).map(|r| r.exe);
+    let exe = |env: &[String]| {
+        template
+            .resolve(&dir, "/", "sh", env)
+            .map(|r| r.exe.to_string_lossy().into_owned())
+    };
     ensure(exe(&path("/bin"))? == "/bin/sh", "sh in /bin")?;
     ensure(exe(&path("/bin"))? == "/bin/sh", "sh in /bin, again")?;
     let err = exe(&path("/nowhere")).err();
@@ -466,7 +470,7 @@ fn resolutions_follow_path_and_new_directories() -> TestResult {
     let workdir = |w: &str| {
         template
             .resolve(&dir, w, "sh", &path("/bin"))
-            .map(|r| r.workdir)
+            .map(|r| r.workdir_in_container.clone())
     };
     ensure(workdir("/srv").is_err(), "/srv does not exist yet")?;
     fs::create_dir(dir.join("srv"))?;
