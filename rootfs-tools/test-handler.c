@@ -148,6 +148,19 @@ static void probe(char *out, size_t size) {
     memset(params, 0, sizeof params);
     long ring = syscall(425 /* io_uring_setup */, 1, params);
     result(out, size, "io_uring_setup", ring);
+    /* The capability sets, as "CapBnd=000000...": what the handler could still gain. */
+    FILE *status = fopen("/proc/self/status", "re");
+    char line[128];
+    while (status && fgets(line, sizeof line, status)) {
+        char *colon = strchr(line, ':');
+        if (strncmp(line, "Cap", 3) == 0 && colon) {
+            *colon = '\0';
+            size_t len = strlen(out);
+            snprintf(out + len, size - len, "%s=%s", line, colon + 1 + strspn(colon + 1, " \t"));
+        }
+    }
+    if (status)
+        fclose(status);
 }
 
 extern char **environ;

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use faasd::backend::BackendKind;
 use faasd::daemon::{serve_api, serve_gateway, Config, Daemon, DaemonError};
 use faasd::{kernel_check, sealed_exe};
 use tokio::signal::unix::{signal, SignalKind};
@@ -32,6 +33,14 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     warn_missing_guarantees(&cfg);
+    // Still the only thread: every thread made from here on, and every container cloned
+    // from one, inherits the containers' bounding set (privileges.rs).
+    if cfg.runtime == BackendKind::Native {
+        if let Err(e) = faasd::runtime::limit_bounding_set() {
+            eprintln!("faasd: cannot limit the capability bounding set: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -161,8 +161,8 @@ pub enum MountOp {
 
 /// The capability sets to leave the process with, as the kernel's numbers and masks.
 pub struct CapPlan {
-    /// Capability numbers to drop from the bounding set.
-    pub bounding_drop: Vec<u32>,
+    /// Capabilities to drop from the bounding set, as a mask.
+    pub bounding_drop: u64,
     /// Effective and permitted set of a root process; a non-root one keeps none.
     pub keep: u64,
 }
@@ -205,6 +205,9 @@ pub struct ChildPlan<'a> {
     pub uid: libc::uid_t,
     pub gid: libc::gid_t,
     pub caps: &'static CapPlan,
+    /// Of `caps.bounding_drop`, those the spawning thread's bounding set still holds
+    /// (none in faasd, which drops them once: privileges::limit_bounding_set).
+    pub bounding_drop: u64,
     pub seccomp: &'static BpfProgram,
     pub exe: &'a CStr,
     pub argv: CStrArray<'a>,
@@ -237,9 +240,12 @@ fn check_detail(rc: libc::c_long, step: Step, detail: u32) -> StepResult {
     }
 }
 
-/// Entry point of the cloned child. Never returns.
-pub fn run(plan: &ChildPlan, mask: &libc::sigset_t, in_cgroup: bool) -> ! {
-    reset_signal_handlers();
+/// Entry point of the cloned child, whose signal handlers the clone has reset or not
+/// (`handlers_reset`). Never returns.
+pub fn run(plan: &ChildPlan, mask: &libc::sigset_t, in_cgroup: bool, handlers_reset: bool) -> ! {
+    if !handlers_reset {
+        reset_signal_handlers();
+    }
     plan.clock.mark(Mark::ChildStarted);
     if let Err(e) = plan.fds.install() {
         report(e.pipe, Failure(e.step, 0, e.errno))
@@ -271,7 +277,9 @@ fn resettable_signals() -> impl Iterator<Item = libc::c_int> {
 
 /// Our handlers must never run in the child, which shares our memory until its exec:
 /// every caught signal goes back to its default action (exec would do the same), while
-/// all signals are still blocked. The raw syscall, because glibc's sigaction refuses its
+/// all signals are still blocked. Only where the clone could not do it
+/// (CLONE_CLEAR_SIGHAND, which resets the same handlers and leaves ignored signals
+/// ignored). The raw syscall, because glibc's sigaction refuses its
 /// own reserved signals (SIGCANCEL, SIGSETXID), whose handlers would otherwise stay.
 fn reset_signal_handlers() {
     for sig in resettable_signals() {
@@ -565,7 +573,7 @@ fn enter_workdir(plan: &ChildPlan) -> StepResult {
 }
 
 fn drop_privileges(plan: &ChildPlan) -> StepResult {
-    for &cap in &plan.caps.bounding_drop {
+    for cap in super::privileges::bits(plan.bounding_drop) {
         // SAFETY: prctl with integer arguments.
         check(
             unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } as _,
@@ -592,22 +600,11 @@ fn drop_privileges(plan: &ChildPlan) -> StepResult {
         )?;
     }
     // A non-root uid has lost its permitted set in setresuid already; root keeps the
-    // default set. Inheritable and ambient stay empty (CVE-2022-29162).
+    // default set. Inheritable and ambient end empty (CVE-2022-29162): capset clears
+    // every ambient capability that is not both permitted and inheritable (cap_capset),
+    // so with an empty inheritable set no PR_CAP_AMBIENT_CLEAR_ALL is needed.
     let keep = if plan.uid == 0 { plan.caps.keep } else { 0 };
-    set_caps(keep)?;
-    // SAFETY: prctl with integer arguments.
-    check(
-        unsafe {
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-                0,
-                0,
-                0,
-            )
-        } as _,
-        Step::SetCaps,
-    )
+    set_caps(keep)
 }
 
 /// The kernel's capability header and data (version 3: two 32-bit words per set).

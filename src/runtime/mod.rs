@@ -47,6 +47,7 @@ pub use container::{Container, Exit, ExitStatus};
 pub use error::{Result, RuntimeError};
 pub use landlock::{abi as landlock_abi, net_support, NetSupport, NET_ABI as LANDLOCK_NET_ABI};
 pub use netns_pool::NetnsStats;
+pub use privileges::limit_bounding_set;
 pub use process::cloned_into_cgroup;
 pub use rootfs::{Kind as MountPointKind, MOUNT_POINTS};
 pub use secrets::SecretFiles;
@@ -281,6 +282,7 @@ impl Runtime {
             netns.as_ref().map(|ns| ns.fd()),
             &join_fds,
         )?;
+        let caps = CAPS.get().expect("initialised in Runtime::new");
         let plan = ChildPlan {
             fds: match self.fd_donor.as_ref().filter(|d| d.usable()) {
                 Some(donor) => fds.fetched_from(donor, &fetch_refused),
@@ -292,7 +294,8 @@ impl Runtime {
             workdir: &resolved.workdir_in_container,
             uid: spec.uid,
             gid: spec.gid,
-            caps: CAPS.get().expect("initialised in Runtime::new"),
+            caps,
+            bounding_drop: privileges::still_bounded(caps.bounding_drop),
             seccomp: SECCOMP.get().expect("initialised in Runtime::new"),
             exe: &resolved.exe,
             argv: CStrArray::new(&argv),

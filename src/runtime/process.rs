@@ -6,7 +6,7 @@
 //! size), and CLONE_VFORK suspends only the calling thread, which would wait for the
 //! exec anyway. The child must then write nothing of ours: it runs only async-signal-
 //! safe code on the prepared plan, and every signal stays blocked until its handlers
-//! are reset (see child::run).
+//! are reset (by clone3, or by child::run where clone3 is refused).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -117,16 +117,20 @@ impl Drop for ChildStack {
     }
 }
 
-/// What the child gets: the plan, the signal mask to restore before its exec, and
-/// whether it was cloned into its cgroup (else it joins it itself).
+/// What the child gets: the plan, the signal mask to restore before its exec, whether it
+/// was cloned into its cgroup (else it joins it itself) and whether its signal handlers
+/// were reset by the clone (else it resets them itself).
 struct ChildArg<'a> {
     plan: &'a ChildPlan<'a>,
     mask: libc::sigset_t,
     in_cgroup: bool,
+    handlers_reset: bool,
 }
 
-/// Cleared once clone3 into a cgroup has been refused (an old kernel, a seccomp filter
-/// around the daemon): later spawns go straight to clone.
+/// Cleared once clone3 (or its CLONE_CLEAR_SIGHAND) has been refused: an old kernel, a
+/// seccomp filter around the daemon. Later spawns go straight to clone.
+static CLONE3: AtomicBool = AtomicBool::new(true);
+/// Cleared once clone3 into a cgroup has been refused: later spawns have the child join.
 static CLONE_INTO_CGROUP: AtomicBool = AtomicBool::new(true);
 /// Children cloned straight into their cgroup so far.
 static CLONED_INTO_CGROUP: AtomicU64 = AtomicU64::new(0);
@@ -141,7 +145,7 @@ extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the ChildArg in clone_child's frame, which stays valid and
     // unchanged while the parent thread is suspended by CLONE_VFORK.
     let arg = unsafe { &*(arg as *const ChildArg) };
-    child::run(arg.plan, &arg.mask, arg.in_cgroup)
+    child::run(arg.plan, &arg.mask, arg.in_cgroup, arg.handlers_reset)
 }
 
 /// Clones the container's first process, which runs [`child::run`] on `plan`; returns
@@ -160,6 +164,7 @@ pub fn clone_child(
         plan,
         mask: unsafe { std::mem::zeroed() },
         in_cgroup: false,
+        handlers_reset: false,
     };
     let deadline = Deadline::arm(deadline);
     let flags = libc::CLONE_VM
@@ -176,8 +181,7 @@ pub fn clone_child(
             libc::CLONE_FILES
         } else {
             0
-        }
-        | libc::SIGCHLD;
+        };
     // SAFETY: sigfillset/pthread_sigmask on stack sigsets. Every signal is blocked across
     // the clone so none can run one of our handlers in the child, which shares our memory;
     // our own mask comes back right after.
@@ -185,40 +189,47 @@ pub fn clone_child(
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut arg.mask);
-        let into = cgroup.filter(|_| CLONE_INTO_CGROUP.load(Ordering::Relaxed));
-        let mut placed = None;
-        if let Some(cgroup) = into {
-            arg.in_cgroup = true;
+        let mut cloned = None;
+        while cloned.is_none() && CLONE3.load(Ordering::Relaxed) {
+            let into = cgroup.filter(|_| CLONE_INTO_CGROUP.load(Ordering::Relaxed));
+            arg.in_cgroup = into.is_some();
+            arg.handlers_reset = true;
             // SAFETY: as for clone below; the child reads `arg` only while we wait.
-            placed = match clone3::clone_into_cgroup(
+            match clone3::clone3(
                 child_entry,
                 &mut arg as *mut ChildArg as *mut libc::c_void,
                 stack.bottom(),
                 STACK_SIZE,
-                flags & !libc::SIGCHLD,
+                flags,
                 deadline.pidfd_slot(),
-                cgroup,
+                into,
             ) {
                 Ok(pid) => {
-                    CLONED_INTO_CGROUP.fetch_add(1, Ordering::Relaxed);
-                    Some(Ok(pid))
+                    if into.is_some() {
+                        CLONED_INTO_CGROUP.fetch_add(1, Ordering::Relaxed);
+                    }
+                    cloned = Some(Ok(pid));
+                }
+                // Refused with a cgroup: try again without, the child joins it.
+                Err(libc::EINVAL) if into.is_some() => {
+                    CLONE_INTO_CGROUP.store(false, Ordering::Relaxed);
                 }
                 Err(libc::ENOSYS | libc::EPERM | libc::EINVAL | libc::E2BIG) => {
-                    CLONE_INTO_CGROUP.store(false, Ordering::Relaxed);
-                    arg.in_cgroup = false;
-                    None
+                    CLONE3.store(false, Ordering::Relaxed);
                 }
-                Err(errno) => Some(Err(io::Error::from_raw_os_error(errno))),
-            };
+                Err(errno) => cloned = Some(Err(io::Error::from_raw_os_error(errno))),
+            }
         }
         // SAFETY: the stack is ours and outlives the child's use of it (we are suspended
         // until its exec); CLONE_PIDFD stores the pidfd through the parent_tid argument,
         // into the deadline's slot, which lives until disarm.
-        let cloned = placed.unwrap_or_else(|| {
+        let cloned = cloned.unwrap_or_else(|| {
+            arg.in_cgroup = false;
+            arg.handlers_reset = false;
             let pid = libc::clone(
                 child_entry,
                 stack.top(),
-                flags,
+                flags | libc::SIGCHLD,
                 &mut arg as *mut ChildArg as *mut libc::c_void,
                 deadline.pidfd_slot(),
             );

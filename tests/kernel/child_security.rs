@@ -43,6 +43,10 @@ pub fn tests() -> Vec<Trial> {
         ),
         Trial::test("child_security::io_uring_is_denied", io_uring_is_denied),
         Trial::test(
+            "child_security::handler_capabilities_under_faasd",
+            handler_capabilities_under_faasd,
+        ),
+        Trial::test(
             "child_security::setup_stuck_in_a_frozen_cgroup_is_killed",
             setup_stuck_in_a_frozen_cgroup_is_killed,
         ),
@@ -377,6 +381,56 @@ fn io_uring_is_denied() -> TestResult {
             s.check(
                 got == Some(&format!("errno {}", libc::EPERM)),
                 format!("io_uring_setup in the handler: {got:?} ({body})"),
+            )
+        },
+    )
+}
+
+// --- capabilities --------------------------------------------------------------------------
+
+/// A capability set of /proc/<pid>/status text ("CapBnd:\t000001ff..." or the probe's
+/// "CapBnd=000001ff...").
+fn cap_set(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find_map(|l| l.strip_prefix(name))?;
+    u64::from_str_radix(line.trim_start_matches([':', '=']).trim(), 16).ok()
+}
+
+/// faasd limits its bounding set once, at start, to what containers keep, and its
+/// handlers inherit it from the clone (no drop per container): the handler under the
+/// real daemon ends with bounding = permitted = effective = the containers' set, nothing
+/// inheritable or ambient, while faasd itself keeps its full effective set.
+fn handler_capabilities_under_faasd() -> TestResult {
+    probe_through_faasd(
+        |_| {},
+        |s, body, faasd_pid| {
+            let handler = |set| {
+                cap_set(body, set).ok_or_else(|| s.fail(format!("no {set} in the probe: {body}")))
+            };
+            let (bnd, eff, prm) = (handler("CapBnd")?, handler("CapEff")?, handler("CapPrm")?);
+            // CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP,
+            // SYS_CHROOT, SETFCAP: Docker's default set minus MKNOD, NET_RAW,
+            // NET_BIND_SERVICE and AUDIT_WRITE (privileges.rs).
+            let containers: u64 = 0x8004_01fb;
+            s.check(
+                bnd == containers && eff == containers && prm == containers,
+                format!("handler: CapBnd {bnd:#x}, CapEff {eff:#x}, CapPrm {prm:#x}"),
+            )?;
+            let (inh, amb) = (handler("CapInh")?, handler("CapAmb")?);
+            s.check(
+                inh == 0 && amb == 0,
+                format!("CapInh {inh:#x}, CapAmb {amb:#x}"),
+            )?;
+            let status = fs::read_to_string(format!("/proc/{faasd_pid}/status"))?;
+            let daemon =
+                |set| cap_set(&status, set).ok_or_else(|| s.fail(format!("no {set} for faasd")));
+            let (daemon_bnd, daemon_eff) = (daemon("CapBnd")?, daemon("CapEff")?);
+            s.check(
+                daemon_bnd == containers,
+                format!("faasd's bounding set {daemon_bnd:#x} is not the containers'"),
+            )?;
+            s.check(
+                daemon_eff & 1 << 21 != 0,
+                format!("faasd lost CAP_SYS_ADMIN: CapEff {daemon_eff:#x}"),
             )
         },
     )
