@@ -125,14 +125,16 @@ fn spawn_to_exit(c: &mut Criterion, root: &Path, rt: &Runtime) {
     let rec = Recorder::default();
     g.bench_function("faasd_native", |b| {
         b.iter_custom(|iters| {
-            rec.run(iters, || {
-                let id = format!("b{}", n.fetch_add(1, Ordering::Relaxed));
-                let status = rt
-                    .spawn(&native_spec(&id, root, &template, &argv))
-                    .unwrap()
-                    .wait_blocking(Duration::from_secs(10))
-                    .unwrap();
-                assert!(status.success());
+            support::as_faasd(|| {
+                rec.run(iters, || {
+                    let id = format!("b{}", n.fetch_add(1, Ordering::Relaxed));
+                    let status = rt
+                        .spawn(&native_spec(&id, root, &template, &argv))
+                        .unwrap()
+                        .wait_blocking(Duration::from_secs(10))
+                        .unwrap();
+                    assert!(status.success());
+                })
             })
         })
     });
@@ -278,7 +280,7 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     spawn_to_exit(&mut c, &root, &rt);
     c.final_summary();
-    breakdown(&root, &rt);
+    support::as_faasd(|| breakdown(&root, &rt));
     let _ = std::fs::remove_dir_all(root.parent().unwrap());
     support::kernel_objects::remove_cgroup_parent("faasd-bench");
 }

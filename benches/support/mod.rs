@@ -3,9 +3,9 @@
 
 #![allow(dead_code)] // each bench uses a different subset
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub mod cpu;
@@ -65,9 +65,24 @@ pub fn metric(text: &str, name: &str, function: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
 }
 
+/// Runs `f` on a thread whose capability bounding set is faasd's: the daemon limits its
+/// own once at start, so its children inherit it instead of dropping ~30 capabilities
+/// each (runtime::limit_bounding_set). Not this process's main thread: runc and crun,
+/// which the benches also exec, need the full set.
+pub fn as_faasd<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            faasd::runtime::limit_bounding_set().expect("limit the bounding set (run as root)");
+            f()
+        })
+        .join()
+        .expect("the bench thread")
+    })
+}
+
 /// Every iteration's duration, from criterion's `iter_custom`, for percentiles.
 #[derive(Default)]
-pub struct Recorder(RefCell<Vec<Duration>>);
+pub struct Recorder(Mutex<Vec<Duration>>);
 
 impl Recorder {
     /// Runs `f` `iters` times, recording each run; returns the total for criterion.
@@ -83,7 +98,7 @@ impl Recorder {
             f();
             let d = t.elapsed();
             total += d;
-            self.0.borrow_mut().push(d);
+            self.0.lock().unwrap().push(d);
             if !gap.is_zero() {
                 std::thread::sleep(gap);
             }
@@ -92,7 +107,7 @@ impl Recorder {
     }
 
     pub fn stats(&self) -> Stats {
-        Stats::of(&self.0.borrow())
+        Stats::of(&self.0.lock().unwrap())
     }
 }
 

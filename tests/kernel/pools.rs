@@ -38,6 +38,10 @@ pub fn tests() -> Vec<Trial> {
             scm_rights_cycle_is_dropped,
         ),
         Trial::test(
+            "pools::a_namespace_whose_link_address_or_route_changed_is_dropped",
+            changed_namespace_is_dropped,
+        ),
+        Trial::test(
             "pools::a_reused_namespace_is_empty_for_its_next_container",
             reused_namespace_is_empty,
         ),
@@ -279,6 +283,36 @@ fn scm_rights_cycle_is_dropped() -> TestResult {
         );
     }
     dropped_not_reused(before, after, &out, &next)
+}
+
+/// No container can change its namespace's links, addresses or routes (no
+/// CAP_NET_ADMIN), but should one ever could, the probe still sees it: each change is made
+/// here from outside, through the running container's namespace, and the namespace must
+/// not come back to the pool.
+fn changed_namespace_is_dropped() -> TestResult {
+    for change in [
+        "ip link set lo up",
+        "ip address add 10.99.0.1/32 dev lo",
+        "ip route add blackhole 10.98.0.0/24",
+    ] {
+        let rt = pool_runtime()?;
+        let before = rt.netns_stats();
+        let mut tenant = Running::start(&rt, &format!("{NS}echo ready; sleep 30"), false)?;
+        tenant.until("ready")?;
+        let netns = format!("--net=/proc/{}/ns/net", tenant.container.pid());
+        let mut cmd = vec!["nsenter", &netns];
+        cmd.extend(change.split(' '));
+        let out = Command::new(cmd[0]).args(&cmd[1..]).output()?;
+        ensure(
+            out.status.success(),
+            format!("{change}: {}", String::from_utf8_lossy(&out.stderr)),
+        )?;
+        let first = tenant.finish(true)?;
+        let after = rt.netns_stats();
+        let next = Running::start(&rt, NS, false)?.finish(false)?;
+        dropped_not_reused(before, after, &first, &next).map_err(|e| format!("{change}: {e:?}"))?;
+    }
+    Ok(())
 }
 
 fn dropped_not_reused(
