@@ -1,4 +1,5 @@
-//! What a network namespace holds, read from outside it.
+//! What a network namespace holds, and whether anything in it changed, read from
+//! outside it.
 //!
 //! A namespace goes back to the pool only if it holds exactly what it held when it was
 //! made. The probe is opened inside the namespace when the pool makes it and kept with
@@ -9,60 +10,66 @@
 //!   in-flight SCM_RIGHTS cycle, orphaned TCP sockets, netlink, packet, and families that
 //!   sock_diag has no dumper for. One pread, instead of one sock_diag dump per family and
 //!   protocol that would still miss the last kind;
-//! - a NETLINK_ROUTE socket made inside: links (index and flags, so `lo` brought up
-//!   shows), addresses and routes of every family, compared with the fresh namespace's.
+//! - a NETLINK_ROUTE socket made inside and subscribed to the namespace's routing
+//!   notifications: links (a flag such as `lo` brought up), addresses, routes, rules,
+//!   nexthops, neighbours, qdiscs and per-device settings of every family announce each
+//!   change there. A check is one non-blocking receive that must find nothing queued
+//!   (and no overflow): a change undone before the check still shows, and no dump of
+//!   the namespace's tables is made per container (they were 2 % of all CPU at
+//!   saturation). No container can send to the socket or to the groups: both need
+//!   CAP_NET_ADMIN over the namespace.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
-};
-use netlink_packet_route::address::AddressMessage;
-use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkMessage};
-use netlink_packet_route::route::RouteMessage;
-use netlink_packet_route::RouteNetlinkMessage;
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 
-/// Why a namespace was found not empty, or could not be inspected.
+/// The routing groups whose every message means the namespace changed.
+const WATCHED_GROUPS: &[libc::c_uint] = &[
+    libc::RTNLGRP_LINK,
+    libc::RTNLGRP_NEIGH,
+    libc::RTNLGRP_TC,
+    libc::RTNLGRP_IPV4_IFADDR,
+    libc::RTNLGRP_IPV4_MROUTE,
+    libc::RTNLGRP_IPV4_ROUTE,
+    libc::RTNLGRP_IPV4_RULE,
+    libc::RTNLGRP_IPV6_IFADDR,
+    libc::RTNLGRP_IPV6_MROUTE,
+    libc::RTNLGRP_IPV6_ROUTE,
+    libc::RTNLGRP_IPV6_IFINFO,
+    libc::RTNLGRP_IPV6_PREFIX,
+    libc::RTNLGRP_IPV6_RULE,
+    libc::RTNLGRP_IPV4_NETCONF,
+    libc::RTNLGRP_IPV6_NETCONF,
+    libc::RTNLGRP_MPLS_ROUTE,
+    libc::RTNLGRP_NEXTHOP,
+];
+
+/// Why a namespace was found not as fresh, or could not be inspected.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error("{found} sockets left (a fresh namespace has {fresh})")]
     Sockets { found: u64, fresh: u64 },
-    #[error("links changed: {found:?}, fresh {fresh:?}")]
-    Links {
-        found: Vec<(u32, u32)>,
-        fresh: Vec<(u32, u32)>,
-    },
-    #[error("{found} addresses (a fresh namespace has {fresh})")]
-    Addresses { found: usize, fresh: usize },
-    #[error("{found} routes (a fresh namespace has {fresh})")]
-    Routes { found: usize, fresh: usize },
+    #[error("its routing state changed (a netlink notification of type {0} is queued)")]
+    Changed(u16),
+    #[error("its routing state changed (more notifications than the probe's socket holds)")]
+    Overflowed,
     #[error("reading sockstat failed: {0}")]
     Sockstat(#[source] io::Error),
     #[error("sockstat has no \"sockets: used\" line")]
     SockstatFormat,
     #[error("opening the route netlink socket failed: {0}")]
     Open(#[source] io::Error),
-    #[error("netlink dump failed: {0}")]
-    Dump(#[source] io::Error),
-}
-
-/// What the namespace holds, as far as a container could change it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Contents {
-    sockets: u64,
-    /// (ifindex, flags) of every link.
-    links: Vec<(u32, u32)>,
-    addresses: usize,
-    routes: usize,
+    #[error("reading the route netlink socket failed: {0}")]
+    Receive(#[source] io::Error),
 }
 
 pub struct Probe {
     sockstat: File,
     route: Socket,
-    fresh: Contents,
+    /// The socket count of the fresh namespace, the probe's own socket included.
+    fresh_sockets: u64,
 }
 
 impl Probe {
@@ -73,81 +80,47 @@ impl Probe {
             File::open("/proc/thread-self/net/sockstat").map_err(ProbeError::Sockstat)?;
         let mut route = Socket::new(NETLINK_ROUTE).map_err(ProbeError::Open)?;
         route.bind_auto().map_err(ProbeError::Open)?;
-        route
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(ProbeError::Open)?;
+        for &group in WATCHED_GROUPS {
+            route.add_membership(group).map_err(ProbeError::Open)?;
+        }
         let mut probe = Probe {
             sockstat,
             route,
-            fresh: Contents {
-                sockets: 0,
-                links: Vec::new(),
-                addresses: 0,
-                routes: 0,
-            },
+            fresh_sockets: 0,
         };
-        probe.fresh = probe.contents()?;
+        probe.fresh_sockets = probe.sockets()?;
+        // Whatever the namespace's making announced is its fresh state, not a change.
+        while probe.queued()?.is_some() {}
         Ok(probe)
     }
 
-    /// Ok if the namespace holds exactly what it held fresh.
+    /// Ok if the namespace holds exactly what it held fresh and nothing in its routing
+    /// state changed since.
     pub fn check(&self) -> Result<(), ProbeError> {
-        let now = self.contents()?;
-        let fresh = &self.fresh;
-        if now.sockets != fresh.sockets {
+        let found = self.sockets()?;
+        if found != self.fresh_sockets {
             return Err(ProbeError::Sockets {
-                found: now.sockets,
-                fresh: fresh.sockets,
+                found,
+                fresh: self.fresh_sockets,
             });
         }
-        if now.links != fresh.links {
-            return Err(ProbeError::Links {
-                found: now.links,
-                fresh: fresh.links.clone(),
-            });
+        match self.queued()? {
+            Some(kind) => Err(ProbeError::Changed(kind)),
+            None => Ok(()),
         }
-        if now.addresses != fresh.addresses {
-            return Err(ProbeError::Addresses {
-                found: now.addresses,
-                fresh: fresh.addresses,
-            });
-        }
-        if now.routes != fresh.routes {
-            return Err(ProbeError::Routes {
-                found: now.routes,
-                fresh: fresh.routes,
-            });
-        }
-        Ok(())
     }
 
-    fn contents(&self) -> Result<Contents, ProbeError> {
-        // Sockets first: the cheap check that fails when anything was left.
-        let sockets = self.sockets()?;
-        let mut links = Vec::new();
-        // Without each link's statistics, which the check does not read.
-        let mut get_links = LinkMessage::default();
-        get_links
-            .attributes
-            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-        for m in self.dump(RouteNetlinkMessage::GetLink(get_links))? {
-            if let RouteNetlinkMessage::NewLink(l) = m {
-                links.push((l.header.index, l.header.flags.bits()));
-            }
+    /// The type of the first queued notification (dequeued), None if none is queued.
+    fn queued(&self) -> Result<Option<u16>, ProbeError> {
+        let mut buf = [0u8; 64];
+        match self.route.recv(&mut &mut buf[..], libc::MSG_DONTWAIT) {
+            // struct nlmsghdr: u32 length, then u16 type.
+            Ok(n) if n >= 6 => Ok(Some(u16::from_ne_bytes([buf[4], buf[5]]))),
+            Ok(_) => Ok(Some(0)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Err(ProbeError::Overflowed),
+            Err(e) => Err(ProbeError::Receive(e)),
         }
-        links.sort_unstable();
-        let addresses = self
-            .dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?
-            .len();
-        let routes = self
-            .dump(RouteNetlinkMessage::GetRoute(RouteMessage::default()))?
-            .len();
-        Ok(Contents {
-            sockets,
-            links,
-            addresses,
-            routes,
-        })
     }
 
     fn sockets(&self) -> Result<u64, ProbeError> {
@@ -169,41 +142,5 @@ impl Probe {
                     .ok()
             })
             .ok_or(ProbeError::SockstatFormat)
-    }
-
-    /// Sends one dump request and collects the answers up to NLMSG_DONE.
-    fn dump(&self, request: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, ProbeError> {
-        let mut packet =
-            NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(request));
-        packet.header.flags = NLM_F_DUMP | NLM_F_REQUEST;
-        packet.finalize();
-        let mut out = vec![0; packet.buffer_len()];
-        packet.serialize(&mut out);
-        self.route.send(&out, 0).map_err(ProbeError::Dump)?;
-        let mut found = Vec::new();
-        // Received into the spare capacity: no 32 KiB memset per dump.
-        let mut buf = Vec::with_capacity(32 << 10);
-        loop {
-            buf.clear();
-            let size = self.route.recv(&mut buf, 0).map_err(ProbeError::Dump)?;
-            let mut offset = 0;
-            while offset < size {
-                let msg: NetlinkMessage<RouteNetlinkMessage> =
-                    NetlinkMessage::deserialize(&buf[offset..size])
-                        .map_err(|e| ProbeError::Dump(io::Error::other(e.to_string())))?;
-                match msg.payload {
-                    NetlinkPayload::Done(_) => return Ok(found),
-                    NetlinkPayload::Error(e) => {
-                        return Err(ProbeError::Dump(io::Error::other(format!("{e:?}"))))
-                    }
-                    NetlinkPayload::InnerMessage(m) => found.push(m),
-                    _ => {}
-                }
-                if msg.header.length == 0 {
-                    break;
-                }
-                offset += msg.header.length as usize;
-            }
-        }
     }
 }

@@ -285,24 +285,27 @@ fn scm_rights_cycle_is_dropped() -> TestResult {
     dropped_not_reused(before, after, &out, &next)
 }
 
-/// No container can change its namespace's links, addresses or routes (no
-/// CAP_NET_ADMIN), but should one ever could, the probe still sees it: each change is made
-/// here from outside, through the running container's namespace, and the namespace must
-/// not come back to the pool.
+/// No container can change its namespace's links, addresses, routes or rules (no
+/// CAP_NET_ADMIN), but should one ever could, the probe still sees it, even undone: each
+/// change is made here from outside, through the running container's namespace, and the
+/// namespace must not come back to the pool.
 fn changed_namespace_is_dropped() -> TestResult {
     for change in [
         "ip link set lo up",
         "ip address add 10.99.0.1/32 dev lo",
         "ip route add blackhole 10.98.0.0/24",
+        "ip rule add from 10.97.0.0/24 table 100",
+        // Undone before the check: still a change.
+        "ip link set lo mtu 1280 && ip link set lo mtu 65536",
     ] {
         let rt = pool_runtime()?;
         let before = rt.netns_stats();
         let mut tenant = Running::start(&rt, &format!("{NS}echo ready; sleep 30"), false)?;
         tenant.until("ready")?;
         let netns = format!("--net=/proc/{}/ns/net", tenant.container.pid());
-        let mut cmd = vec!["nsenter", &netns];
-        cmd.extend(change.split(' '));
-        let out = Command::new(cmd[0]).args(&cmd[1..]).output()?;
+        let out = Command::new("nsenter")
+            .args([netns.as_str(), "sh", "-c", change])
+            .output()?;
         ensure(
             out.status.success(),
             format!("{change}: {}", String::from_utf8_lossy(&out.stderr)),
