@@ -315,6 +315,12 @@ fn output_pipe(
 ) -> Result<OwnedFd, RequestError> {
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RequestError::Spawn(RuntimeError::sys("pipe2")(e).into()))?;
+    // Our end only: the handler's stays blocking, as a program expects its stdout to be.
+    nix::fcntl::fcntl(
+        &rd,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| RequestError::Spawn(RuntimeError::sys("fcntl O_NONBLOCK")(e).into()))?;
     let dropped = d
         .metrics
         .log_bytes_dropped

@@ -91,17 +91,20 @@ impl StatusFiles {
     }
 }
 
-/// The whole text of a status file, read from its start.
+/// The whole text of a status file, read from its start. The files read here (OOM
+/// counts, memory usage, an empty or short process list) are far smaller than the buffer,
+/// and a seq_file read returns such a text whole: a read that does not fill the buffer
+/// ends it (one read, not two; a longer process list is non-empty either way).
 fn read_from_start(file: &fs::File) -> io::Result<String> {
     use std::os::unix::fs::FileExt;
     let mut text = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
         let n = file.read_at(&mut buf, text.len() as u64)?;
-        if n == 0 {
+        text.extend_from_slice(&buf[..n]);
+        if n < buf.len() {
             return String::from_utf8(text).map_err(io::Error::other);
         }
-        text.extend_from_slice(&buf[..n]);
     }
 }
 
