@@ -254,7 +254,7 @@ pub fn run(plan: &ChildPlan, mask: &libc::sigset_t, in_cgroup: bool, handlers_re
         Ok(()) => exec(plan, mask),
         Err(f) => f,
     };
-    report(kept_fds::ERROR_PIPE, failure)
+    report(kept_fds::ERROR_PIPE as RawFd, failure)
 }
 
 /// One past the highest signal number (the kernel's _NSIG on x86_64 and most others).
@@ -354,10 +354,14 @@ fn join_netns(plan: &ChildPlan) -> StepResult {
 /// SO_NETNS_COOKIE (5.14+): the kernel's never-reused id of a network namespace.
 pub const SO_NETNS_COOKIE: libc::c_int = 71;
 
-/// Records the cookie of the network namespace we are in, through a throwaway socket.
-/// A socket made in this namespace carries the cookie for life, whoever holds it later:
-/// the daemon matches control connections on it (daemon/control.rs).
+/// Records the cookie of the network namespace we are in, through a throwaway socket,
+/// unless the parent knows it (a pooled namespace's, read when it was made; cookies are
+/// never 0). A socket made in this namespace carries the cookie for life, whoever holds
+/// it later: the daemon matches control connections on it (daemon/control.rs).
 fn read_netns_cookie(plan: &ChildPlan) -> StepResult {
+    if plan.netns_cookie.load(Ordering::Relaxed) != 0 {
+        return Ok(());
+    }
     // SAFETY: socket with constant arguments.
     let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     check(fd as _, Step::ReadNetnsCookie)?;

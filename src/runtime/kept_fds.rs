@@ -10,9 +10,10 @@
 //! Closing a few hundred inherited fds cost ~40 µs per container (2.5 % of all CPU at
 //! saturation). So where the kernel lets it, the child is instead cloned sharing our fd
 //! table (CLONE_FILES) and its first syscall trades it for a table of its own holding
-//! only the fds up to an [`FdDonor`], our pidfd of ourselves at a low number
-//! (close_range with CLOSE_RANGE_UNSHARE copies just those), from which it fetches each
-//! kept fd with pidfd_getfd. That needs ptrace access to the daemon (the child still has
+//! only the fds up to an [`FdDonor`], our pidfd of ourselves at a low number just above
+//! the kept fds' (close_range with CLOSE_RANGE_UNSHARE copies just those), from which it fetches each
+//! kept fd with pidfd_getfd, each straight into its final number (module doc of
+//! [`KeptFds`]). That needs ptrace access to the daemon (the child still has
 //! CAP_SYS_PTRACE then); where Yama or an LSM refuses it, the child records the errno in
 //! the memory it shares with us and exits, and the runtime goes back to the copy for
 //! good (see Runtime::spawn).
@@ -30,14 +31,17 @@ use super::error::{Result, RuntimeError};
 const MAX: usize = 16;
 
 /// Where the error pipe ends up.
-pub const ERROR_PIPE: RawFd = 3;
+pub const ERROR_PIPE: usize = 3;
 /// Where the mount template's namespace ends up.
-const TEMPLATE: RawFd = ERROR_PIPE + 1;
+const TEMPLATE: usize = ERROR_PIPE + 1;
 
-/// The fds to keep, in their final order: 0, 1, 2, the error pipe (3), the mount
-/// template's namespace (4), then the Landlock ruleset and the pre-made netns if any,
-/// then the cgroup join files. Borrowed from their owners in the parent, which must
-/// outlive the clone.
+/// The fds to keep, in their final order: 0, 1, 2, the error pipe, the mount template's
+/// namespace, then the Landlock ruleset and the pre-made netns if any, then the cgroup
+/// join files. Borrowed from their owners in the parent, which must outlive the clone.
+///
+/// The i-th ends up as fd i. Fetched, the child first closes every fd but the donor's
+/// pidfd, which sits above them all, so each pidfd_getfd returns the lowest free number,
+/// its own: no fd is moved twice (one syscall per kept fd, not three).
 pub struct KeptFds<'a> {
     sources: [RawFd; MAX],
     len: usize,
@@ -76,9 +80,10 @@ impl FdDonor {
         }
         // SAFETY: a new fd that nothing else owns.
         let opened = unsafe { OwnedFd::from_raw_fd(fd) };
-        // The lowest free number from 3 up: never one of the std streams.
+        // The lowest free number above every kept fd's: the child closes all the others
+        // and each fetch then lands on its own number (see KeptFds).
         // SAFETY: fcntl on the fd we own, integer arguments.
-        let low = unsafe { libc::fcntl(opened.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+        let low = unsafe { libc::fcntl(opened.as_raw_fd(), libc::F_DUPFD_CLOEXEC, MAX as RawFd) };
         if low < 0 {
             return None;
         }
@@ -163,39 +168,42 @@ impl<'a> KeptFds<'a> {
         self.fetch.is_some()
     }
 
-    /// The mount template's namespace fd once moved.
+    /// The mount template's namespace fd once installed.
     pub fn template(&self) -> RawFd {
-        TEMPLATE
+        TEMPLATE as RawFd
     }
 
-    /// The Landlock ruleset fd once moved.
+    /// The Landlock ruleset fd once installed.
     pub fn landlock(&self) -> Option<RawFd> {
-        self.has_landlock.then_some(TEMPLATE + 1)
+        self.has_landlock.then_some(TEMPLATE as RawFd + 1)
     }
 
-    /// The netns fd once moved.
+    /// The netns fd once installed.
     pub fn netns(&self) -> Option<RawFd> {
         self.has_netns
-            .then_some(TEMPLATE + 1 + self.has_landlock as RawFd)
+            .then_some(TEMPLATE as RawFd + 1 + self.has_landlock as RawFd)
     }
 
-    /// The cgroup join files once moved.
+    /// The cgroup join files once installed.
     pub fn cgroup_join(&self) -> Range<RawFd> {
-        TEMPLATE + 1 + self.has_landlock as RawFd + self.has_netns as RawFd..self.len as RawFd
+        TEMPLATE as RawFd + 1 + self.has_landlock as RawFd + self.has_netns as RawFd
+            ..self.len as RawFd
     }
 
-    /// In the child: moves the kept fds to 0..len and closes every other fd. Raw
-    /// syscalls only (async-signal-safe). First every source is copied above all sources
-    /// and targets, so that no dup3 onto a target can clobber a source still to move.
+    /// In the child: installs the kept fds at their numbers and closes every other fd.
+    /// Raw syscalls only (async-signal-safe).
     pub fn install(&self) -> std::result::Result<(), MoveFailed> {
-        let mut fetched = [-1; MAX];
-        let sources = match &self.fetch {
-            None => &self.sources[..self.len],
-            Some(fetch) => {
-                fetch.take_own_table(&self.sources[..self.len], &mut fetched)?;
-                &fetched[..self.len]
-            }
-        };
+        match &self.fetch {
+            None => self.copy_into_place(),
+            Some(fetch) => fetch.into_own_table(self),
+        }
+    }
+
+    /// Moves the kept fds of the copied table to 0..len and closes every other fd. First
+    /// every source is copied above all sources and targets, so that no dup3 onto a
+    /// target can clobber a source still to move.
+    fn copy_into_place(&self) -> std::result::Result<(), MoveFailed> {
+        let sources = &self.sources[..self.len];
         let above = sources
             .iter()
             .copied()
@@ -213,11 +221,10 @@ impl<'a> KeptFds<'a> {
             // SAFETY: fcntl on an fd the child holds, integer arguments.
             *copy = unsafe { libc::fcntl(src, libc::F_DUPFD_CLOEXEC, above) };
             if *copy < 0 {
-                return Err(err(Step::KeepFds, sources[ERROR_PIPE as usize]));
+                return Err(err(Step::KeepFds, sources[ERROR_PIPE]));
             }
         }
         for (target, &copy) in copies[..self.len].iter().enumerate() {
-            let target = target as RawFd;
             // stdio survives the exec; the rest is close-on-exec.
             let flags = if target < ERROR_PIPE {
                 0
@@ -225,60 +232,91 @@ impl<'a> KeptFds<'a> {
                 libc::O_CLOEXEC
             };
             // SAFETY: dup3 between fds of the child's own table.
-            if unsafe { libc::dup3(copy, target, flags) } < 0 {
-                return Err(err(Step::KeepFds, copies[ERROR_PIPE as usize]));
+            if unsafe { libc::dup3(copy, target as RawFd, flags) } < 0 {
+                return Err(err(Step::KeepFds, copies[ERROR_PIPE]));
             }
         }
         // SAFETY: close_range with integer arguments; closes the copies and every
         // inherited fd above the kept ones.
         if unsafe { libc::syscall(libc::SYS_close_range, self.len as u32, u32::MAX, 0) } < 0 {
-            return Err(err(Step::CloseFds, ERROR_PIPE));
+            return Err(err(Step::CloseFds, ERROR_PIPE as RawFd));
         }
         Ok(())
     }
 }
 
 impl Fetch<'_> {
-    /// In the child, sharing our table: makes a table of its own holding only the fds
-    /// up to the donor's pidfd, and fetches each of `sources` into it (`into`).
-    fn take_own_table(
-        &self,
-        sources: &[RawFd],
-        into: &mut [RawFd; MAX],
-    ) -> std::result::Result<(), MoveFailed> {
-        // SAFETY: close_range with integer arguments: unshares the table, copying only
-        // the fds below the first one closed.
-        let own = unsafe {
-            libc::syscall(
+    /// In the child, sharing our table: makes a table of its own holding only the
+    /// donor's pidfd, fetches each kept fd into it at its final number (see
+    /// [`KeptFds`]), and closes the donor.
+    fn into_own_table(&self, kept: &KeptFds) -> std::result::Result<(), MoveFailed> {
+        // Until the error pipe is fetched there is none to report on: the errno goes
+        // to `refused`, which the parent reads, and it copies its table from then on.
+        let refused = |step| {
+            let errno = super::child::errno();
+            self.refused.store(errno, Ordering::Relaxed);
+            MoveFailed {
+                step,
+                pipe: -1,
+                errno,
+            }
+        };
+        // SAFETY: close_range with integer arguments: the first unshares the table,
+        // copying only the fds up to the donor's, the second closes all below it.
+        unsafe {
+            if libc::syscall(
                 libc::SYS_close_range,
                 self.pidfd as u32 + 1,
                 u32::MAX,
                 libc::CLOSE_RANGE_UNSHARE,
-            )
-        };
-        if own < 0 {
-            // The table is still shared: the error pipe is there.
-            return Err(MoveFailed {
-                step: Step::CloseFds,
-                pipe: sources[ERROR_PIPE as usize],
-                errno: super::child::errno(),
-            });
+            ) < 0
+            {
+                // The table is still shared: the error pipe is there.
+                return Err(MoveFailed {
+                    step: Step::CloseFds,
+                    pipe: kept.sources[ERROR_PIPE],
+                    errno: super::child::errno(),
+                });
+            }
+            if libc::syscall(libc::SYS_close_range, 0u32, self.pidfd as u32 - 1, 0u32) < 0 {
+                return Err(refused(Step::CloseFds));
+            }
         }
-        for (slot, &src) in into.iter_mut().zip(sources) {
-            // SAFETY: pidfd_getfd with the donor's pidfd (copied into our table) and a
-            // number in its table; the result is checked.
-            *slot = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.pidfd, src, 0) } as RawFd;
-            if *slot < 0 {
-                let errno = super::child::errno();
-                self.refused.store(errno, Ordering::Relaxed);
-                // No error pipe to report on: the parent reads `refused`.
+        for (i, &src) in kept.sources[..kept.len].iter().enumerate() {
+            // SAFETY: pidfd_getfd with the donor's pidfd (in our table) and a number in
+            // its table; the result is checked. It is close-on-exec.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.pidfd, src, 0) };
+            if fd < 0 {
+                return Err(refused(Step::KeepFds));
+            }
+            if fd != i as libc::c_long {
+                // Not where the layout says: nothing after could find it.
+                let pipe = if i > ERROR_PIPE {
+                    ERROR_PIPE as RawFd
+                } else {
+                    -1
+                };
                 return Err(MoveFailed {
                     step: Step::KeepFds,
-                    pipe: -1,
-                    errno,
+                    pipe,
+                    errno: libc::EBADF,
                 });
             }
         }
+        let pipe = ERROR_PIPE as RawFd;
+        for fd in 0..ERROR_PIPE as RawFd {
+            // stdio survives the exec.
+            // SAFETY: fcntl on an fd of our own table, integer arguments.
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+                return Err(MoveFailed {
+                    step: Step::KeepFds,
+                    pipe,
+                    errno: super::child::errno(),
+                });
+            }
+        }
+        // SAFETY: closing the donor's pidfd in our own table; nothing uses it after.
+        unsafe { libc::close(self.pidfd) };
         Ok(())
     }
 }

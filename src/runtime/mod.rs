@@ -264,9 +264,13 @@ impl Runtime {
         clock.mark(Mark::CgroupCreated);
         let (pipe_r, pipe_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RuntimeError::sys("pipe2"))?;
+        // A pooled namespace's cookie is known; the child reads that of a new one.
         let netns_cookie = AtomicU64::new(0);
         let fetch_refused = AtomicI32::new(0);
         let netns = self.netns_pool.as_ref().and_then(|p| p.take());
+        if let Some(ns) = &netns {
+            netns_cookie.store(ns.cookie(), Ordering::Relaxed);
+        }
         let join_fds: Vec<BorrowedFd> = cgroup.join_files().iter().map(|f| f.as_fd()).collect();
         let dev_null = self.dev_null.as_fd();
         let stdio = [

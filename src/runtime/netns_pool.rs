@@ -166,7 +166,16 @@ impl LentNetns {
             .as_fd()
     }
 
-    /// Checks the namespace (blocking: a few netlink round trips) and returns it to the
+    /// The namespace's cookie (SO_NETNS_COOKIE), read once when it was made.
+    pub fn cookie(&self) -> u64 {
+        self.ns
+            .as_ref()
+            .expect("present until given back")
+            .probe
+            .cookie()
+    }
+
+    /// Checks the namespace (a pread and a non-blocking receive) and returns it to the
     /// pool if it is exactly as fresh; otherwise drops it. Call only once nothing of the
     /// container can run in it any more.
     pub fn give_back(mut self) -> std::result::Result<(), ProbeError> {

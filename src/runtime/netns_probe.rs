@@ -21,6 +21,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
@@ -70,6 +71,8 @@ pub struct Probe {
     route: Socket,
     /// The socket count of the fresh namespace, the probe's own socket included.
     fresh_sockets: u64,
+    /// The namespace's cookie (SO_NETNS_COOKIE, never reused), read from the socket.
+    cookie: u64,
 }
 
 impl Probe {
@@ -83,15 +86,36 @@ impl Probe {
         for &group in WATCHED_GROUPS {
             route.add_membership(group).map_err(ProbeError::Open)?;
         }
+        let mut cookie = 0u64;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: getsockopt into a u64 on our stack, with its size, on our socket.
+        let rc = unsafe {
+            libc::getsockopt(
+                route.as_raw_fd(),
+                libc::SOL_SOCKET,
+                super::child::SO_NETNS_COOKIE,
+                (&mut cookie as *mut u64).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(ProbeError::Open(io::Error::last_os_error()));
+        }
         let mut probe = Probe {
             sockstat,
             route,
             fresh_sockets: 0,
+            cookie,
         };
         probe.fresh_sockets = probe.sockets()?;
         // Whatever the namespace's making announced is its fresh state, not a change.
         while probe.queued()?.is_some() {}
         Ok(probe)
+    }
+
+    /// The namespace's cookie: a container's sockets made in it carry it.
+    pub fn cookie(&self) -> u64 {
+        self.cookie
     }
 
     /// Ok if the namespace holds exactly what it held fresh and nothing in its routing
