@@ -197,6 +197,9 @@ impl<'a> CStrArray<'a> {
 pub struct ChildPlan<'a> {
     pub fds: KeptFds<'a>,
     pub mounts: &'static [MountOp],
+    /// The ops of `mounts` to skip, a bit per index: masks of /proc entries that do not
+    /// exist (rootfs::ContainerMounts::absent_now).
+    pub skip_mounts: u64,
     /// The function's secrets, mounted after `mounts` (None: it has none).
     pub secrets: Option<&'a SecretsMount<'a>>,
     pub hostname: CString,
@@ -428,6 +431,9 @@ fn enter_root(plan: &ChildPlan) -> StepResult {
     // SAFETY: umask only changes this process's file mode mask.
     let umask = unsafe { libc::umask(0) };
     for (i, op) in plan.mounts.iter().enumerate() {
+        if plan.skip_mounts & 1 << i != 0 {
+            continue;
+        }
         apply_mount(op).map_err(|e| Failure(Step::Mount, i as u32, e))?;
     }
     if let Some(secrets) = plan.secrets {

@@ -287,12 +287,14 @@ impl Runtime {
             &join_fds,
         )?;
         let caps = CAPS.get().expect("initialised in Runtime::new");
+        let mounts = rootfs::container_mounts();
         let plan = ChildPlan {
             fds: match self.fd_donor.as_ref().filter(|d| d.usable()) {
                 Some(donor) => fds.fetched_from(donor, &fetch_refused),
                 None => fds,
             },
-            mounts: rootfs::container_mounts(),
+            mounts: mounts.ops(),
+            skip_mounts: mounts.absent_now(),
             secrets: secrets.as_ref(),
             hostname: rootfs::cstring("hostname", spec.hostname)?,
             workdir: &resolved.workdir_in_container,
@@ -390,6 +392,7 @@ fn child_error(exe: &str, step: Step, detail: u32, errno: i32) -> RuntimeError {
     let source = io::Error::from_raw_os_error(errno);
     let detail = match step {
         Step::Mount => rootfs::container_mounts()
+            .ops()
             .get(detail as usize)
             .map(rootfs::describe)
             .unwrap_or_default(),

@@ -218,13 +218,53 @@ pub fn cstring(what: &'static str, s: impl AsRef<OsStr>) -> Result<CString> {
     })
 }
 
+/// The mounts each container makes for itself, and which of them a spawn can skip.
+pub struct ContainerMounts {
+    ops: Vec<MountOp>,
+    /// Masks of /proc entries a module may add after boot ([`PROC_MODULE_ENTRIES`]),
+    /// by index into `ops`, with the entry's name.
+    module_masks: Vec<(usize, CString)>,
+    /// The root of a fresh procfs of our own (kept from the probe), where those entries
+    /// are looked up per spawn; None: the probe failed, every mask is tried.
+    fresh_proc: Option<OwnedFd>,
+}
+
+impl ContainerMounts {
+    pub fn ops(&self) -> &[MountOp] {
+        self.ops.as_slice()
+    }
+
+    /// The ops (a bit per index) that would fail on a /proc made now: masks of module
+    /// entries no module has added. One lookup each in our fresh procfs, instead of two
+    /// failing mount calls, each a lookup in the container's own fresh /proc.
+    pub fn absent_now(&self) -> u64 {
+        let Some(proc) = &self.fresh_proc else {
+            return 0;
+        };
+        self.module_masks
+            .iter()
+            .filter(|(_, name)| {
+                // SAFETY: faccessat on our fd and a NUL-terminated name, integer flags.
+                unsafe {
+                    libc::faccessat(
+                        proc.as_raw_fd(),
+                        name.as_ptr(),
+                        libc::F_OK,
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    ) != 0
+                }
+            })
+            .fold(0, |bits, (i, _)| bits | 1 << i)
+    }
+}
+
 /// The mounts each container makes for itself, in its own copy of the template (see
 /// template.rs), at paths of its own root: what cannot be shared between containers.
 /// /proc belongs to its pid namespace, mqueue to its ipc namespace; /tmp, /dev/shm and
 /// devpts are writable, and a shared one would be a channel between requests.
-pub fn container_mounts() -> &'static [MountOp] {
-    static OPS: OnceLock<Vec<MountOp>> = OnceLock::new();
-    OPS.get_or_init(|| {
+pub fn container_mounts() -> &'static ContainerMounts {
+    static MOUNTS: OnceLock<ContainerMounts> = OnceLock::new();
+    MOUNTS.get_or_init(|| {
         let c = |s: &str| CString::new(s).expect("literal without NUL");
         let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         let fs = |fstype: &str, target: &str, flags, data: Option<&str>| MountOp::Mount {
@@ -235,8 +275,14 @@ pub fn container_mounts() -> &'static [MountOp] {
             data: data.map(c),
         };
         let mut ops = vec![fs("proc", "/proc", nosuid_nodev_noexec, None)];
-        let present = proc_entries_present();
-        let planned = |path: &&&str| present.as_ref().is_none_or(|p| p.contains(*path));
+        let (present, fresh_proc) = match proc_entries_present() {
+            Some((present, root)) => (Some(present), Some(root)),
+            None => (None, None),
+        };
+        let planned = |path: &&&str| {
+            PROC_MODULE_ENTRIES.contains(path) || present.as_ref().is_none_or(|p| p.contains(*path))
+        };
+        let mut module_masks = Vec::new();
         for path in PROC_MASKED_FILES.iter().filter(planned) {
             ops.push(MountOp::Mask {
                 target: c(path),
@@ -244,6 +290,11 @@ pub fn container_mounts() -> &'static [MountOp] {
             });
         }
         for path in PROC_MASKED_DIRS.iter().filter(planned) {
+            if let Some(name) = path.strip_prefix("/proc/") {
+                if PROC_MODULE_ENTRIES.contains(path) {
+                    module_masks.push((ops.len(), c(name)));
+                }
+            }
             ops.push(MountOp::MaskDir {
                 target: c(path),
                 empty: c(super::template::EMPTY_READ_ONLY_DIR),
@@ -275,21 +326,29 @@ pub fn container_mounts() -> &'static [MountOp] {
             libc::MS_NOSUID | libc::MS_NOEXEC,
             Some("newinstance,ptmxmode=0666,mode=0620"),
         ));
-        ops
+        assert!(ops.len() <= 64, "a spawn's skipped ops are a 64-bit mask");
+        ContainerMounts {
+            ops,
+            module_masks,
+            fresh_proc,
+        }
     })
 }
 
-/// Entries of /proc that a module can add after boot: masked whenever they exist.
+/// Entries of /proc that a module can add after boot: masked whenever they exist when a
+/// container starts.
 const PROC_MODULE_ENTRIES: &[&str] = &["/proc/asound", "/proc/scsi"];
 
 /// Which of the masked and read-only /proc paths a fresh procfs of this kernel has, so
 /// that containers skip a failing lookup in their own fresh /proc for each absent one
-/// (/proc/kcore, /proc/timer_stats, ... depend on the kernel's build). Probed on a proc
-/// mounted for the purpose in a private mount namespace, not on the daemon's /proc, which
-/// may itself be masked or a `subset=pid` instance. Entries a module may add later are
-/// always kept. None (every path planned) when the probe fails.
-fn proc_entries_present() -> Option<Vec<&'static str>> {
-    let probe = || -> io::Result<Vec<&'static str>> {
+/// (/proc/kcore, /proc/timer_stats, ... depend on the kernel's build), and that procfs's
+/// root, kept open for the entries a module may add later (asound, scsi), which are
+/// looked up again per spawn. Probed on a proc mounted for the purpose in a private mount
+/// namespace, not on the daemon's /proc, which may itself be masked or a `subset=pid`
+/// instance; the open root keeps the mount once the namespace is gone. None (every path
+/// planned, every time) when the probe fails.
+fn proc_entries_present() -> Option<(Vec<&'static str>, OwnedFd)> {
+    let probe = || -> io::Result<(Vec<&'static str>, OwnedFd)> {
         // unshare affects only the calling thread: a thread of its own, which ends here.
         nix::sched::unshare(
             nix::sched::CloneFlags::CLONE_FS | nix::sched::CloneFlags::CLONE_NEWNS,
@@ -301,13 +360,15 @@ fn proc_entries_present() -> Option<Vec<&'static str>> {
             | nix::mount::MsFlags::MS_NODEV
             | nix::mount::MsFlags::MS_NOEXEC;
         nix::mount::mount(Some("proc"), "/proc", Some("proc"), flags, none)?;
-        Ok(PROC_MASKED_FILES
+        let present = PROC_MASKED_FILES
             .iter()
             .chain(PROC_MASKED_DIRS)
             .chain(PROC_READ_ONLY)
             .copied()
-            .filter(|p| PROC_MODULE_ENTRIES.contains(p) || Path::new(p).symlink_metadata().is_ok())
-            .collect())
+            .filter(|p| Path::new(p).symlink_metadata().is_ok())
+            .collect();
+        let root = File::open("/proc")?;
+        Ok((present, root.into()))
     };
     let probed = std::thread::scope(|s| s.spawn(probe).join());
     match probed {
