@@ -38,6 +38,8 @@ pub enum BackendError {
 pub struct Pools {
     /// Empty network namespaces, made ahead or returned empty.
     pub netns: usize,
+    /// Fresh IPC namespaces, made ahead, one per container.
+    pub ipc: usize,
     /// Ended containers' cgroups, drained.
     pub cgroups: usize,
     /// How long a drained cgroup may wait unused before it is removed.
@@ -75,6 +77,7 @@ impl Backend {
             BackendKind::Native => Backend::Native(
                 Runtime::new(cgroup_parent)?
                     .with_netns_pool(pools.netns)?
+                    .with_ipc_pool(pools.ipc)?
                     .with_cgroup_pool(pools.cgroups, pools.cgroup_idle)?,
             ),
             BackendKind::Runc => Backend::Runc(Runc::new(runc_binary, runc_root, cgroup_parent)?),

@@ -14,7 +14,8 @@
 //! - first the kept fds move to 0.. and every other inherited fd is closed (kept_fds.rs),
 //!   before any path lookup could follow one through /proc/self/fd;
 //! - a new session: the daemon's controlling terminal is not the container's;
-//! - the pre-made network namespace (if any) while we still have CAP_SYS_ADMIN;
+//! - the pre-made network and IPC namespaces (if any) while we still have CAP_SYS_ADMIN,
+//!   the IPC one before /dev/mqueue is mounted for it;
 //! - cgroup before anything allocates or forks, and before the cgroup namespace, so the
 //!   namespace is rooted at the container's own cgroup;
 //! - the netns cookie is read once the container's network namespace is its own: the
@@ -48,6 +49,7 @@ pub enum Step {
     CloseFds,
     NewSession,
     JoinNetns,
+    JoinIpc,
     ReadNetnsCookie,
     JoinCgroup,
     UnshareCgroupNamespace,
@@ -71,11 +73,12 @@ pub enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 24] = [
+    const ALL: [Step; 25] = [
         Step::KeepFds,
         Step::CloseFds,
         Step::NewSession,
         Step::JoinNetns,
+        Step::JoinIpc,
         Step::ReadNetnsCookie,
         Step::JoinCgroup,
         Step::UnshareCgroupNamespace,
@@ -110,6 +113,7 @@ impl fmt::Display for Step {
             Step::CloseFds => "close inherited fds",
             Step::NewSession => "start a new session",
             Step::JoinNetns => "join the pre-made network namespace",
+            Step::JoinIpc => "join the pre-made IPC namespace",
             Step::ReadNetnsCookie => "read the network namespace's cookie",
             Step::JoinCgroup => "join cgroup",
             Step::UnshareCgroupNamespace => "unshare cgroup namespace",
@@ -322,7 +326,8 @@ fn setup(plan: &ChildPlan, in_cgroup: bool) -> StepResult {
     // daemon's controlling terminal stays behind (no TIOCSTI into the operator's shell).
     // SAFETY: setsid takes no arguments.
     check(unsafe { libc::setsid() } as _, Step::NewSession)?;
-    join_netns(plan)?;
+    join_namespace(plan.fds.netns(), libc::CLONE_NEWNET, Step::JoinNetns)?;
+    join_namespace(plan.fds.ipc(), libc::CLONE_NEWIPC, Step::JoinIpc)?;
     read_netns_cookie(plan)?;
     plan.clock.mark(Mark::NetnsJoined);
     join_cgroup(plan, in_cgroup)?;
@@ -340,15 +345,14 @@ fn setup(plan: &ChildPlan, in_cgroup: bool) -> StepResult {
     Ok(())
 }
 
-fn join_netns(plan: &ChildPlan) -> StepResult {
-    let Some(fd) = plan.fds.netns() else {
+/// Joins the pre-made namespace of type `nstype` whose fd the parent kept for us, if
+/// any, and closes the fd.
+fn join_namespace(fd: Option<RawFd>, nstype: libc::c_int, step: Step) -> StepResult {
+    let Some(fd) = fd else {
         return Ok(());
     };
-    // SAFETY: setns on an fd the parent opened for us, naming a network namespace.
-    check(
-        unsafe { libc::setns(fd, libc::CLONE_NEWNET) } as _,
-        Step::JoinNetns,
-    )?;
+    // SAFETY: setns on an fd the parent opened for us, naming a namespace of `nstype`.
+    check(unsafe { libc::setns(fd, nstype) } as _, step)?;
     // SAFETY: closing an fd the child owns and no longer needs.
     unsafe { libc::close(fd) };
     Ok(())

@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use super::child::Step;
 use super::error::{Result, RuntimeError};
 
-/// stdin, stdout, stderr, the error pipe, the mount template, a Landlock ruleset, a netns
-/// and one cgroup file per hierarchy leave room to spare.
+/// stdin, stdout, stderr, the error pipe, the mount template, a Landlock ruleset, a netns,
+/// an IPC namespace and one cgroup file per hierarchy leave room to spare.
 const MAX: usize = 16;
 
 /// Where the error pipe ends up.
@@ -36,8 +36,8 @@ pub const ERROR_PIPE: usize = 3;
 const TEMPLATE: usize = ERROR_PIPE + 1;
 
 /// The fds to keep, in their final order: 0, 1, 2, the error pipe, the mount template's
-/// namespace, then the Landlock ruleset and the pre-made netns if any, then the cgroup
-/// join files. Borrowed from their owners in the parent, which must outlive the clone.
+/// namespace, then the Landlock ruleset, the pre-made netns and IPC namespace if any,
+/// then the cgroup join files. Borrowed from their owners in the parent, which must outlive the clone.
 ///
 /// The i-th ends up as fd i. Fetched, the child first closes every fd but the donor's
 /// pidfd, which sits above them all, so each pidfd_getfd returns the lowest free number,
@@ -47,6 +47,7 @@ pub struct KeptFds<'a> {
     len: usize,
     has_landlock: bool,
     has_netns: bool,
+    has_ipc: bool,
     /// Set when the child shares our fd table and fetches its fds (see the module doc).
     fetch: Option<Fetch<'a>>,
     _owners: PhantomData<BorrowedFd<'a>>,
@@ -128,6 +129,7 @@ impl<'a> KeptFds<'a> {
         template: BorrowedFd<'a>,
         landlock: Option<BorrowedFd<'a>>,
         netns: Option<BorrowedFd<'a>>,
+        ipc: Option<BorrowedFd<'a>>,
         cgroup_join: &[BorrowedFd<'a>],
     ) -> Result<Self> {
         let all: Vec<RawFd> = stdio
@@ -135,6 +137,7 @@ impl<'a> KeptFds<'a> {
             .chain([&error_pipe, &template])
             .chain(landlock.iter())
             .chain(netns.iter())
+            .chain(ipc.iter())
             .chain(cgroup_join)
             .map(|fd| fd.as_raw_fd())
             .collect();
@@ -148,6 +151,7 @@ impl<'a> KeptFds<'a> {
             len: all.len(),
             has_landlock: landlock.is_some(),
             has_netns: netns.is_some(),
+            has_ipc: ipc.is_some(),
             fetch: None,
             _owners: PhantomData,
         })
@@ -184,10 +188,19 @@ impl<'a> KeptFds<'a> {
             .then_some(TEMPLATE as RawFd + 1 + self.has_landlock as RawFd)
     }
 
+    /// The IPC namespace fd once installed.
+    pub fn ipc(&self) -> Option<RawFd> {
+        self.has_ipc
+            .then_some(TEMPLATE as RawFd + 1 + self.has_landlock as RawFd + self.has_netns as RawFd)
+    }
+
     /// The cgroup join files once installed.
     pub fn cgroup_join(&self) -> Range<RawFd> {
-        TEMPLATE as RawFd + 1 + self.has_landlock as RawFd + self.has_netns as RawFd
-            ..self.len as RawFd
+        TEMPLATE as RawFd
+            + 1
+            + self.has_landlock as RawFd
+            + self.has_netns as RawFd
+            + self.has_ipc as RawFd..self.len as RawFd
     }
 
     /// In the child: installs the kept fds at their numbers and closes every other fd.
@@ -333,20 +346,26 @@ mod tests {
             .collect();
         let b: Vec<BorrowedFd> = f.iter().map(|f| f.as_fd()).collect();
         let stdio = [b[0], b[1], b[2]];
-        let kept = KeptFds::new(stdio, b[3], b[4], None, Some(b[5]), &b[6..8]).unwrap();
+        let kept = KeptFds::new(stdio, b[3], b[4], None, Some(b[5]), None, &b[6..8]).unwrap();
         assert_eq!(kept.template(), 4);
         assert_eq!(kept.landlock(), None);
         assert_eq!(kept.netns(), Some(5));
         assert_eq!(kept.cgroup_join(), 6..8);
-        let kept = KeptFds::new(stdio, b[3], b[4], None, None, &b[5..8]).unwrap();
+        let kept = KeptFds::new(stdio, b[3], b[4], None, None, None, &b[5..8]).unwrap();
         assert_eq!(kept.netns(), None);
         assert_eq!(kept.cgroup_join(), 5..8);
-        let kept = KeptFds::new(stdio, b[3], b[4], Some(b[5]), Some(b[6]), &b[7..8]);
+        let kept = KeptFds::new(stdio, b[3], b[4], Some(b[5]), Some(b[6]), None, &b[7..8]);
         let kept = kept.unwrap();
         assert_eq!(kept.landlock(), Some(5));
         assert_eq!(kept.netns(), Some(6));
+        assert_eq!(kept.ipc(), None);
+        assert_eq!(kept.cgroup_join(), 7..8);
+        let kept = KeptFds::new(stdio, b[3], b[4], Some(b[5]), None, Some(b[6]), &b[7..8]);
+        let kept = kept.unwrap();
+        assert_eq!(kept.netns(), None);
+        assert_eq!(kept.ipc(), Some(6));
         assert_eq!(kept.cgroup_join(), 7..8);
         let many = vec![b[0]; MAX];
-        assert!(KeptFds::new(stdio, b[3], b[4], None, None, &many).is_err());
+        assert!(KeptFds::new(stdio, b[3], b[4], None, None, None, &many).is_err());
     }
 }

@@ -12,6 +12,8 @@ mod child;
 mod clone3;
 mod container;
 mod error;
+mod filler;
+mod ipc_pool;
 mod kept_fds;
 mod landlock;
 mod netns_pool;
@@ -110,6 +112,7 @@ pub struct Runtime {
     cgroup_parent: String,
     cgroup_pool: Option<cgroup_pool::CgroupPool>,
     netns_pool: Option<netns_pool::NetnsPool>,
+    ipc_pool: Option<ipc_pool::IpcPool>,
     /// Denies TCP bind and connect to every container; None where the kernel lacks
     /// Landlock network rules (see [`net_support`]).
     landlock: Option<OwnedFd>,
@@ -143,6 +146,7 @@ impl Runtime {
             cgroup_parent: cgroup_parent.trim_matches('/').to_string(),
             cgroup_pool: None,
             netns_pool: None,
+            ipc_pool: None,
             landlock,
             fd_donor: FdDonor::open(),
             dev_null: std::fs::File::open("/dev/null").map_err(|source| RuntimeError::Sys {
@@ -180,6 +184,21 @@ impl Runtime {
             n => Some(netns_pool::NetnsPool::start(n)?),
         };
         Ok(self)
+    }
+
+    /// Keeps `size` fresh IPC namespaces ready, made in advance for one container each
+    /// (see ipc_pool.rs); 0 makes each container's at clone time.
+    pub fn with_ipc_pool(mut self, size: usize) -> Result<Self> {
+        self.ipc_pool = match size {
+            0 => None,
+            n => Some(ipc_pool::IpcPool::start(n)?),
+        };
+        Ok(self)
+    }
+
+    /// How many containers joined an IPC namespace made in advance.
+    pub fn ipc_namespaces_lent(&self) -> u64 {
+        self.ipc_pool.as_ref().map_or(0, ipc_pool::IpcPool::lent)
     }
 
     /// Keeps up to `size` ended containers' cgroups, drained, for the next containers,
@@ -268,6 +287,7 @@ impl Runtime {
         let netns_cookie = AtomicU64::new(0);
         let fetch_refused = AtomicI32::new(0);
         let netns = self.netns_pool.as_ref().and_then(|p| p.take());
+        let ipc = self.ipc_pool.as_ref().and_then(|p| p.take());
         if let Some(ns) = &netns {
             netns_cookie.store(ns.cookie(), Ordering::Relaxed);
         }
@@ -284,6 +304,7 @@ impl Runtime {
             template.namespace(),
             self.landlock.as_ref().map(|fd| fd.as_fd()),
             netns.as_ref().map(|ns| ns.fd()),
+            ipc.as_ref().map(|ns| ns.as_fd()),
             &join_fds,
         )?;
         let caps = CAPS.get().expect("initialised in Runtime::new");

@@ -23,16 +23,14 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
 
-use super::error::{Result, RuntimeError};
+use super::error::Result;
+use super::filler;
 use super::netns_probe::{Probe, ProbeError};
 
 /// The filler keeps at least this many ready, beyond those lent out, so a burst does not
 /// find the pool empty while it makes the next one.
 const MIN_SPARE: usize = 2;
-/// How long starting the pool waits for it to fill.
-const FIRST_FILL: Duration = Duration::from_secs(5);
 
 pub struct NetnsPool {
     shared: Arc<Shared>,
@@ -85,14 +83,7 @@ pub struct LentNetns {
 impl NetnsPool {
     /// Starts the thread that keeps `size` namespaces ready.
     pub fn start(size: usize) -> Result<Self> {
-        // The thread returns to the namespace it started in after making each one, so
-        // it never lingers inside a namespace a container is using.
-        let home: OwnedFd = File::open("/proc/thread-self/ns/net")
-            .map_err(|source| RuntimeError::Sys {
-                op: "open our network namespace",
-                source,
-            })?
-            .into();
+        let home = filler::home_namespace("net", "open our network namespace")?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 ready: Vec::with_capacity(size),
@@ -108,20 +99,15 @@ impl NetnsPool {
             dropped: AtomicU64::new(0),
         });
         let filler = shared.clone();
-        std::thread::Builder::new()
-            .name("faasd-netns".into())
-            .spawn(move || filler.fill(home))
-            .map_err(|source| RuntimeError::Sys {
-                op: "start the network namespace thread",
-                source,
-            })?;
-        // The first containers find the pool full (a few ms at start).
-        let st = shared.state.lock().unwrap();
-        let (st, _) = shared
-            .made_one
-            .wait_timeout_while(st, FIRST_FILL, |st| st.ready.len() < size && !st.failed)
-            .unwrap();
-        drop(st);
+        filler::start(
+            "faasd-netns",
+            "start the network namespace thread",
+            move || filler.fill(home),
+        )?;
+        // A few ms at start.
+        filler::await_first_fill(&shared.state, &shared.made_one, |st| {
+            st.ready.len() >= size || st.failed
+        });
         Ok(NetnsPool { shared })
     }
 

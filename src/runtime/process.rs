@@ -22,9 +22,9 @@ use super::watchdog::Deadline;
 
 /// Namespaces made at clone time; the cgroup namespace comes later, after the child has
 /// joined its cgroup, so that it is rooted there, and the mount namespace is a copy of
-/// the image's template, not of ours (template.rs). The network namespace is made here
-/// only when the plan brings no pre-made one.
-const NAMESPACES: libc::c_int = libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+/// the image's template, not of ours (template.rs). The network and IPC namespaces are
+/// made here only when the plan brings no pre-made one.
+const NAMESPACES: libc::c_int = libc::CLONE_NEWPID | libc::CLONE_NEWUTS;
 
 /// The child's stack: its setup steps need a few KiB; pages are only committed when touched.
 const STACK_SIZE: usize = 256 << 10;
@@ -175,6 +175,11 @@ pub fn clone_child(
             0
         } else {
             libc::CLONE_NEWNET
+        }
+        | if plan.fds.ipc().is_some() {
+            0
+        } else {
+            libc::CLONE_NEWIPC
         }
         // The child's first syscall gives it a table of its own (kept_fds.rs).
         | if plan.fds.shares_table() {

@@ -36,7 +36,7 @@ pub const PHASES: [&str; MARKS - 1] = [
     "cgroup creation",
     "mount plan, fds",
     "clone (namespaces)",
-    "kept fds, setsid, join the pre-made netns, netns cookie",
+    "kept fds, setsid, join the pre-made netns and IPC namespace, netns cookie",
     "join cgroup",
     "mount namespace from the template (setns, unshare)",
     "own mounts (proc, masks, read-only paths, tmp, shm, mqueue, pts)",

@@ -71,6 +71,10 @@ pub fn tests() -> Vec<Trial> {
             "runtime::every_container_gets_its_own_empty_netns",
             own_empty_netns,
         ),
+        Trial::test(
+            "runtime::every_container_gets_a_fresh_ipc_namespace",
+            fresh_ipc_namespaces,
+        ),
     ]
 }
 
@@ -620,6 +624,69 @@ fn exit_code_reported() -> TestResult {
     // A signal from inside reaches a child of pid 1 (pid 1 itself ignores it).
     let run = sh("sh -c 'kill -SEGV $$'; echo child=$?")?;
     ensure(run.output.contains("child=139"), run.output)
+}
+
+/// With a pool of 4 pre-made IPC namespaces and without: each
+/// of 3 overlapping containers has an IPC namespace of its own, not ours, and finds it
+/// empty although every one of them leaves a message queue in it. (Not more: the queues
+/// count against RLIMIT_MSGQUEUE of uid 0, host included, a tenth of it each, until
+/// their namespaces are freed.)
+fn fresh_ipc_namespaces() -> TestResult {
+    let pooled = Runtime::new(support::CGROUP_PARENT)?.with_ipc_pool(4)?;
+    own_empty_ipc_namespaces(&pooled)?;
+    let joined = pooled.ipc_namespaces_lent();
+    ensure(
+        joined == 3,
+        format!("{joined} of 3 containers joined a pre-made IPC namespace"),
+    )?;
+    let unpooled = Runtime::new(support::CGROUP_PARENT)?;
+    own_empty_ipc_namespaces(&unpooled)?;
+    ensure(
+        unpooled.ipc_namespaces_lent() == 0,
+        "no pool, yet one was lent",
+    )
+}
+
+fn own_empty_ipc_namespaces(rt: &Runtime) -> TestResult {
+    let host = fs::read_link("/proc/self/ns/ipc")?;
+    let mut seen = std::collections::HashSet::new();
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    support::sh_on(
+                        rt,
+                        "readlink /proc/self/ns/ipc; ls -A /dev/mqueue; \
+                         touch /dev/mqueue/left; ls -A /dev/mqueue; sleep 1",
+                        Opts::default(),
+                    )
+                })
+            })
+            .collect();
+        for r in runs {
+            let run = r.join().unwrap()?;
+            ensure(run.status.success(), &run.output)?;
+            let lines: Vec<&str> = run.output.lines().collect();
+            let ns = lines.first().copied().unwrap_or_default();
+            ensure(
+                ns.starts_with("ipc:["),
+                format!("no ipc ns: {}", run.output),
+            )?;
+            ensure(
+                ns != host.to_string_lossy(),
+                "container in the host's ipc ns",
+            )?;
+            ensure(
+                seen.insert(ns.to_string()),
+                format!("{ns} shared by two containers"),
+            )?;
+            ensure(
+                lines[1..] == ["left"],
+                format!("queues before and after one was made: {:?}", &lines[1..]),
+            )?;
+        }
+        Ok(())
+    })
 }
 
 /// With the pool of pre-made network namespaces (4 in the test runtime) and without (12
