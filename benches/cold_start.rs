@@ -286,7 +286,7 @@ fn main() {
     // As faasd runs it: with its default pools of network namespaces and cgroups.
     let rt = Runtime::new("faasd-bench")
         .and_then(|rt| rt.with_netns_pool(16))
-        .and_then(|rt| rt.with_ipc_pool(16))
+        .and_then(|rt| rt.with_fresh_pool(16))
         .and_then(|rt| rt.with_cgroup_pool(32, Duration::from_secs(30)))
         .expect("runtime (run as root)");
     let mut c = Criterion::default().configure_from_args();

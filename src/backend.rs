@@ -38,8 +38,9 @@ pub enum BackendError {
 pub struct Pools {
     /// Empty network namespaces, made ahead or returned empty.
     pub netns: usize,
-    /// Fresh IPC namespaces, made ahead, one per container.
-    pub ipc: usize,
+    /// Kits of fresh objects (an IPC namespace, /tmp, /dev/shm and /dev/pts mounts),
+    /// made ahead, one per container.
+    pub fresh: usize,
     /// Ended containers' cgroups, drained.
     pub cgroups: usize,
     /// How long a drained cgroup may wait unused before it is removed.
@@ -77,7 +78,7 @@ impl Backend {
             BackendKind::Native => Backend::Native(
                 Runtime::new(cgroup_parent)?
                     .with_netns_pool(pools.netns)?
-                    .with_ipc_pool(pools.ipc)?
+                    .with_fresh_pool(pools.fresh)?
                     .with_cgroup_pool(pools.cgroups, pools.cgroup_idle)?,
             ),
             BackendKind::Runc => Backend::Runc(Runc::new(runc_binary, runc_root, cgroup_parent)?),

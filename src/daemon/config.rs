@@ -149,11 +149,11 @@ pub struct Config {
     /// 8 clients ~16 are lent at once (serving, or in teardown).
     #[arg(long, env = "FAASD_NETNS_POOL", default_value_t = 16)]
     pub netns_pool: usize,
-    /// Fresh IPC namespaces the native runtime keeps made in advance, off the request
-    /// path, one for each container, never reused (0: each container makes its own at
-    /// clone time).
-    #[arg(long, env = "FAASD_IPC_POOL", default_value_t = 16)]
-    pub ipc_pool: usize,
+    /// Kits of fresh kernel objects the native runtime keeps made in advance, off the
+    /// request path, one for each container, never reused: an IPC namespace and the
+    /// /tmp, /dev/shm and /dev/pts mounts (0: each container makes its own).
+    #[arg(long, env = "FAASD_FRESH_POOL", default_value_t = 16)]
+    pub fresh_pool: usize,
     /// Ended containers' cgroups the native runtime keeps, drained, for the next
     /// containers instead of removing them (0: one cgroup made and removed per
     /// container). Unused ones are removed after 30 s.

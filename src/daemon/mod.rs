@@ -264,7 +264,7 @@ impl Daemon {
             &cfg.cgroup_parent,
             Pools {
                 netns: cfg.netns_pool,
-                ipc: cfg.ipc_pool,
+                fresh: cfg.fresh_pool,
                 cgroups: cfg.cgroup_pool,
                 cgroup_idle: CGROUP_IDLE,
             },

@@ -204,6 +204,8 @@ pub struct ChildPlan<'a> {
     /// The ops of `mounts` to skip, a bit per index: masks of /proc entries that do not
     /// exist (rootfs::ContainerMounts::absent_now).
     pub skip_mounts: u64,
+    /// The ops of `mounts` that a kit's detached mounts (fds.kit_mounts()) replace.
+    pub kit_ops: [usize; 3],
     /// The function's secrets, mounted after `mounts` (None: it has none).
     pub secrets: Option<&'a SecretsMount<'a>>,
     pub hostname: CString,
@@ -440,6 +442,11 @@ fn enter_root(plan: &ChildPlan) -> StepResult {
         }
         apply_mount(op).map_err(|e| Failure(Step::Mount, i as u32, e))?;
     }
+    if let Some(fds) = plan.fds.kit_mounts() {
+        for (fd, &i) in fds.zip(&plan.kit_ops) {
+            attach(fd, &plan.mounts[i]).map_err(|e| Failure(Step::Mount, i as u32, e))?;
+        }
+    }
     if let Some(secrets) = plan.secrets {
         secrets
             .mount()
@@ -501,6 +508,35 @@ fn apply_mount(op: &MountOp) -> Result<(), i32> {
         }
     }
 }
+
+/// Moves the detached mount `fd` (fresh_pool.rs) onto the target of `op`, which it
+/// replaces, and closes the fd.
+fn attach(fd: RawFd, op: &MountOp) -> Result<(), i32> {
+    let MountOp::Mount { target, .. } = op else {
+        return Err(libc::EINVAL);
+    };
+    // SAFETY: move_mount of our fd ("" with the empty-path flag names the fd itself)
+    // onto a NUL-terminated target owned by the plan; then close of our fd.
+    let r = unsafe {
+        let r = libc::syscall(
+            libc::SYS_move_mount,
+            fd,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        );
+        libc::close(fd);
+        r
+    };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(())
+    }
+}
+
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
 /// Binds `source` on `target` (with `flags` besides MS_BIND), returning errno on failure.
 fn bind(source: &CString, target: &CString, flags: libc::c_ulong) -> Result<(), i32> {

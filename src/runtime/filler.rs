@@ -1,5 +1,5 @@
 //! The background thread of a pool of objects made ahead of use (netns_pool.rs,
-//! ipc_pool.rs): starting it, and waiting for its first fill.
+//! fresh_pool.rs): starting it, and waiting for its first fill.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;

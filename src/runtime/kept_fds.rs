@@ -27,7 +27,7 @@ use super::child::Step;
 use super::error::{Result, RuntimeError};
 
 /// stdin, stdout, stderr, the error pipe, the mount template, a Landlock ruleset, a netns,
-/// an IPC namespace and one cgroup file per hierarchy leave room to spare.
+/// an IPC namespace, three mounts and one cgroup file per hierarchy leave room to spare.
 const MAX: usize = 16;
 
 /// Where the error pipe ends up.
@@ -36,8 +36,8 @@ pub const ERROR_PIPE: usize = 3;
 const TEMPLATE: usize = ERROR_PIPE + 1;
 
 /// The fds to keep, in their final order: 0, 1, 2, the error pipe, the mount template's
-/// namespace, then the Landlock ruleset, the pre-made netns and IPC namespace if any,
-/// then the cgroup join files. Borrowed from their owners in the parent, which must outlive the clone.
+/// namespace, then the Landlock ruleset, the pre-made netns, IPC namespace and mounts
+/// if any, then the cgroup join files. Borrowed from their owners in the parent, which must outlive the clone.
 ///
 /// The i-th ends up as fd i. Fetched, the child first closes every fd but the donor's
 /// pidfd, which sits above them all, so each pidfd_getfd returns the lowest free number,
@@ -48,6 +48,7 @@ pub struct KeptFds<'a> {
     has_landlock: bool,
     has_netns: bool,
     has_ipc: bool,
+    has_kit_mounts: bool,
     /// Set when the child shares our fd table and fetches its fds (see the module doc).
     fetch: Option<Fetch<'a>>,
     _owners: PhantomData<BorrowedFd<'a>>,
@@ -130,6 +131,7 @@ impl<'a> KeptFds<'a> {
         landlock: Option<BorrowedFd<'a>>,
         netns: Option<BorrowedFd<'a>>,
         ipc: Option<BorrowedFd<'a>>,
+        kit_mounts: Option<[BorrowedFd<'a>; 3]>,
         cgroup_join: &[BorrowedFd<'a>],
     ) -> Result<Self> {
         let all: Vec<RawFd> = stdio
@@ -138,6 +140,7 @@ impl<'a> KeptFds<'a> {
             .chain(landlock.iter())
             .chain(netns.iter())
             .chain(ipc.iter())
+            .chain(kit_mounts.iter().flatten())
             .chain(cgroup_join)
             .map(|fd| fd.as_raw_fd())
             .collect();
@@ -152,6 +155,7 @@ impl<'a> KeptFds<'a> {
             has_landlock: landlock.is_some(),
             has_netns: netns.is_some(),
             has_ipc: ipc.is_some(),
+            has_kit_mounts: kit_mounts.is_some(),
             fetch: None,
             _owners: PhantomData,
         })
@@ -194,13 +198,24 @@ impl<'a> KeptFds<'a> {
             .then_some(TEMPLATE as RawFd + 1 + self.has_landlock as RawFd + self.has_netns as RawFd)
     }
 
+    /// The made-ahead /tmp, /dev/shm and /dev/pts mounts once installed (fresh_pool.rs).
+    pub fn kit_mounts(&self) -> Option<Range<RawFd>> {
+        let first = TEMPLATE as RawFd
+            + 1
+            + self.has_landlock as RawFd
+            + self.has_netns as RawFd
+            + self.has_ipc as RawFd;
+        self.has_kit_mounts.then_some(first..first + 3)
+    }
+
     /// The cgroup join files once installed.
     pub fn cgroup_join(&self) -> Range<RawFd> {
         TEMPLATE as RawFd
             + 1
             + self.has_landlock as RawFd
             + self.has_netns as RawFd
-            + self.has_ipc as RawFd..self.len as RawFd
+            + self.has_ipc as RawFd
+            + 3 * self.has_kit_mounts as RawFd..self.len as RawFd
     }
 
     /// In the child: installs the kept fds at their numbers and closes every other fd.
@@ -346,26 +361,44 @@ mod tests {
             .collect();
         let b: Vec<BorrowedFd> = f.iter().map(|f| f.as_fd()).collect();
         let stdio = [b[0], b[1], b[2]];
-        let kept = KeptFds::new(stdio, b[3], b[4], None, Some(b[5]), None, &b[6..8]).unwrap();
+        let kept = KeptFds::new(stdio, b[3], b[4], None, Some(b[5]), None, None, &b[6..8]).unwrap();
         assert_eq!(kept.template(), 4);
         assert_eq!(kept.landlock(), None);
         assert_eq!(kept.netns(), Some(5));
         assert_eq!(kept.cgroup_join(), 6..8);
-        let kept = KeptFds::new(stdio, b[3], b[4], None, None, None, &b[5..8]).unwrap();
+        let kept = KeptFds::new(stdio, b[3], b[4], None, None, None, None, &b[5..8]).unwrap();
         assert_eq!(kept.netns(), None);
         assert_eq!(kept.cgroup_join(), 5..8);
-        let kept = KeptFds::new(stdio, b[3], b[4], Some(b[5]), Some(b[6]), None, &b[7..8]);
+        let kept = KeptFds::new(
+            stdio,
+            b[3],
+            b[4],
+            Some(b[5]),
+            Some(b[6]),
+            None,
+            None,
+            &b[7..8],
+        );
         let kept = kept.unwrap();
         assert_eq!(kept.landlock(), Some(5));
         assert_eq!(kept.netns(), Some(6));
         assert_eq!(kept.ipc(), None);
         assert_eq!(kept.cgroup_join(), 7..8);
-        let kept = KeptFds::new(stdio, b[3], b[4], Some(b[5]), None, Some(b[6]), &b[7..8]);
+        let kept = KeptFds::new(
+            stdio,
+            b[3],
+            b[4],
+            Some(b[5]),
+            None,
+            Some(b[6]),
+            None,
+            &b[7..8],
+        );
         let kept = kept.unwrap();
         assert_eq!(kept.netns(), None);
         assert_eq!(kept.ipc(), Some(6));
         assert_eq!(kept.cgroup_join(), 7..8);
         let many = vec![b[0]; MAX];
-        assert!(KeptFds::new(stdio, b[3], b[4], None, None, None, &many).is_err());
+        assert!(KeptFds::new(stdio, b[3], b[4], None, None, None, None, &many).is_err());
     }
 }

@@ -13,7 +13,7 @@ mod clone3;
 mod container;
 mod error;
 mod filler;
-mod ipc_pool;
+mod fresh_pool;
 mod kept_fds;
 mod landlock;
 mod netns_pool;
@@ -112,7 +112,7 @@ pub struct Runtime {
     cgroup_parent: String,
     cgroup_pool: Option<cgroup_pool::CgroupPool>,
     netns_pool: Option<netns_pool::NetnsPool>,
-    ipc_pool: Option<ipc_pool::IpcPool>,
+    fresh_pool: Option<fresh_pool::FreshPool>,
     /// Denies TCP bind and connect to every container; None where the kernel lacks
     /// Landlock network rules (see [`net_support`]).
     landlock: Option<OwnedFd>,
@@ -146,7 +146,7 @@ impl Runtime {
             cgroup_parent: cgroup_parent.trim_matches('/').to_string(),
             cgroup_pool: None,
             netns_pool: None,
-            ipc_pool: None,
+            fresh_pool: None,
             landlock,
             fd_donor: FdDonor::open(),
             dev_null: std::fs::File::open("/dev/null").map_err(|source| RuntimeError::Sys {
@@ -186,19 +186,22 @@ impl Runtime {
         Ok(self)
     }
 
-    /// Keeps `size` fresh IPC namespaces ready, made in advance for one container each
-    /// (see ipc_pool.rs); 0 makes each container's at clone time.
-    pub fn with_ipc_pool(mut self, size: usize) -> Result<Self> {
-        self.ipc_pool = match size {
+    /// Keeps `size` kits ready, made in advance for one container each: an IPC
+    /// namespace and the /tmp, /dev/shm and /dev/pts mounts (see fresh_pool.rs); 0: each
+    /// container makes its own.
+    pub fn with_fresh_pool(mut self, size: usize) -> Result<Self> {
+        self.fresh_pool = match size {
             0 => None,
-            n => Some(ipc_pool::IpcPool::start(n)?),
+            n => Some(fresh_pool::FreshPool::start(n)?),
         };
         Ok(self)
     }
 
-    /// How many containers joined an IPC namespace made in advance.
-    pub fn ipc_namespaces_lent(&self) -> u64 {
-        self.ipc_pool.as_ref().map_or(0, ipc_pool::IpcPool::lent)
+    /// How many containers used a kit made in advance.
+    pub fn fresh_kits_lent(&self) -> u64 {
+        self.fresh_pool
+            .as_ref()
+            .map_or(0, fresh_pool::FreshPool::lent)
     }
 
     /// Keeps up to `size` ended containers' cgroups, drained, for the next containers,
@@ -287,7 +290,7 @@ impl Runtime {
         let netns_cookie = AtomicU64::new(0);
         let fetch_refused = AtomicI32::new(0);
         let netns = self.netns_pool.as_ref().and_then(|p| p.take());
-        let ipc = self.ipc_pool.as_ref().and_then(|p| p.take());
+        let kit = self.fresh_pool.as_ref().and_then(|p| p.take());
         if let Some(ns) = &netns {
             netns_cookie.store(ns.cookie(), Ordering::Relaxed);
         }
@@ -304,7 +307,8 @@ impl Runtime {
             template.namespace(),
             self.landlock.as_ref().map(|fd| fd.as_fd()),
             netns.as_ref().map(|ns| ns.fd()),
-            ipc.as_ref().map(|ns| ns.as_fd()),
+            kit.as_ref().map(|k| k.ipc.as_fd()),
+            kit.as_ref().map(|k| k.mount_fds()),
             &join_fds,
         )?;
         let caps = CAPS.get().expect("initialised in Runtime::new");
@@ -315,7 +319,14 @@ impl Runtime {
                 None => fds,
             },
             mounts: mounts.ops(),
-            skip_mounts: mounts.absent_now(),
+            // A kit's mounts replace the container's own.
+            skip_mounts: mounts.absent_now()
+                | if kit.is_some() {
+                    mounts.kit_ops().iter().fold(0, |bits, i| bits | 1 << i)
+                } else {
+                    0
+                },
+            kit_ops: mounts.kit_ops(),
             secrets: secrets.as_ref(),
             hostname: rootfs::cstring("hostname", spec.hostname)?,
             workdir: &resolved.workdir_in_container,

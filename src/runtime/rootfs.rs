@@ -19,6 +19,7 @@ use std::sync::OnceLock;
 
 use super::child::MountOp;
 use super::error::{Result, RuntimeError};
+use super::fresh_pool::KIT_MOUNTS;
 
 /// Paths the runtime mounts over, with the mode they get when an image lacks them; the
 /// image installer makes them (the root is read-only at run time) and the runtime checks
@@ -227,11 +228,18 @@ pub struct ContainerMounts {
     /// The root of a fresh procfs of our own (kept from the probe), where those entries
     /// are looked up per spawn; None: the probe failed, every mask is tried.
     fresh_proc: Option<OwnedFd>,
+    /// The ops a kit's detached mounts replace, in the order of [`KIT_MOUNTS`].
+    kit_ops: [usize; 3],
 }
 
 impl ContainerMounts {
     pub fn ops(&self) -> &[MountOp] {
         self.ops.as_slice()
+    }
+
+    /// The ops a kit's mounts replace, by index, in the order of [`KIT_MOUNTS`].
+    pub fn kit_ops(&self) -> [usize; 3] {
+        self.kit_ops
     }
 
     /// The ops (a bit per index) that would fail on a /proc made now: masks of module
@@ -307,30 +315,19 @@ pub fn container_mounts() -> &'static ContainerMounts {
                 flags: nosuid_nodev_noexec,
             });
         }
-        ops.push(fs(
-            "tmpfs",
-            "/tmp",
-            libc::MS_NOSUID | libc::MS_NODEV,
-            Some("mode=1777,size=65536k"),
-        ));
-        ops.push(fs(
-            "tmpfs",
-            "/dev/shm",
-            nosuid_nodev_noexec,
-            Some("mode=1777,size=65536k"),
-        ));
+        // /tmp, /dev/shm and /dev/pts, as a kit made ahead has them (fresh_pool.rs).
+        let mut kit_ops = [0; 3];
+        for (slot, m) in kit_ops.iter_mut().zip(&KIT_MOUNTS) {
+            *slot = ops.len();
+            ops.push(m.as_mount_op());
+        }
         ops.push(fs("mqueue", "/dev/mqueue", nosuid_nodev_noexec, None));
-        ops.push(fs(
-            "devpts",
-            "/dev/pts",
-            libc::MS_NOSUID | libc::MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620"),
-        ));
         assert!(ops.len() <= 64, "a spawn's skipped ops are a 64-bit mask");
         ContainerMounts {
             ops,
             module_masks,
             fresh_proc,
+            kit_ops,
         }
     })
 }

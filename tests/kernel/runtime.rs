@@ -72,8 +72,8 @@ pub fn tests() -> Vec<Trial> {
             own_empty_netns,
         ),
         Trial::test(
-            "runtime::every_container_gets_a_fresh_ipc_namespace",
-            fresh_ipc_namespaces,
+            "runtime::every_container_gets_a_fresh_ipc_namespace_and_mounts",
+            fresh_ipc_namespaces_and_mounts,
         ),
     ]
 }
@@ -626,38 +626,50 @@ fn exit_code_reported() -> TestResult {
     ensure(run.output.contains("child=139"), run.output)
 }
 
-/// With a pool of 4 pre-made IPC namespaces and without: each
-/// of 3 overlapping containers has an IPC namespace of its own, not ours, and finds it
-/// empty although every one of them leaves a message queue in it. (Not more: the queues
-/// count against RLIMIT_MSGQUEUE of uid 0, host included, a tenth of it each, until
-/// their namespaces are freed.)
-fn fresh_ipc_namespaces() -> TestResult {
-    let pooled = Runtime::new(support::CGROUP_PARENT)?.with_ipc_pool(4)?;
-    own_empty_ipc_namespaces(&pooled)?;
-    let joined = pooled.ipc_namespaces_lent();
+/// With a pool of 4 kits made ahead (an IPC namespace and the /tmp, /dev/shm and
+/// /dev/pts mounts) and without: each of 3 overlapping containers has an IPC namespace
+/// and those filesystems of its own, finds them empty although each leaves a message
+/// queue and files in them, and the mounts have the same type, flags and options either
+/// way. (Not more containers: the queues count against RLIMIT_MSGQUEUE of uid 0, host
+/// included, a tenth of it each, until their namespaces are freed.)
+fn fresh_ipc_namespaces_and_mounts() -> TestResult {
+    let pooled = Runtime::new(support::CGROUP_PARENT)?.with_fresh_pool(4)?;
+    let with_kits = fresh_objects(&pooled)?;
+    let used = pooled.fresh_kits_lent();
     ensure(
-        joined == 3,
-        format!("{joined} of 3 containers joined a pre-made IPC namespace"),
+        used == 3,
+        format!("{used} of 3 containers used a kit made ahead"),
     )?;
     let unpooled = Runtime::new(support::CGROUP_PARENT)?;
-    own_empty_ipc_namespaces(&unpooled)?;
+    let own = fresh_objects(&unpooled)?;
     ensure(
-        unpooled.ipc_namespaces_lent() == 0,
-        "no pool, yet one was lent",
+        unpooled.fresh_kits_lent() == 0,
+        "no pool, yet a kit was lent",
+    )?;
+    ensure(
+        with_kits == own,
+        format!("mounts from a kit {with_kits:?}, made by the container {own:?}"),
     )
 }
 
-fn own_empty_ipc_namespaces(rt: &Runtime) -> TestResult {
+/// Runs 3 overlapping containers on `rt` and checks each one's IPC namespace, /tmp,
+/// /dev/shm, /dev/mqueue and /dev/pts; returns how /tmp, /dev/shm and /dev/pts are
+/// mounted (mountinfo without ids: options, type, source, superblock options).
+fn fresh_objects(rt: &Runtime) -> Result<Vec<String>, libtest_mimic::Failed> {
     let host = fs::read_link("/proc/self/ns/ipc")?;
     let mut seen = std::collections::HashSet::new();
+    let mut mounts = Vec::new();
     std::thread::scope(|s| {
         let runs: Vec<_> = (0..3)
             .map(|_| {
                 s.spawn(|| {
                     support::sh_on(
                         rt,
-                        "readlink /proc/self/ns/ipc; ls -A /dev/mqueue; \
-                         touch /dev/mqueue/left; ls -A /dev/mqueue; sleep 1",
+                        "readlink /proc/self/ns/ipc; echo before $(ls -A /dev/mqueue /tmp \
+                         /dev/shm); touch /dev/mqueue/left /tmp/left /dev/shm/left; \
+                         echo after $(ls -A /dev/mqueue /tmp /dev/shm); \
+                         grep -E ' /(tmp|dev/shm|dev/pts) ' /proc/self/mountinfo \
+                         | cut -d' ' -f5,6,8-; sleep 1",
                         Opts::default(),
                     )
                 })
@@ -680,13 +692,22 @@ fn own_empty_ipc_namespaces(rt: &Runtime) -> TestResult {
                 seen.insert(ns.to_string()),
                 format!("{ns} shared by two containers"),
             )?;
+            let empty = "before /dev/mqueue: /dev/shm: /tmp:";
+            let left = "after /dev/mqueue: left /dev/shm: left /tmp: left";
             ensure(
-                lines[1..] == ["left"],
-                format!("queues before and after one was made: {:?}", &lines[1..]),
+                lines.get(1..3) == Some(&[empty, left][..]),
+                format!(
+                    "found before and after leaving one of each: {:?}",
+                    &lines[1..]
+                ),
             )?;
+            mounts = lines[3..].iter().map(|l| l.to_string()).collect();
+            ensure(mounts.len() == 3, format!("mounts: {mounts:?}"))?;
         }
-        Ok(())
-    })
+        Ok::<(), libtest_mimic::Failed>(())
+    })?;
+    mounts.sort();
+    Ok(mounts)
 }
 
 /// With the pool of pre-made network namespaces (4 in the test runtime) and without (12

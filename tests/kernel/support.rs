@@ -51,7 +51,7 @@ pub fn runtime() -> &'static Runtime {
     RT.get_or_init(|| {
         Runtime::new(CGROUP_PARENT)
             .and_then(|rt| rt.with_netns_pool(4))
-            .and_then(|rt| rt.with_ipc_pool(4))
+            .and_then(|rt| rt.with_fresh_pool(4))
             .expect("runtime")
     })
 }
