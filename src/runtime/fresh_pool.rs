@@ -149,8 +149,16 @@ impl FreshPool {
 
     /// A kit of fresh objects, if one is ready.
     pub fn take(&self) -> Option<Kit> {
-        let kit = self.shared.state.lock().unwrap().ready.pop();
-        self.shared.wanted.notify_one();
+        let (kit, low) = {
+            let mut st = self.shared.state.lock().unwrap();
+            let kit = st.ready.pop();
+            (kit, st.ready.len() <= self.shared.low_water())
+        };
+        // Woken at the low-water mark, the filler makes kits until the pool is full
+        // again: one wake-up per half a pool, not one per container.
+        if low {
+            self.shared.wanted.notify_one();
+        }
         if kit.is_some() {
             self.shared.lent.fetch_add(1, Ordering::Relaxed);
         }
@@ -171,15 +179,25 @@ impl Drop for FreshPool {
 }
 
 impl Shared {
+    fn low_water(&self) -> usize {
+        self.size / 2
+    }
+
     fn fill(&self, home: OwnedFd) {
+        let mut filling = true;
         loop {
             {
                 let mut st = self.state.lock().unwrap();
-                while st.ready.len() >= self.size && !st.stopping {
+                filling = filling && st.ready.len() < self.size;
+                while !filling && st.ready.len() > self.low_water() && !st.stopping {
                     st = self.wanted.wait(st).unwrap();
                 }
                 if st.stopping {
                     return;
+                }
+                filling = st.ready.len() < self.size;
+                if !filling {
+                    continue;
                 }
             }
             match make_kit(&home) {
