@@ -47,8 +47,8 @@ pub struct KeptFds<'a> {
     len: usize,
     has_landlock: bool,
     has_netns: bool,
-    has_ipc: bool,
-    has_kit_mounts: bool,
+    /// A kit made ahead (fresh_pool.rs): its IPC namespace and three mounts.
+    has_kit: bool,
     /// Set when the child shares our fd table and fetches its fds (see the module doc).
     fetch: Option<Fetch<'a>>,
     _owners: PhantomData<BorrowedFd<'a>>,
@@ -130,8 +130,7 @@ impl<'a> KeptFds<'a> {
         template: BorrowedFd<'a>,
         landlock: Option<BorrowedFd<'a>>,
         netns: Option<BorrowedFd<'a>>,
-        ipc: Option<BorrowedFd<'a>>,
-        kit_mounts: Option<[BorrowedFd<'a>; 3]>,
+        kit: Option<(BorrowedFd<'a>, [BorrowedFd<'a>; 3])>,
         cgroup_join: &[BorrowedFd<'a>],
     ) -> Result<Self> {
         let all: Vec<RawFd> = stdio
@@ -139,8 +138,10 @@ impl<'a> KeptFds<'a> {
             .chain([&error_pipe, &template])
             .chain(landlock.iter())
             .chain(netns.iter())
-            .chain(ipc.iter())
-            .chain(kit_mounts.iter().flatten())
+            .chain(
+                kit.iter()
+                    .flat_map(|(ipc, mounts)| std::iter::once(ipc).chain(mounts)),
+            )
             .chain(cgroup_join)
             .map(|fd| fd.as_raw_fd())
             .collect();
@@ -154,8 +155,7 @@ impl<'a> KeptFds<'a> {
             len: all.len(),
             has_landlock: landlock.is_some(),
             has_netns: netns.is_some(),
-            has_ipc: ipc.is_some(),
-            has_kit_mounts: kit_mounts.is_some(),
+            has_kit: kit.is_some(),
             fetch: None,
             _owners: PhantomData,
         })
@@ -194,18 +194,14 @@ impl<'a> KeptFds<'a> {
 
     /// The IPC namespace fd once installed.
     pub fn ipc(&self) -> Option<RawFd> {
-        self.has_ipc
+        self.has_kit
             .then_some(TEMPLATE as RawFd + 1 + self.has_landlock as RawFd + self.has_netns as RawFd)
     }
 
     /// The made-ahead /tmp, /dev/shm and /dev/pts mounts once installed (fresh_pool.rs).
     pub fn kit_mounts(&self) -> Option<Range<RawFd>> {
-        let first = TEMPLATE as RawFd
-            + 1
-            + self.has_landlock as RawFd
-            + self.has_netns as RawFd
-            + self.has_ipc as RawFd;
-        self.has_kit_mounts.then_some(first..first + 3)
+        let first = TEMPLATE as RawFd + 2 + self.has_landlock as RawFd + self.has_netns as RawFd;
+        self.has_kit.then_some(first..first + 3)
     }
 
     /// The cgroup join files once installed.
@@ -214,8 +210,7 @@ impl<'a> KeptFds<'a> {
             + 1
             + self.has_landlock as RawFd
             + self.has_netns as RawFd
-            + self.has_ipc as RawFd
-            + 3 * self.has_kit_mounts as RawFd..self.len as RawFd
+            + 4 * self.has_kit as RawFd..self.len as RawFd
     }
 
     /// In the child: installs the kept fds at their numbers and closes every other fd.
@@ -223,7 +218,7 @@ impl<'a> KeptFds<'a> {
     pub fn install(&self) -> std::result::Result<(), MoveFailed> {
         match &self.fetch {
             None => self.copy_into_place(),
-            Some(fetch) => fetch.into_own_table(self),
+            Some(fetch) => fetch.install_own_table(self),
         }
     }
 
@@ -277,7 +272,7 @@ impl Fetch<'_> {
     /// In the child, sharing our table: makes a table of its own holding only the
     /// donor's pidfd, fetches each kept fd into it at its final number (see
     /// [`KeptFds`]), and closes the donor.
-    fn into_own_table(&self, kept: &KeptFds) -> std::result::Result<(), MoveFailed> {
+    fn install_own_table(&self, kept: &KeptFds) -> std::result::Result<(), MoveFailed> {
         // Until the error pipe is fetched there is none to report on: the errno goes
         // to `refused`, which the parent reads, and it copies its table from then on.
         let refused = |step| {
@@ -361,44 +356,28 @@ mod tests {
             .collect();
         let b: Vec<BorrowedFd> = f.iter().map(|f| f.as_fd()).collect();
         let stdio = [b[0], b[1], b[2]];
-        let kept = KeptFds::new(stdio, b[3], b[4], None, Some(b[5]), None, None, &b[6..8]).unwrap();
+        let kept = KeptFds::new(stdio, b[3], b[4], None, Some(b[5]), None, &b[6..8]).unwrap();
         assert_eq!(kept.template(), 4);
         assert_eq!(kept.landlock(), None);
         assert_eq!(kept.netns(), Some(5));
         assert_eq!(kept.cgroup_join(), 6..8);
-        let kept = KeptFds::new(stdio, b[3], b[4], None, None, None, None, &b[5..8]).unwrap();
+        let kept = KeptFds::new(stdio, b[3], b[4], None, None, None, &b[5..8]).unwrap();
         assert_eq!(kept.netns(), None);
         assert_eq!(kept.cgroup_join(), 5..8);
-        let kept = KeptFds::new(
-            stdio,
-            b[3],
-            b[4],
-            Some(b[5]),
-            Some(b[6]),
-            None,
-            None,
-            &b[7..8],
-        );
+        let kept = KeptFds::new(stdio, b[3], b[4], Some(b[5]), Some(b[6]), None, &b[7..8]);
         let kept = kept.unwrap();
         assert_eq!(kept.landlock(), Some(5));
         assert_eq!(kept.netns(), Some(6));
         assert_eq!(kept.ipc(), None);
         assert_eq!(kept.cgroup_join(), 7..8);
-        let kept = KeptFds::new(
-            stdio,
-            b[3],
-            b[4],
-            Some(b[5]),
-            None,
-            Some(b[6]),
-            None,
-            &b[7..8],
-        );
+        let kit = Some((b[6], [b[7], b[7], b[7]]));
+        let kept = KeptFds::new(stdio, b[3], b[4], Some(b[5]), None, kit, &b[0..1]);
         let kept = kept.unwrap();
         assert_eq!(kept.netns(), None);
         assert_eq!(kept.ipc(), Some(6));
-        assert_eq!(kept.cgroup_join(), 7..8);
+        assert_eq!(kept.kit_mounts(), Some(7..10));
+        assert_eq!(kept.cgroup_join(), 10..11);
         let many = vec![b[0]; MAX];
-        assert!(KeptFds::new(stdio, b[3], b[4], None, None, None, None, &many).is_err());
+        assert!(KeptFds::new(stdio, b[3], b[4], None, None, None, &many).is_err());
     }
 }

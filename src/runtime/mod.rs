@@ -307,8 +307,7 @@ impl Runtime {
             template.namespace(),
             self.landlock.as_ref().map(|fd| fd.as_fd()),
             netns.as_ref().map(|ns| ns.fd()),
-            kit.as_ref().map(|k| k.ipc.as_fd()),
-            kit.as_ref().map(|k| k.mount_fds()),
+            kit.as_ref().map(|k| (k.ipc.as_fd(), k.mount_fds())),
             &join_fds,
         )?;
         let caps = CAPS.get().expect("initialised in Runtime::new");
