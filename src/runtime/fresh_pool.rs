@@ -184,20 +184,18 @@ impl Shared {
     }
 
     fn fill(&self, home: OwnedFd) {
-        let mut filling = true;
         loop {
             {
+                // Once full, sleep until takes bring the pool down to the low-water mark;
+                // short of full, make the next one.
                 let mut st = self.state.lock().unwrap();
-                filling = filling && st.ready.len() < self.size;
-                while !filling && st.ready.len() > self.low_water() && !st.stopping {
-                    st = self.wanted.wait(st).unwrap();
+                if st.ready.len() >= self.size {
+                    while st.ready.len() > self.low_water() && !st.stopping {
+                        st = self.wanted.wait(st).unwrap();
+                    }
                 }
                 if st.stopping {
                     return;
-                }
-                filling = st.ready.len() < self.size;
-                if !filling {
-                    continue;
                 }
             }
             match make_kit(&home) {

@@ -319,12 +319,7 @@ impl Runtime {
             },
             mounts: mounts.ops(),
             // A kit's mounts replace the container's own.
-            skip_mounts: mounts.absent_now()
-                | if kit.is_some() {
-                    mounts.kit_ops().iter().fold(0, |bits, i| bits | 1 << i)
-                } else {
-                    0
-                },
+            skip_mounts: mounts.absent_now() | if kit.is_some() { mounts.kit_skip() } else { 0 },
             kit_ops: mounts.kit_ops(),
             secrets: secrets.as_ref(),
             hostname: rootfs::cstring("hostname", spec.hostname)?,

@@ -242,6 +242,11 @@ impl ContainerMounts {
         self.kit_ops
     }
 
+    /// The same ops as a skip mask (a bit per index).
+    pub fn kit_skip(&self) -> u64 {
+        self.kit_ops.iter().fold(0, |bits, i| bits | 1 << i)
+    }
+
     /// The ops (a bit per index) that would fail on a /proc made now: masks of module
     /// entries no module has added. One lookup each in our fresh procfs, instead of two
     /// failing mount calls, each a lookup in the container's own fresh /proc.
